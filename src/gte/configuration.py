@@ -1,0 +1,106 @@
+"""`NewConfig`: the configuration of the GTE "new" encoder (HF `model_type: "new"`).
+
+Accepts every key that official `config.json` files carry, with the original implementation's
+defaults, and validates the values that shape the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
+POSITION_EMBEDDING_TYPES = ("rope", "absolute")
+ROPE_SCALING_TYPES = ("ntk",)
+
+
+class NewConfig(PretrainedConfig):
+    model_type = "new"
+    # A plain attribute here: transformers 5 turns `rope_scaling` into an alias of its own
+    # `rope_parameters`, which does not know GTE's fixed NTK scaling.
+    rope_scaling: dict[str, Any] | None = None
+
+    def __init__(
+        self,
+        vocab_size: int = 30528,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.0,
+        max_position_embeddings: int = 2048,
+        type_vocab_size: int = 1,
+        initializer_range: float = 0.02,
+        layer_norm_type: str = "layer_norm",
+        layer_norm_eps: float = 1e-12,
+        position_embedding_type: str = "rope",
+        rope_theta: float = 10000.0,
+        rope_scaling: dict[str, Any] | None = None,
+        classifier_dropout: float | None = None,
+        pack_qkv: bool = True,
+        unpad_inputs: bool = False,
+        use_memory_efficient_attention: bool = False,
+        logn_attention_scale: bool = False,
+        logn_attention_clip1: bool = False,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("pad_token_id", 0)
+        kwargs.setdefault("tie_word_embeddings", True)
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_type = layer_norm_type
+        self.layer_norm_eps = layer_norm_eps
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.rope_scaling = rope_scaling
+        self.classifier_dropout = classifier_dropout
+        self.pack_qkv = pack_qkv
+        self.unpad_inputs = unpad_inputs
+        self.use_memory_efficient_attention = use_memory_efficient_attention
+        self.logn_attention_scale = logn_attention_scale
+        self.logn_attention_clip1 = logn_attention_clip1
+        self.validate_new()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate_new(self) -> None:
+        """Raise a ValueError naming the key for values the architecture cannot take."""
+        if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); fix one of the two keys in config.json"
+            )
+        _check_choice("layer_norm_type", self.layer_norm_type, LAYER_NORM_TYPES)
+        _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict):
+                raise ValueError(f"rope_scaling must be a dict like {{'type': 'ntk', 'factor': 2.0}} or null, got {self.rope_scaling!r}")
+            _check_choice("rope_scaling['type']", self.rope_scaling.get("type"), ROPE_SCALING_TYPES)
+            factor = self.rope_scaling.get("factor")
+            if not isinstance(factor, (int, float)) or factor < 1:
+                raise ValueError(f"rope_scaling['factor'] must be a number >= 1, got {factor!r}")
+        if self.attention_probs_dropout_prob:
+            raise ValueError(
+                f"attention_probs_dropout_prob must be 0.0 (memory-efficient attention kernels take no dropout), "
+                f"got {self.attention_probs_dropout_prob}"
+            )
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {key} {value!r}: expected one of {', '.join(map(repr, choices))}")

@@ -1,0 +1,172 @@
+"""The official `new` layout <-> transformers' native `gte` layout (model_type "gte").
+
+Native `gte` checkpoints (converted by transformers) split q/k/v and gate/up, rename the norms and
+describe NTK scaling as linear `rope_parameters`. Both layouts load into the same `gte` classes.
+The native layout has no logn scale, no `mixed_b`, no RMSNorm and no absolute positions, and only
+the base model, masked-LM, sequence- and token-classification heads: converting those refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from .configuration import NewConfig
+
+# official (new) name -> native (gte) name, inside the base model; {i} = layer index
+_LAYER_RENAMES = {
+    "attention.o_proj": "self_attn.o_proj",
+    "attention.q_proj": "self_attn.q_proj",
+    "attention.k_proj": "self_attn.k_proj",
+    "attention.v_proj": "self_attn.v_proj",
+    "attn_ln": "post_attention_layernorm",
+    "mlp_ln": "post_mlp_layernorm",
+    "mlp.down_proj": "mlp.down_proj",
+}
+_NATIVE_ARCHITECTURES = {
+    "NewModel": "GteModel",
+    "NewForMaskedLM": "GteForMaskedLM",
+    "NewForSequenceClassification": "GteForSequenceClassification",
+    "NewForTokenClassification": "GteForTokenClassification",
+}
+_SHARED_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+    "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout", "id2label", "label2id",
+    "problem_type", "tie_word_embeddings",
+)  # fmt: skip
+
+
+class ConversionError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------ new -> gte
+def native_config(config: NewConfig) -> dict[str, Any]:
+    """A native `gte` config.json dict for this model, or ConversionError naming what it cannot express."""
+    unsupported = {
+        "logn_attention_scale": config.logn_attention_scale,
+        "layer_norm_type='rms_norm'": config.layer_norm_type == "rms_norm",
+        "position_embedding_type='absolute'": config.position_embedding_type == "absolute",
+        "rope_scaling mixed_b": bool(config.rope_scaling and config.rope_scaling.get("mixed_b") is not None),
+    }
+    bad = [name for name, present in unsupported.items() if present]
+    if bad:
+        raise ConversionError(
+            f"transformers' native `gte` layout cannot express {', '.join(bad)}; keep this checkpoint in the "
+            "official `new` layout (it loads with `gte` as it is)"
+        )
+    architectures = [_NATIVE_ARCHITECTURES.get(a) for a in (config.architectures or ["NewModel"])]
+    if None in architectures:
+        raise ConversionError(
+            f"transformers' native `gte` has no class for {config.architectures}; it has {sorted(_NATIVE_ARCHITECTURES)}"
+        )
+    out = {key: getattr(config, key) for key in _SHARED_KEYS if hasattr(config, key)}
+    theta, scaling = config.rope_theta, config.rope_scaling
+    if scaling:
+        factor = float(scaling["factor"])
+        rope = {"rope_type": "linear", "factor": factor ** (2 / config.head_dim), "rope_theta": theta * factor}
+    else:
+        rope = {"rope_type": "default", "rope_theta": theta}
+    return {**out, "model_type": "gte", "architectures": architectures, "rope_parameters": rope}
+
+
+def native_state_dict(state_dict: dict[str, torch.Tensor], config: NewConfig) -> dict[str, torch.Tensor]:
+    """Official parameter names and packing -> native `gte` ones."""
+    out: dict[str, torch.Tensor] = {}
+    hidden, inter = config.hidden_size, config.intermediate_size
+    for name, tensor in state_dict.items():
+        prefix, rest = _split_prefix(name, "new.")
+        native_prefix = "gte." if prefix else ""
+        match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", rest)
+        if match is None:
+            rest = rest.replace("lm_head.norm.", "lm_head.layer_norm.")
+            out[(native_prefix if prefix else "") + rest] = tensor
+            continue
+        i, module, kind = match.groups()
+        base = f"{native_prefix}layers.{i}."
+        if module == "attention.qkv_proj":
+            for part, t in zip("qkv", tensor.split(hidden)):
+                out[f"{base}self_attn.{part}_proj.{kind}"] = t.clone()
+        elif module == "mlp.up_gate_proj":
+            up, gate = tensor.split(inter)
+            out[f"{base}mlp.up_proj.{kind}"], out[f"{base}mlp.gate_proj.{kind}"] = up.clone(), gate.clone()
+        else:
+            out[f"{base}{_LAYER_RENAMES[module]}.{kind}"] = tensor
+    return out
+
+
+# ------------------------------------------------------------------------------------ gte -> new
+def config_from_native(native: dict[str, Any]) -> NewConfig:
+    rope = native.get("rope_parameters") or {"rope_type": "default", "rope_theta": native.get("rope_theta", 160000.0)}
+    head_dim = native["hidden_size"] // native["num_attention_heads"]
+    if rope.get("rope_type", "default") == "default":
+        theta, scaling = rope["rope_theta"], None
+    elif rope["rope_type"] == "linear":
+        factor = round(float(rope["factor"]) ** (head_dim / 2), 10)
+        theta, scaling = rope["rope_theta"] / factor, {"type": "ntk", "factor": factor}
+    else:
+        raise ConversionError(f"rope_type {rope['rope_type']!r} has no equivalent in the GTE `new` architecture")
+    kwargs = {key: native[key] for key in _SHARED_KEYS if key in native}
+    architectures = [a.replace("Gte", "New", 1) for a in native.get("architectures") or ["GteModel"]]
+    return NewConfig(
+        **kwargs, rope_theta=theta, rope_scaling=scaling, pack_qkv=True, architectures=architectures
+    )
+
+
+def state_dict_from_native(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Native `gte` names -> official ones, q/k/v and up/gate packed again."""
+    renames = {v: k for k, v in _LAYER_RENAMES.items() if not k.startswith("attention.")} | {"self_attn.o_proj": "attention.o_proj"}
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in native.items():
+        prefix, rest = _split_prefix(name, "gte.")
+        new_prefix = "new." if prefix else ""
+        match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", rest)
+        if match is None:
+            out[new_prefix + rest.replace("lm_head.layer_norm.", "lm_head.norm.")] = tensor
+            continue
+        i, module, kind = match.groups()
+        base = f"{new_prefix}encoder.layer.{i}."
+        if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            groups.setdefault(f"{base}attention.qkv_proj.{kind}", {})[module[10]] = tensor
+        elif module in ("mlp.up_proj", "mlp.gate_proj"):
+            groups.setdefault(f"{base}mlp.up_gate_proj.{kind}", {})[module[4:-5]] = tensor
+        else:
+            out[f"{base}{renames[module]}.{kind}"] = tensor
+    for name, parts in groups.items():
+        order = ("q", "k", "v") if "qkv" in name else ("up", "gate")
+        out[name] = torch.cat([parts[p] for p in order])
+    return out
+
+
+def load_native_gte(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.Tensor]] | None:
+    """(config, official state dict) for a native `gte` checkpoint directory or hub id, else None."""
+    from transformers.utils import cached_file
+
+    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    config_file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False, **hub)
+    if config_file is None:
+        return None
+    with open(config_file) as f:
+        raw = json.load(f)
+    if raw.get("model_type") != "gte":
+        return None
+    index_file = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
+    if index_file is None:
+        files = [cached_file(path, "model.safetensors", **hub)]
+    else:
+        with open(index_file) as f:
+            files = [cached_file(path, shard, **hub) for shard in sorted(set(json.load(f)["weight_map"].values()))]
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights.update(load_file(file))
+    return config_from_native(raw), state_dict_from_native(weights)
+
+
+def _split_prefix(name: str, prefix: str) -> tuple[str, str]:
+    return (prefix, name[len(prefix):]) if name.startswith(prefix) else ("", name)

@@ -1,0 +1,149 @@
+"""The encoder's building blocks. Every module works on packed tokens: hidden [T, H]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .attention import Backend
+from .attention.eager import attention_with_probs
+from .configuration import NewConfig
+from .padding import Packing
+from .rope import RotaryEmbedding, apply_rotary
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [T, 1, head_dim]
+
+
+def make_norm(config: NewConfig) -> nn.Module:
+    if config.layer_norm_type == "rms_norm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class NewEmbeddings(nn.Module):
+    """word (+ token type) (+ absolute position) -> LayerNorm -> dropout; owns the rotary tables."""
+
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embedding_type = config.position_embedding_type
+        if config.position_embedding_type == "absolute":
+            self.position_embeddings = nn.Embedding(
+                config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+            )
+        else:
+            self.rotary_emb = RotaryEmbedding(config)
+        if config.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,  # [T]
+        inputs_embeds: torch.Tensor | None,  # [T, H]
+        token_type_ids: torch.Tensor | None,  # [T]
+        positions: torch.Tensor,  # [T]
+    ) -> tuple[torch.Tensor, Rope | None]:
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if hasattr(self, "token_type_embeddings"):
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(positions)
+            x = x + self.token_type_embeddings(token_type_ids)
+        rope = None
+        if self.position_embedding_type == "absolute":
+            x = x + self.position_embeddings(positions)
+        elif positions.numel():
+            rope = self.rotary_emb(positions, int(positions.max()), x.dtype)
+        return self.dropout(self.LayerNorm(x)), rope
+
+
+class NewAttention(nn.Module):
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        hidden = config.hidden_size
+        if config.pack_qkv:
+            self.qkv_proj = nn.Linear(hidden, 3 * hidden)
+        else:
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.o_proj = nn.Linear(hidden, hidden)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[T, H] -> q, k, v [T, heads, head_dim]."""
+        if hasattr(self, "qkv_proj"):
+            return self.qkv_proj(x).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+        return tuple(p(x).view(-1, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, H]
+        packing: Packing,
+        backend: Backend,
+        rope: Rope | None,
+        logn_scale: torch.Tensor | None,  # [T]
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = self.qkv(x)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if logn_scale is not None:
+            q = q * logn_scale[:, None, None]
+        if output_attentions:
+            out, probs = attention_with_probs(q, k, v, packing)
+        else:
+            out, probs = backend.attend(q, k, v, packing), None
+        return self.o_proj(out.reshape(x.shape)), probs
+
+
+class NewGatedMLP(nn.Module):
+    """up_gate_proj -> act(gate) * up -> down_proj; the first intermediate_size rows are "up"."""
+
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.up_gate_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, gate = self.up_gate_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(self.dropout(self.act_fn(gate) * up))
+
+
+class NewLayer(GradientCheckpointingLayer):
+    """Post-norm: h = attn_ln(h + attn(h)); h = mlp_ln(h + mlp(h))."""
+
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.attention = NewAttention(config)
+        self.attn_ln = make_norm(config)
+        self.mlp = NewGatedMLP(config)
+        self.mlp_ln = make_norm(config)
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, H]
+        packing: Packing,
+        backend: Backend,
+        rope: Rope | None,
+        logn_scale: torch.Tensor | None,
+        subset: torch.Tensor | None = None,  # [S]: keep only these tokens' outputs
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, probs = self.attention(x, packing, backend, rope, logn_scale, output_attentions)
+        if subset is not None:
+            x, attn = x[subset], attn[subset]
+        x = self.attn_ln(x + self.hidden_dropout(attn))
+        x = self.mlp_ln(x + self.hidden_dropout(self.mlp(x)))
+        return x, probs
+
+
+class NewEncoder(nn.Module):
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(NewLayer(config) for _ in range(config.num_hidden_layers))

@@ -1,0 +1,67 @@
+"""Rotary position embeddings: plain, fixed NTK scaling, and NTK with `mixed_b`.
+
+The inverse frequencies are computed in float32 exactly as the original does (official checkpoints
+were trained with those values); the angles are then taken in float64. The cos/sin table lives
+outside the state dict and grows on demand for inputs longer than it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration import NewConfig
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """[head_dim / 2] float32 inverse frequencies (NTK scaling is fixed, applied for every length).
+
+    Built on the CPU even under a meta-device context (transformers builds models on "meta").
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim
+    if scaling is None:
+        return 1.0 / (theta**exponents)
+    factor, mixed_b = float(scaling["factor"]), scaling.get("mixed_b")
+    if mixed_b is None:
+        return 1.0 / ((theta * factor) ** exponents) / factor ** (2 / head_dim)
+    a = torch.tensor(factor, device="cpu").log() / (head_dim / 2) ** mixed_b
+    lambdas = (a * torch.arange(1, head_dim // 2 + 1, dtype=torch.float32, device="cpu") ** mixed_b).exp()
+    return 1.0 / (theta**exponents) / lambdas
+
+
+class RotaryEmbedding(nn.Module):
+    """Maps positions [T] to (cos, sin) [T, 1, head_dim], from a float32 table that grows as needed."""
+
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        scaling = config.rope_scaling
+        self.inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, scaling)
+        factor = float(scaling["factor"]) if scaling else 1.0
+        self.initial_length = int(config.max_position_embeddings * factor)
+        self._table: torch.Tensor | None = None  # [L, 2, head_dim] float32: cos, sin
+
+    @property
+    def cached_length(self) -> int:
+        return 0 if self._table is None else self._table.shape[0]
+
+    def table(self, length: int, device: torch.device) -> torch.Tensor:
+        if self._table is None or self._table.shape[0] < length or self._table.device != device:
+            size = max(length, self.initial_length, self.cached_length)
+            freqs = torch.outer(torch.arange(size, dtype=torch.float64, device="cpu"), self.inv_freq.double())
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._table = torch.stack((emb.cos(), emb.sin()), dim=1).to(device, torch.float32)
+        return self._table
+
+    def forward(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        cos_sin = self.table(max_position + 1, positions.device)[positions].to(dtype)  # [T, 2, D]
+        return cos_sin[:, :1], cos_sin[:, 1:]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D]; cos, sin [T, 1, D]."""
+    return x * cos + rotate_half(x) * sin
