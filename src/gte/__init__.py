@@ -15,6 +15,7 @@ from transformers import (
 
 from .attention import available_backends
 from .configuration import NewConfig
+from .embed import Embedder
 from .modeling import (
     NewForMaskedLM,
     NewForMultipleChoice,
@@ -24,6 +25,7 @@ from .modeling import (
     NewModel,
     NewPreTrainedModel,
 )
+from .rerank import Reranker
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,8 @@ for _auto, _cls in (
     _auto.register(NewConfig, _cls, exist_ok=True)
 
 __all__ = [
+    "Embedder",
+    "Reranker",
     "NewConfig",
     "NewPreTrainedModel",
     "NewModel",

@@ -39,6 +39,12 @@ _SHARED_KEYS = (
     "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout", "id2label", "label2id",
     "problem_type", "tie_word_embeddings",
 )  # fmt: skip
+# transformers' GteConfig defaults for keys a native config.json may leave out: those read here, and
+# those that differ from NewConfig's.
+_NATIVE_DEFAULTS = {
+    "hidden_size": 768, "num_attention_heads": 12, "vocab_size": 250048, "max_position_embeddings": 8192,
+    "pad_token_id": 1, "rope_theta": 160000.0,
+}  # fmt: skip
 
 
 class ConversionError(ValueError):
@@ -53,6 +59,9 @@ def native_config(config: NewConfig) -> dict[str, Any]:
         "layer_norm_type='rms_norm'": config.layer_norm_type == "rms_norm",
         "position_embedding_type='absolute'": config.position_embedding_type == "absolute",
         "rope_scaling mixed_b": bool(config.rope_scaling and config.rope_scaling.get("mixed_b") is not None),
+        f"a masked-LM head with hidden_act={config.hidden_act!r} (native: always 'gelu')": _mlm_act_differs(
+            config.architectures, config.hidden_act
+        ),
     }
     bad = [name for name, present in unsupported.items() if present]
     if bad:
@@ -66,7 +75,7 @@ def native_config(config: NewConfig) -> dict[str, Any]:
             f"transformers' native `gte` has no class for {config.architectures}; it has {sorted(_NATIVE_ARCHITECTURES)}"
         )
     out = {key: getattr(config, key) for key in _SHARED_KEYS if hasattr(config, key)}
-    theta, scaling = config.rope_theta, config.rope_scaling
+    theta, scaling = float(config.rope_theta), config.rope_scaling
     if scaling:
         factor = float(scaling["factor"])
         rope = {"rope_type": "linear", "factor": factor ** (2 / config.head_dim), "rope_theta": theta * factor}
@@ -76,16 +85,18 @@ def native_config(config: NewConfig) -> dict[str, Any]:
 
 
 def native_state_dict(state_dict: dict[str, torch.Tensor], config: NewConfig) -> dict[str, torch.Tensor]:
-    """Official parameter names and packing -> native `gte` ones."""
+    """Official parameter names and packing -> native `gte` ones (a tied MLM decoder weight is not stored)."""
     out: dict[str, torch.Tensor] = {}
     hidden, inter = config.hidden_size, config.intermediate_size
     for name, tensor in state_dict.items():
+        if name == "lm_head.decoder.weight" and config.tie_word_embeddings:
+            continue
         prefix, rest = _split_prefix(name, "new.")
         native_prefix = "gte." if prefix else ""
         match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", rest)
         if match is None:
             rest = rest.replace("lm_head.norm.", "lm_head.layer_norm.")
-            out[(native_prefix if prefix else "") + rest] = tensor
+            out[native_prefix + rest] = tensor
             continue
         i, module, kind = match.groups()
         base = f"{native_prefix}layers.{i}."
@@ -102,13 +113,20 @@ def native_state_dict(state_dict: dict[str, torch.Tensor], config: NewConfig) ->
 
 # ------------------------------------------------------------------------------------ gte -> new
 def config_from_native(native: dict[str, Any]) -> NewConfig:
-    rope = native.get("rope_parameters") or {"rope_type": "default", "rope_theta": native.get("rope_theta", 160000.0)}
+    native = _NATIVE_DEFAULTS | native
+    if _mlm_act_differs(native.get("architectures"), native.get("hidden_act", "gelu")):
+        raise ConversionError(
+            f"this native GteForMaskedLM uses hidden_act={native['hidden_act']!r} in its encoder but 'gelu' in its "
+            "masked-LM head, which the GTE `new` architecture cannot express; load it with transformers' GteForMaskedLM"
+        )
+    rope = native.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", native["rope_theta"])
     head_dim = native["hidden_size"] // native["num_attention_heads"]
     if rope.get("rope_type", "default") == "default":
-        theta, scaling = rope["rope_theta"], None
+        scaling = None
     elif rope["rope_type"] == "linear":
         factor = round(float(rope["factor"]) ** (head_dim / 2), 10)
-        theta, scaling = rope["rope_theta"] / factor, {"type": "ntk", "factor": factor}
+        theta, scaling = theta / factor, {"type": "ntk", "factor": factor}
     else:
         raise ConversionError(f"rope_type {rope['rope_type']!r} has no equivalent in the GTE `new` architecture")
     kwargs = {key: native[key] for key in _SHARED_KEYS if key in native}
@@ -166,6 +184,12 @@ def load_native_gte(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[
     for file in files:
         weights.update(load_file(file))
     return config_from_native(raw), state_dict_from_native(weights)
+
+
+def _mlm_act_differs(architectures: list[str] | None, hidden_act: str) -> bool:
+    """Native GteForMaskedLM's head always applies gelu; ours (like the original) applies hidden_act."""
+    masked_lm = {"NewForMaskedLM", "GteForMaskedLM"} & set(architectures or ())
+    return bool(masked_lm) and hidden_act != "gelu"
 
 
 def _split_prefix(name: str, prefix: str) -> tuple[str, str]:

@@ -64,10 +64,13 @@ class NewPreTrainedModel(PreTrainedModel):
         from .convert import load_native_gte
 
         native = load_native_gte(pretrained_model_name_or_path, kwargs) if pretrained_model_name_or_path else None
-        if native is not None:
-            kwargs["config"], kwargs["state_dict"] = native
-            pretrained_model_name_or_path = None
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if native is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs["config"], kwargs["state_dict"] = native
+        loaded = super().from_pretrained(None, *args, **kwargs)  # transformers takes a state dict only without a path
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
+        model.config.name_or_path = model.name_or_path = str(pretrained_model_name_or_path)
+        return loaded
 
 
 @dataclass
@@ -90,8 +93,9 @@ class Batch:
         return pad(x, self.index, *self.shape)
 
     def first_tokens(self) -> torch.Tensor:  # [B] packed index of each row's first valid token
-        if self.index is None:
-            return torch.arange(self.shape[0], device=self.lengths.device) * self.shape[1]
+        if self.index is None:  # padded: each row's start in the [B * L] stream, past any left padding
+            starts = torch.arange(self.shape[0], device=self.lengths.device) * self.shape[1]
+            return starts + self.packing.key_mask.int().argmax(1)
         return self.packing.first_token_index()
 
     def subset(self, selection: torch.Tensor) -> torch.Tensor:

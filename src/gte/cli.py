@@ -1,0 +1,204 @@
+"""`gte embed | rerank | info | serve`.
+
+User errors (a missing model, an unreadable or malformed input, a missing field) end with one line
+on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import logging as hf_logging
+
+from . import hub, io
+from .embed import DEFAULT_BATCH_TOKENS, Embedder
+from .rerank import Reranker
+from .server import add_serve_arguments, serve
+
+DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"
+USER_ERRORS = (hub.ModelNotFoundError, io.InputError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    hf_logging.disable_progress_bar()  # the CLI's own progress bar is the one that counts
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args) or 0
+        except USER_ERRORS as error:
+            print(f"gte {args.command}: error: {error}", file=sys.stderr)
+            return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gte", description="GTE v1.5 embeddings and reranking, fast and exact.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", help="embed texts (arguments, stdin or a file)", description=EMBED_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: --input, else stdin lines)")
+    _add_model_arguments(embed, hub.DEFAULT_MODEL)
+    _add_input_arguments(embed)
+    embed.add_argument("--output", "-o", type=Path, help="output file: .npy, .parquet or .jsonl (default: JSON lines on stdout)")
+    embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
+    embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
+    embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    embed.set_defaults(run=run_embed)
+
+    rerank = commands.add_parser("rerank", help="score documents against a query, best first")
+    rerank.add_argument("documents", nargs="*", metavar="DOC", help="documents (default: --input, else stdin lines)")
+    rerank.add_argument("--query", "-q", required=True, help="the query")
+    _add_model_arguments(rerank, DEFAULT_RERANKER)
+    _add_input_arguments(rerank)
+    rerank.add_argument("--top-k", type=int, help="print only the best K documents")
+    rerank.add_argument("--normalize", action="store_true", help="sigmoid of the logit (a score in 0..1)")
+    rerank.set_defaults(run=run_rerank)
+
+    info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
+    info.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help=f"directory or hub id (default: {hub.DEFAULT_MODEL})")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=run_info)
+
+    server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)")
+    add_serve_arguments(server)
+    server.set_defaults(run=serve)
+    return parser
+
+
+EMBED_HELP = """Embed texts with a GTE v1.5 checkpoint.
+
+examples:
+  gte embed "what is the capital of China?" "how to implement quick sort in python?"
+  gte embed --input docs.jsonl --field body --output vectors.parquet
+  gte embed --model ./gte-base-en-v1.5 --input lines.txt --output vectors.npy --dim 256
+  cat lines.txt | gte embed > vectors.jsonl
+"""
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--model", "-m", default=default, help=f"checkpoint directory or hub id (default: {default})")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: from the checkpoint)")
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per batch (default: %(default)s)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", "-i", type=Path, help="a .txt (one text a line), .jsonl, .csv or .parquet file")
+    parser.add_argument("--field", default=io.DEFAULT_FIELD, help="JSON field or column holding the text (default: %(default)s)")
+
+
+def _texts(given: list[str], args: argparse.Namespace) -> list[str]:
+    if given and args.input:
+        raise io.InputError("pass texts as arguments or with --input, not both")
+    if given:
+        return given
+    if args.input:
+        return io.read_texts(args.input, args.field)
+    return io.stdin_texts()
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        device=args.device, dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+        show_progress=args.progress,
+    )  # fmt: skip
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    if args.sparse and (args.dim is not None or not args.normalize):
+        raise io.InputError("--dim and --no-normalize apply to dense vectors, not to --sparse")
+    output = None if args.output is None else io.check_output(args.output, args.sparse)
+    texts = _texts(args.texts, args)
+    embedder = Embedder(args.model, **_model_kwargs(args))
+    if args.sparse:
+        vectors = embedder.encode_sparse(texts)
+    else:
+        vectors = embedder.encode(texts, dim=args.dim, normalize=args.normalize)
+    if output is None:
+        io.write_jsonl(sys.stdout, vectors)
+    else:
+        io.write_embeddings(output, vectors)
+        print(f"gte embed: wrote {len(texts)} {'sparse ' * args.sparse}embeddings to {output}", file=sys.stderr)
+
+
+def run_rerank(args: argparse.Namespace) -> None:
+    documents = _texts(args.documents, args)
+    reranker = Reranker(args.model, **_model_kwargs(args))
+    for hit in reranker.rank(args.query, documents, top_k=args.top_k, normalize=args.normalize):
+        print(f"{hit['score']:.6f}\t{hit['index']}\t{hit['text']}")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    report = model_info(args.model)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        print(f"{key + ':':<28}{value}")
+
+
+def model_info(model: str) -> dict[str, Any]:
+    """What a checkpoint is, read from its files (the weights are not loaded)."""
+    import torch
+
+    from .attention import available_backends
+
+    path = hub.resolve(model)
+    name, num_labels = hub.architecture(path)
+    config = hub.read_json(path / "config.json")
+    settings = hub.sentence_transformers_settings(path)
+    devices = ["cpu"] + (["cuda"] * torch.cuda.is_available())
+    backends = {
+        f"{device} {dtype}": available_backends(device, getattr(torch, dtype))
+        for device in devices
+        for dtype in (("float32",) if device == "cpu" else ("float16", "bfloat16", "float32"))
+    }
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+            "max_position_embeddings", "type_vocab_size", "hidden_act", "position_embedding_type", "rope_theta",
+            "rope_scaling", "layer_norm_type", "logn_attention_scale", "logn_attention_clip1", "pack_qkv")  # fmt: skip
+    return {
+        "model": model,
+        "path": str(path),
+        "architecture": name,
+        "num_labels": num_labels if name != "NewModel" else None,
+        "parameters": parameter_count(path),
+        "sparse_head": name == "NewForTokenClassification" and num_labels == 1,
+        "pooling": settings.pooling or "cls",
+        "max_seq_length": settings.max_seq_length or config.get("max_position_embeddings"),
+        **{key: config.get(key) for key in keys},
+        "attention_backends": backends,
+    }
+
+
+def parameter_count(path: Path) -> int:
+    """Number of stored parameters, from the safetensors headers."""
+    from safetensors import safe_open
+
+    index = hub.read_json(path / "model.safetensors.index.json")
+    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
+    total = 0
+    for name in files:
+        if not (path / name).is_file():
+            raise hub.ModelNotFoundError(f"{path} has no {name}: gte reads safetensors checkpoints")
+        with safe_open(path / name, "pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gte: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

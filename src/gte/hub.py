@@ -1,0 +1,174 @@
+"""Finding and loading a checkpoint: local directory or hub id, device and dtype, tokenizer,
+sentence-transformers settings (pooling, max length)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL = "Alibaba-NLP/gte-base-en-v1.5"
+# What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
+POOLING_MODES = ("cls", "mean")
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}  # fmt: skip
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a checkpoint directory nor a hub id that can be found or downloaded."""
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A checkpoint directory for a local path or a hub id (downloaded into, or read from, the HF cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} has no config.json: pass a checkpoint directory (config.json, model.safetensors, tokenizer files)"
+            )
+        return path
+    name = str(model)
+    if path.exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(f"model {name!r} is not a checkpoint directory (and not a hub id like {DEFAULT_MODEL!r})")
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS))
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise ModelNotFoundError(
+            f"hub model {repo_id!r} does not exist or needs access rights ({type(error).__name__}); check the id, "
+            "log in with `hf auth login` for gated models, or pass a local checkpoint directory"
+        ) from error
+    except OSError as error:  # not (completely) cached, and offline, no network or an HTTP failure
+        local = f"/path/to/{repo_id.split('/')[1]}"
+        raise ModelNotFoundError(
+            f"hub model {repo_id!r} is not in the Hugging Face cache and cannot be downloaded now (offline mode or no "
+            f"network: {type(error).__name__}). Download it once with network access (`hf download {repo_id}`), or pass "
+            f"a local checkpoint directory instead of the id: gte.Embedder({local!r}) / gte embed --model {local}"
+        ) from error
+
+
+def read_json(path: Path) -> dict[str, Any] | list[Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def architecture(path: Path) -> tuple[str, int]:
+    """(class name in the official `New*` spelling, number of labels) from config.json."""
+    config = read_json(path / "config.json") or {}
+    if config.get("model_type") not in ("new", "gte"):
+        raise ValueError(
+            f"{path} holds a {config.get('model_type')!r} model; gte loads GTE v1.5 checkpoints (model_type 'new', "
+            "e.g. Alibaba-NLP/gte-base-en-v1.5, gte-large-en-v1.5, gte-multilingual-base)"
+        )
+    name = (config.get("architectures") or ["NewModel"])[0].replace("Gte", "New", 1)
+    return name, len(config.get("id2label") or {0: 0, 1: 1})
+
+
+# ------------------------------------------------------------------------------ device and dtype
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None: float16 on GPU, float32 on CPU."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot load a tokenizer from {path}: {error}") from error
+
+
+# ------------------------------------------------------------------------------ sentence-transformers files
+@dataclass(frozen=True)
+class SentenceTransformersSettings:
+    pooling: str | None = None
+    max_seq_length: int | None = None
+
+
+def sentence_transformers_settings(path: Path) -> SentenceTransformersSettings:
+    """Pooling mode and max_seq_length from modules.json, 1_Pooling/config.json, sentence_bert_config.json."""
+    modules = read_json(path / "modules.json") or []
+    pooling = None
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            pooling = _pooling_mode(read_json(path / module.get("path", "") / "config.json") or {})
+    st_config = read_json(path / "sentence_bert_config.json") or {}
+    return SentenceTransformersSettings(pooling, st_config.get("max_seq_length"))
+
+
+def _pooling_mode(config: dict[str, Any]) -> str:
+    if "pooling_mode" in config:  # sentence-transformers >= 6
+        mode = config["pooling_mode"]
+    else:
+        modes = [key.removeprefix("pooling_mode_") for key, on in config.items() if key.startswith("pooling_mode_") and on]
+        mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(modes[0], modes[0]) if len(modes) == 1 else "+".join(modes)
+    return check_pooling(mode)
+
+
+def check_pooling(mode: str) -> str:
+    if mode not in POOLING_MODES:
+        raise ValueError(f"pooling {mode!r} is not supported: choose one of {', '.join(POOLING_MODES)}")
+    return mode
+
+
+# ------------------------------------------------------------------------------ loading
+@dataclass
+class Loaded:
+    model: torch.nn.Module  # a gte NewPreTrainedModel, in eval mode
+    tokenizer: Any
+    name: str
+    settings: SentenceTransformersSettings
+
+
+def load(
+    model: str | os.PathLike | torch.nn.Module,
+    choose_class: Callable[[str, int], type],
+    *,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    tokenizer: Any,
+    attn_implementation: str | None,
+) -> Loaded:
+    """Load a checkpoint (directory or hub id) as the class `choose_class(architecture, num_labels)`
+    returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is."""
+    if isinstance(model, torch.nn.Module):
+        choose_class(type(model).__name__, model.config.num_labels)
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
+        return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, SentenceTransformersSettings())
+    path = resolve(model)
+    cls = choose_class(*architecture(path))
+    target = resolve_device(device)
+    kwargs = {"dtype": resolve_dtype(dtype, target)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    loaded = cls.from_pretrained(str(path), **kwargs).to(target).eval()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+    return Loaded(loaded, tokenizer, str(model), sentence_transformers_settings(path))

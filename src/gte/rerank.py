@@ -1,0 +1,105 @@
+"""`Reranker`: query-document relevance scores from a NewForSequenceClassification checkpoint
+(gte-multilingual-reranker-base), on the same packed inference path as `Embedder`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import hub
+from .embed import DEFAULT_BATCH_TOKENS, backend_name, check_max_length, check_texts, run_packed, tokenize_texts
+from .modeling import NewForSequenceClassification
+
+
+class Reranker:
+    """Scores (query, document) pairs, encoded together; score = the logit (its sigmoid with normalize=True).
+
+        reranker = gte.Reranker("Alibaba-NLP/gte-multilingual-reranker-base")
+        reranker.rank("what is a panda?", ["The giant panda is a bear.", "Paris is in France."], top_k=1)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | NewForSequenceClassification,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        show_progress: bool | None = None,
+        tokenizer: Any = None,
+        attn_implementation: str | None = None,
+    ):
+        loaded = hub.load(
+            model, _reranker_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation
+        )
+        self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
+        config = self.model.config
+        self.device, self.dtype = self.model.device, self.model.dtype
+        self.max_length = check_max_length(config, max_length or config.max_position_embeddings)
+        self.batch_tokens, self.show_progress = batch_tokens, show_progress
+        self.backend = backend_name(self.model.new)
+        self._type_ids = config.type_vocab_size > 1  # with one type every id is 0: nothing to pass
+
+    def __repr__(self) -> str:
+        return (
+            f"Reranker({self.model_name!r}, device={self.device}, dtype={self.dtype}, max_length={self.max_length}, "
+            f"backend={self.backend!r})"
+        )
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool = True
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        """(token ids, token type ids or None) of each (query, document) pair, cut to max_length."""
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, not str")
+        documents = check_texts(documents, "documents")
+        return tokenize_texts(self.tokenizer, [query] * len(documents), documents, self.max_length, truncate, self._type_ids)
+
+    def score(self, query: str, documents: Sequence[str], *, normalize: bool = False, truncate: bool = True) -> list[float]:
+        """One relevance score per document, in input order."""
+        ids, types = self.tokenize_pairs(query, documents, truncate=truncate)
+        return self.score_tokens(ids, types, normalize=normalize)
+
+    def rank(
+        self, query: str, documents: Sequence[str], *, top_k: int | None = None, normalize: bool = False
+    ) -> list[dict[str, Any]]:
+        """[{"index", "score", "text"}], best first (the first top_k)."""
+        documents = check_texts(documents, "documents")
+        scores = self.score(query, documents, normalize=normalize)
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
+        return [{"index": i, "score": scores[i], "text": documents[i]} for i in order]
+
+    @torch.inference_mode()
+    def score_tokens(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        token_type_ids: Sequence[Sequence[int]] | None = None,
+        *,
+        normalize: bool = False,
+        batch_tokens: int | None = None,
+        show_progress: bool | None = None,
+    ) -> list[float]:
+        """Scores of already-tokenized pairs (special tokens included)."""
+        scores = [0.0] * len(token_ids)
+        show = self.show_progress if show_progress is None else show_progress
+        budget = batch_tokens or self.batch_tokens
+        types = token_type_ids if self._type_ids else None
+        for batch, first, _ in run_packed(self.model.new, token_ids, budget, type_ids=types, first_only=True, show_progress=show):
+            logits = self.model.classifier(self.model.new.pooler(first)).squeeze(-1).float()  # [B]
+            if normalize:
+                logits = torch.sigmoid(logits)
+            for i, value in zip(batch, logits.tolist()):
+                scores[i] = value
+        return scores
+
+
+def _reranker_class(name: str, num_labels: int) -> type[NewForSequenceClassification]:
+    if name != "NewForSequenceClassification":
+        raise ValueError(f"the checkpoint is a {name}, not a reranker (NewForSequenceClassification): use gte.Embedder")
+    if num_labels != 1:
+        raise ValueError(f"a reranker has one output (num_labels=1); this checkpoint has {num_labels}")
+    return NewForSequenceClassification

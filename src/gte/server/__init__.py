@@ -1,0 +1,81 @@
+"""`gte serve`: an embedding / reranking server speaking the OpenAI and TEI APIs (FastAPI + uvicorn).
+
+    gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
+
+The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app(embedder,
+reranker, settings)` builds the same app for tests and for embedding the server elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+import uvicorn
+
+from .. import hub
+from ..embed import Embedder
+from ..rerank import Reranker
+from .app import ServerSettings, create_app
+
+__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve"]
+
+API_KEY_ENV = "GTE_API_KEY"
+RERANKER_ARCHITECTURE = "NewForSequenceClassification"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerSettings()
+    add = parser.add_argument
+    add("--model", default=hub.DEFAULT_MODEL, help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
+        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes")  # fmt: skip
+    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    add("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    add("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU)")
+    add("--max-input-length", type=int, default=None, help="tokens per input (default: the model's max length)")
+    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="token budget of one merged batch")
+    add("--max-wait-ms", type=float, default=defaults.max_wait_ms, help="how long a request waits to batch with others")
+    add("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
+        help="inference requests in flight; beyond it the server answers 429 with Retry-After")  # fmt: skip
+    add("--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
+        help="inputs per request; beyond it the server answers 413")  # fmt: skip
+    add("--api-key", default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
+    add("--served-model-name", default=None, help="the name clients send as `model` (default: --model as given)")
+    add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
+    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None):
+    """(embedder, None) or (None, reranker), by the checkpoint's architecture."""
+    name, _ = hub.architecture(hub.resolve(model))
+    cls = Reranker if name == RERANKER_ARCHITECTURE else Embedder
+    loaded = cls(model, device=device, dtype=dtype, max_length=max_length)
+    return (None, loaded) if cls is Reranker else (loaded, None)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests, return 0."""
+    embedder, reranker = load_model(args.model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
+    settings = ServerSettings(
+        model_name=args.served_model_name,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_client_batch_size=args.max_client_batch_size,
+        api_key=args.api_key,
+        batching=not args.no_batching,
+    )
+    app = create_app(embedder, reranker, settings)
+    _exit_cleanly_after_shutdown()
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    return 0
+
+
+def _exit_cleanly_after_shutdown() -> None:
+    """uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to the handler it
+    found; make that handler a no-op so a graceful shutdown ends in a normal exit (status 0)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny official-layout checkpoints (built once per session) and a fake hub cache.
+
+Tests never touch the network: HF_HUB_OFFLINE is set before anything imports huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import fixtures  # noqa: E402
+
+OFFICIAL_ID = fixtures.OFFICIAL_ID
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """gte-base-en-v1.5 in miniature: NewModel, WordPiece tokenizer, sentence-transformers files (CLS, max_seq_length 64)."""
+    return fixtures.build_tiny_model(tmp_path_factory.mktemp("tiny-en"))
+
+
+@pytest.fixture(scope="session")
+def multilingual_model_dir(tmp_path_factory) -> Path:
+    """NewModel with an XLM-R-style unigram tokenizer and type_vocab_size 1 (no sentence-transformers files)."""
+    return fixtures.build_multilingual_model(tmp_path_factory.mktemp("tiny-multilingual"))
+
+
+@pytest.fixture(scope="session")
+def sparse_model_dir(tmp_path_factory) -> Path:
+    """gte-multilingual-base in miniature: NewForTokenClassification with one label (token weights)."""
+    return fixtures.build_sparse_model(tmp_path_factory.mktemp("tiny-sparse"))
+
+
+@pytest.fixture(scope="session")
+def reranker_model_dir(tmp_path_factory) -> Path:
+    """gte-multilingual-reranker-base in miniature: NewForSequenceClassification with one label."""
+    return fixtures.build_reranker_model(tmp_path_factory.mktemp("tiny-reranker"))
+
+
+@pytest.fixture(scope="session")
+def fake_hub_cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """A huggingface_hub cache directory holding the tiny English model as Alibaba-NLP/gte-base-en-v1.5.
+
+    Point the hub at it with `hub_cache_env` (in-process) or HF_HUB_CACHE=<path> (subprocesses).
+    """
+    return fixtures.build_hub_cache(tmp_path_factory.mktemp("hf-cache"), OFFICIAL_ID, tiny_model_dir)
+
+
+@pytest.fixture
+def hub_cache_env(fake_hub_cache, monkeypatch) -> Path:
+    """Use the fake cache for this test: HF_HUB_CACHE in the environment and huggingface_hub's constants."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub_cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return fake_hub_cache

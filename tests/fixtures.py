@@ -1,0 +1,220 @@
+"""Tiny GTE checkpoints in the official layout, built from scratch (no network).
+
+Each `build_*` function writes one checkpoint directory the way the official hub repos look:
+config.json (model_type "new", an `auto_map` pointing at Alibaba-NLP/new-impl), model.safetensors
+written by our classes' save_pretrained, tokenizer files (a tokenizer trained here with the
+`tokenizers` library on generated text) and, for the embedding models, the sentence-transformers
+files. conftest.py builds each one once per session; benchmarks can call them too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from gte import NewConfig, NewForSequenceClassification, NewForTokenClassification, NewModel
+
+ENGLISH_WORDS = (
+    "the a an of to in on for with by from about model text query document search vector embedding "
+    "retrieval rank score fast slow small large token sentence word language paris london berlin city "
+    "river mountain music science history computer network learning deep neural data set cat dog house "
+    "tree water light book read write run walk think know good new old first last long short quick brown "
+    "fox jumps over lazy is are was were be been has have had do does did not and or but if then"
+).split()
+MULTILINGUAL_WORDS = ENGLISH_WORDS[:40] + (
+    "der die das und ist nicht eine schnelle hund katze haus le la les et est une rapide chien chat maison "
+    "el los las es una perro gato casa 北京 上海 模型 文本 检索 向量 東京 日本語 кошка собака дом"
+).split()
+
+OFFICIAL_ID = "Alibaba-NLP/gte-base-en-v1.5"  # the default model; the fake hub cache holds the tiny one under it
+NEW_IMPL = "Alibaba-NLP/new-impl"
+AUTO_MAP = {
+    "AutoConfig": f"{NEW_IMPL}--configuration.NewConfig",
+    "AutoModel": f"{NEW_IMPL}--modeling.NewModel",
+    "AutoModelForMaskedLM": f"{NEW_IMPL}--modeling.NewForMaskedLM",
+    "AutoModelForMultipleChoice": f"{NEW_IMPL}--modeling.NewForMultipleChoice",
+    "AutoModelForQuestionAnswering": f"{NEW_IMPL}--modeling.NewForQuestionAnswering",
+    "AutoModelForSequenceClassification": f"{NEW_IMPL}--modeling.NewForSequenceClassification",
+    "AutoModelForTokenClassification": f"{NEW_IMPL}--modeling.NewForTokenClassification",
+}
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+# A revision id for the fake hub cache (any 40 hex digits).
+FAKE_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def generate_corpus(words: list[str], n: int = 2000, seed: int = 0) -> list[str]:
+    """`n` random sentences of 3-20 words."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) for _ in range(n)]
+
+
+def train_wordpiece(corpus: list[str], vocab_size: int = 500) -> Tokenizer:
+    """A BERT-style uncased WordPiece tokenizer: [CLS] A [SEP] (pairs: [CLS] A [SEP] B [SEP])."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tok
+
+
+def train_unigram(corpus: list[str], vocab_size: int = 400) -> Tokenizer:
+    """An XLM-R-style sentencepiece (unigram, metaspace) tokenizer: <s> A </s> (pairs: <s> A </s></s> B </s>)."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, out: Path, *, multilingual: bool, max_length: int) -> None:
+    """tokenizer.json + tokenizer_config.json naming the official tokenizer class."""
+    if multilingual:
+        names = dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+                     unk_token="<unk>", mask_token="<mask>")  # fmt: skip
+    else:
+        names = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **names)
+    fast.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "XLMRobertaTokenizer" if multilingual else "BertTokenizer"
+    path.write_text(json.dumps(config, indent=2))
+
+
+def round_up(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def tiny_config(tokenizer: Tokenizer, *, architecture: str, multilingual: bool, **overrides) -> NewConfig:
+    """A 2-layer, hidden-32 config shaped like the official one it imitates."""
+    base = dict(
+        vocab_size=round_up(tokenizer.get_vocab_size()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        architectures=[architecture],
+    )
+    if multilingual:  # like gte-multilingual-base / gte-multilingual-reranker-base
+        base |= dict(type_vocab_size=1, pad_token_id=1, rope_theta=20000.0, rope_scaling={"type": "ntk", "factor": 8.0})
+    else:  # like gte-base-en-v1.5
+        base |= dict(type_vocab_size=0, pad_token_id=0, rope_theta=500000.0, rope_scaling={"type": "ntk", "factor": 2.0})
+    return NewConfig(**(base | overrides))
+
+
+def save_model(model: torch.nn.Module, out: Path) -> None:
+    """save_pretrained, then give config.json the official `auto_map`."""
+    model.save_pretrained(out)
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    config["auto_map"] = AUTO_MAP
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def save_sentence_transformers_files(out: Path, *, max_seq_length: int, hidden_size: int, normalize: bool) -> None:
+    """modules.json, sentence_bert_config.json and 1_Pooling/config.json (CLS pooling)."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    pooling = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+
+
+def _english_tokenizer() -> Tokenizer:
+    return train_wordpiece(generate_corpus(ENGLISH_WORDS, seed=1))
+
+
+def _multilingual_tokenizer() -> Tokenizer:
+    return train_unigram(generate_corpus(MULTILINGUAL_WORDS, seed=2))
+
+
+def build_tiny_model(out: Path, *, seed: int = 0, max_seq_length: int = 64) -> Path:
+    """Like gte-base-en-v1.5: NewModel, English WordPiece tokenizer, sentence-transformers files (CLS)."""
+    tok = _english_tokenizer()
+    torch.manual_seed(seed)
+    model = NewModel(tiny_config(tok, architecture="NewModel", multilingual=False))
+    save_model(model, out)
+    save_tokenizer(tok, out, multilingual=False, max_length=model.config.max_position_embeddings)
+    save_sentence_transformers_files(out, max_seq_length=max_seq_length, hidden_size=32, normalize=False)
+    return out
+
+
+def build_multilingual_model(out: Path, *, seed: int = 1) -> Path:
+    """A NewModel with an XLM-R-style unigram tokenizer, type_vocab_size 1, no sentence-transformers files."""
+    tok = _multilingual_tokenizer()
+    torch.manual_seed(seed)
+    model = NewModel(tiny_config(tok, architecture="NewModel", multilingual=True))
+    save_model(model, out)
+    save_tokenizer(tok, out, multilingual=True, max_length=model.config.max_position_embeddings)
+    return out
+
+
+def build_sparse_model(out: Path, *, seed: int = 2) -> Path:
+    """Like gte-multilingual-base: NewForTokenClassification with one label (the token-weight head)."""
+    tok = _multilingual_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_config(tok, architecture="NewForTokenClassification", multilingual=True, num_labels=1)
+    model = NewForTokenClassification(config)
+    with torch.no_grad():
+        model.classifier.bias.fill_(1.0)  # most tokens get a positive weight
+    save_model(model, out)
+    save_tokenizer(tok, out, multilingual=True, max_length=config.max_position_embeddings)
+    save_sentence_transformers_files(out, max_seq_length=config.max_position_embeddings, hidden_size=32, normalize=True)
+    return out
+
+
+def build_reranker_model(out: Path, *, seed: int = 3) -> Path:
+    """Like gte-multilingual-reranker-base: NewForSequenceClassification with one label."""
+    tok = _multilingual_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_config(tok, architecture="NewForSequenceClassification", multilingual=True, num_labels=1)
+    model = NewForSequenceClassification(config)
+    save_model(model, out)
+    save_tokenizer(tok, out, multilingual=True, max_length=config.max_position_embeddings)
+    return out
+
+
+def build_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = FAKE_REVISION) -> Path:
+    """A huggingface_hub cache holding `source` as `repo_id` at `revision` (refs/main points at it)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(source, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return cache

@@ -1,0 +1,257 @@
+"""gte.Embedder on tiny checkpoints: numbers against the padded transformers path and the golden
+fixtures, batch/order independence, Matryoshka dims, truncation, input checks, sparse weights."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForTokenClassification, AutoTokenizer
+
+import gte
+from gte.embed import TruncationWarning, cut_batches
+from gte.hub import ModelNotFoundError
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "",
+    "search",
+    "deep neural network learning for retrieval and rank of a document set",
+    "paris london berlin",
+    "a",
+    "what is the capital of china? the city of berlin is not",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model_dir) -> gte.Embedder:
+    return gte.Embedder(tiny_model_dir)
+
+
+def padded_hidden(model_dir: Path, texts: list[str], head=AutoModel) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The transformers way: pad the batch and call the model (our classes, via the Auto registration)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    model = head.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    return out, batch["attention_mask"], batch
+
+
+def test_encode_matches_padded_transformers_path(embedder, tiny_model_dir):
+    out, _, _ = padded_hidden(tiny_model_dir, TEXTS)
+    expected = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
+    vectors = embedder.encode(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_results_do_not_depend_on_batch_tokens_or_order(embedder):
+    texts = [" ".join(random.Random(i).choices(TEXTS[0].split() + TEXTS[3].split(), k=i % 40)) for i in range(60)]
+    reference = embedder.encode(texts)
+    for seed, budget in enumerate((1, 9, 64, 300, 100_000)):
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        shuffled = embedder.encode([texts[i] for i in order], batch_tokens=budget)
+        np.testing.assert_allclose(shuffled, reference[order], atol=1e-5, rtol=0)
+
+
+def test_cut_batches_respects_the_budget():
+    lengths = [5, 1, 9, 3, 3, 20, 2]
+    batches = cut_batches(lengths, 10)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 or len(b) == 1 for b in batches)
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        cut_batches(lengths, 0)
+
+
+def test_matryoshka_dim(embedder):
+    raw = embedder.encode(TEXTS, normalize=False)
+    for dim in (1, 8, 32):
+        expected = raw[:, :dim] / np.linalg.norm(raw[:, :dim], axis=1, keepdims=True)
+        np.testing.assert_allclose(embedder.encode(TEXTS, dim=dim), expected, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode(TEXTS, dim=8, normalize=False), raw[:, :8])
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="dim must be between 1 and the hidden size 32"):
+            embedder.encode(TEXTS, dim=bad)
+
+
+def test_settings_from_sentence_transformers_files(embedder, multilingual_model_dir):
+    assert (embedder.max_length, embedder.pooling) == (64, "cls")  # sentence_bert_config.json, 1_Pooling
+    other = gte.Embedder(multilingual_model_dir)  # no sentence-transformers files
+    assert (other.max_length, other.pooling) == (128, "cls")  # max_position_embeddings
+    assert gte.Embedder(multilingual_model_dir, max_length=16).max_length == 16
+
+
+def test_mean_pooling_from_the_pooling_config(tiny_model_dir, tmp_path):
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "mean"))
+    pooling = json.loads((copy / "1_Pooling" / "config.json").read_text())
+    pooling |= {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
+    (copy / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    embedder = gte.Embedder(copy, normalize=False)
+    assert embedder.pooling == "mean"
+    out, mask, _ = padded_hidden(copy, TEXTS)
+    m = mask[..., None].float()
+    expected = ((out.last_hidden_state * m).sum(1) / m.sum(1)).numpy()
+    np.testing.assert_allclose(embedder.encode(TEXTS), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling 'max' is not supported"):
+        gte.Embedder(copy, pooling="max")
+
+
+def test_attributes(embedder, tiny_model_dir):
+    assert embedder.model_name == str(tiny_model_dir)
+    assert isinstance(embedder.model, gte.NewModel)
+    assert embedder.device == torch.device("cpu") and embedder.dtype == torch.float32
+    assert (embedder.hidden_size, embedder.vocab_size % 64) == (32, 0)
+    assert embedder.backend in gte.available_backends("cpu", torch.float32)
+    assert not embedder.has_sparse
+    assert "Embedder(" in repr(embedder)
+
+
+def test_tokenize_special_tokens_and_empty_strings(embedder):
+    cls, sep = embedder.tokenizer.cls_token_id, embedder.tokenizer.sep_token_id
+    ids = embedder.tokenize(["", "fox"])
+    assert ids[0] == [cls, sep]
+    assert ids[1][0] == cls and ids[1][-1] == sep
+    assert embedder.encode(["", "fox"]).shape == (2, 32)
+    assert embedder.encode("fox").shape == (1, 32)
+    assert embedder.encode([]).shape == (0, 32)
+
+
+def test_truncation_warns_once_with_the_count(embedder):
+    long = "the quick brown fox " * 40
+    with pytest.warns(TruncationWarning, match=r"2 of 3 texts were longer than max_length=64") as caught:
+        ids = embedder.tokenize([long, "fox", long + "dog"])
+    assert len(caught) == 1
+    assert [len(row) for row in ids] == [64, 3, 64]
+    assert ids[0][-1] == embedder.tokenizer.sep_token_id
+    with pytest.warns(TruncationWarning):
+        vectors = embedder.encode([long])
+    np.testing.assert_allclose(vectors, embedder.encode_tokens(ids[:1]), atol=1e-6)
+    with pytest.raises(ValueError, match="1 of 2 texts are longer than max_length=64 tokens .*index 1"):
+        embedder.encode(["fox", long], truncate=False)
+
+
+def test_non_strings_name_the_index(embedder):
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        embedder.encode(["a", "b", 3])
+    with pytest.raises(TypeError, match=r"texts\[0\] is NoneType"):
+        embedder.tokenize([None])
+
+
+def test_multilingual_unigram_checkpoint(multilingual_model_dir):
+    texts = ["der schnelle hund", "北京 上海 模型", "le chat est rapide", ""]
+    embedder = gte.Embedder(multilingual_model_dir)
+    assert embedder.tokenize([""])[0] == [embedder.tokenizer.bos_token_id, embedder.tokenizer.eos_token_id]
+    out, _, _ = padded_hidden(multilingual_model_dir, texts)
+    expected = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
+    np.testing.assert_allclose(embedder.encode(texts), expected, atol=1e-5)
+
+
+def test_loaded_model_instance_without_tokenizer(tiny_model_dir, embedder):
+    model = gte.NewModel.from_pretrained(tiny_model_dir)
+    bare = gte.Embedder(model)
+    ids = embedder.tokenize(TEXTS)
+    np.testing.assert_allclose(bare.encode_tokens(ids), embedder.encode(TEXTS), atol=1e-6)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        bare.encode(["fox"])
+    with pytest.raises(ValueError, match=r"token_ids\[1\] is empty"):
+        bare.encode_tokens([[2, 3], []])
+    with pytest.raises(ValueError, match=r"token_ids\[1\] holds ids outside this model's vocabulary \(0..319\)"):
+        bare.encode_tokens([[2, 3], [2, 320, 3]])
+
+
+def test_bfloat16_is_close_to_float32(tiny_model_dir, embedder):
+    low = gte.Embedder(tiny_model_dir, dtype="bfloat16")
+    assert low.dtype == torch.bfloat16
+    vectors = low.encode(TEXTS)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, embedder.encode(TEXTS), atol=0.05)
+
+
+def test_progress_bar_when_asked(embedder, capsys):
+    embedder.encode(TEXTS * 10, batch_tokens=16, show_progress=True)
+    assert "70/70" in capsys.readouterr().err
+    embedder.encode(TEXTS * 10, batch_tokens=16)  # stderr is not a terminal here: no bar
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("case", ["p01", "p02", "p11"])
+def test_cls_vectors_match_the_golden_fixtures(case):
+    """The original's last_hidden_state[:, 0] for each row, through encode_tokens (token type 0 cases)."""
+    (case_dir,) = GOLDEN.glob(f"{case}_*")
+    model = gte.NewModel.from_pretrained(case_dir, dtype=torch.float32)
+    inputs, expected = load_file(case_dir / "inputs.safetensors"), load_file(case_dir / "expected.safetensors")
+    ids = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    vectors = gte.Embedder(model, normalize=False).encode_tokens(ids, batch_tokens=40)
+    np.testing.assert_allclose(vectors, expected["last_hidden_state"][:, 0].float().numpy(), atol=3e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------ sparse
+def reference_sparse(model_dir: Path, texts: list[str]) -> list[dict[str, float]]:
+    """Written out the long way from the padded token-classification logits."""
+    out, mask, batch = padded_hidden(model_dir, texts, AutoModelForTokenClassification)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    special = set(tokenizer.all_special_ids)
+    result = []
+    for ids, row_mask, logits in zip(batch["input_ids"], mask, out.logits[..., 0]):
+        weights: dict[str, float] = {}
+        for token_id, valid, logit in zip(ids.tolist(), row_mask.tolist(), logits.tolist()):
+            token = tokenizer.decode([token_id])
+            if valid and token_id not in special and logit > 0 and token.strip():
+                weights[token] = max(weights.get(token, 0.0), logit)
+        result.append(weights)
+    return result
+
+
+def test_sparse_weights(sparse_model_dir):
+    texts = ["der hund der hund ist schnell", "北京 上海", "", "le chat le chat"]
+    embedder = gte.Embedder(sparse_model_dir)
+    assert embedder.has_sparse and isinstance(embedder.model, gte.NewForTokenClassification)
+    sparse = embedder.encode_sparse(texts)
+    expected = reference_sparse(sparse_model_dir, texts)
+    assert [set(s) for s in sparse] == [set(e) for e in expected]
+    assert sparse[0] and sparse[2] == {}
+    for got, want in zip(sparse, expected):
+        for token, weight in want.items():
+            assert got[token] == pytest.approx(weight, abs=1e-5)
+    assert all(w > 0 for s in sparse for w in s.values())
+    # the dense vectors of a sparse checkpoint: CLS of the inner model
+    out, _, _ = padded_hidden(sparse_model_dir, texts)
+    expected_dense = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
+    np.testing.assert_allclose(embedder.encode(texts), expected_dense, atol=1e-5)
+
+
+def test_sparse_needs_the_token_weight_head(embedder):
+    with pytest.raises(ValueError, match="no token-weight head"):
+        embedder.encode_sparse(["fox"])
+
+
+# ------------------------------------------------------------------------------ loading errors
+def test_reranker_checkpoint_is_refused(reranker_model_dir):
+    with pytest.raises(ValueError, match="gte.Reranker"):
+        gte.Embedder(reranker_model_dir)
+
+
+def test_missing_model_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not a checkpoint directory"):
+        gte.Embedder(tmp_path / "nowhere")
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        gte.Embedder(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="pass a local checkpoint directory"):
+        gte.Embedder("Alibaba-NLP/not-in-the-cache")
+
+
+def test_other_model_types_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="holds a 'bert' model"):
+        gte.Embedder(tmp_path)

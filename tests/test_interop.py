@@ -1,0 +1,66 @@
+"""Interop: sentence-transformers and transformers load official-layout directories offline without
+trust_remote_code once `gte` is imported, and agree with Embedder; hub ids resolve from the
+Hugging Face cache (a fake one holding the tiny model as Alibaba-NLP/gte-base-en-v1.5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+
+import gte
+from fixtures import OFFICIAL_ID
+from gte.hub import ModelNotFoundError
+
+pytestmark = pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")  # "search " * 100 is cut, as ST cuts it
+TEXTS = ["the quick brown fox jumps over the lazy dog", "", "paris", "北京 der hund le chat", "search " * 100]
+
+
+def test_sentence_transformers_gives_the_same_vectors(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert isinstance(model[0].model, gte.NewModel)  # our class, found without trust_remote_code
+    assert model.max_seq_length == 64
+    expected = model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(gte.Embedder(tiny_model_dir).encode(TEXTS), expected, atol=1e-5)
+
+
+def test_sentence_transformers_on_the_sparse_checkpoint(sparse_model_dir):
+    model = SentenceTransformer(str(sparse_model_dir), device="cpu")  # modules: Transformer, Pooling, Normalize
+    np.testing.assert_allclose(gte.Embedder(sparse_model_dir).encode(TEXTS), model.encode(TEXTS), atol=1e-5)
+
+
+def test_sentence_transformers_default_mean_pooling(multilingual_model_dir):
+    """Without sentence-transformers files ST builds mean pooling; Embedder(pooling="mean") agrees."""
+    model = SentenceTransformer(str(multilingual_model_dir), device="cpu")
+    expected = model.encode(TEXTS)
+    embedder = gte.Embedder(multilingual_model_dir, pooling="mean", normalize=False, max_length=model.max_seq_length)
+    np.testing.assert_allclose(embedder.encode(TEXTS), expected, atol=1e-5)
+
+
+def test_transformers_auto_classes_use_gte(tiny_model_dir):
+    """config.json carries the official auto_map; after `import gte` no remote code is needed."""
+    assert isinstance(AutoModel.from_pretrained(tiny_model_dir), gte.NewModel)
+    assert AutoTokenizer.from_pretrained(tiny_model_dir)("fox")["input_ids"][0] == 2  # [CLS]
+
+
+def test_hub_id_from_the_cache(hub_cache_env, tiny_model_dir):
+    expected = gte.Embedder(tiny_model_dir).encode(TEXTS)
+    by_id = gte.Embedder(OFFICIAL_ID)
+    assert by_id.model_name == OFFICIAL_ID and by_id.max_length == 64
+    np.testing.assert_allclose(by_id.encode(TEXTS), expected, atol=1e-6)
+    np.testing.assert_allclose(gte.Embedder().encode(TEXTS), expected, atol=1e-6)  # the default model
+
+
+def test_sentence_transformers_by_hub_id_from_the_cache(hub_cache_env, tiny_model_dir):
+    model = SentenceTransformer(OFFICIAL_ID, device="cpu")
+    expected = gte.Embedder(OFFICIAL_ID).encode(TEXTS)
+    np.testing.assert_allclose(model.encode(TEXTS, normalize_embeddings=True), expected, atol=1e-5)
+
+
+def test_uncached_hub_id_offline(hub_cache_env):
+    with pytest.raises(ModelNotFoundError) as error:
+        gte.Embedder("Alibaba-NLP/gte-large-en-v1.5")
+    message = str(error.value)
+    assert "not in the Hugging Face cache" in message
+    assert "hf download Alibaba-NLP/gte-large-en-v1.5" in message and "/path/to/gte-large-en-v1.5" in message

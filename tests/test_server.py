@@ -1,0 +1,517 @@
+"""`gte serve`: every route and every error over real HTTP on 127.0.0.1, the official `openai`
+client against it, dynamic batching, backpressure, and a graceful SIGTERM of the real CLI process.
+Unit tests of the batcher, the input parser and the Prometheus text close the file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+
+from gte.embed import Embedder
+from gte.rerank import Reranker
+from gte.server import ServerSettings, create_app
+from gte.server.batcher import Batcher
+from gte.server.metrics import Metrics
+from gte.server.schemas import parse_inputs
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TEXTS = ["the quick brown fox", "a lazy dog", "paris is a city on a river", "deep neural network learning"]
+LONG_TEXT = " ".join(["token"] * 200)  # over the tiny model's 64-token limit
+ATOL = 1e-5
+
+
+# ---------------------------------------------------------------------- live servers
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class LiveServer:
+    """uvicorn serving `app` in a thread, on a free port of 127.0.0.1."""
+
+    def __init__(self, app) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "the server to start")
+        assert self.server.started, "the server did not start"
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@contextlib.contextmanager
+def live(embedder=None, reranker=None, **settings) -> Iterator[httpx.Client]:
+    app = create_app(embedder, reranker, ServerSettings(**settings))
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model_dir) -> Embedder:
+    return Embedder(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(embedder) -> Iterator[httpx.Client]:
+    """The tiny English embedder behind an API key; the client sends the key."""
+    with live(embedder, model_name="tiny-gte", api_key=KEY, max_client_batch_size=8) as client:
+        client.headers.update(AUTH)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sparse_embedder(sparse_model_dir) -> Embedder:
+    return Embedder(sparse_model_dir)
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_model_dir) -> Reranker:
+    return Reranker(reranker_model_dir)
+
+
+def metric_values(client: httpx.Client) -> dict[str, float]:
+    """{'name{labels}': value} from GET /metrics."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    lines = [line for line in response.text.splitlines() if line and not line.startswith("#")]
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+
+
+def vectors(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array(response.json(), dtype=np.float32)
+
+
+def decode_base64(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["type"]
+    return error["message"]
+
+
+def assert_tei_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error"]
+    return body["error"]
+
+
+# ---------------------------------------------------------------------- OpenAI API
+def test_openai_client_gets_the_embedders_vectors(server, embedder):
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    expected = embedder.encode(TEXTS)
+    for encoding_format in ("float", "base64", openai.NOT_GIVEN):  # not given: the client asks for base64, decodes
+        result = client.embeddings.create(model="tiny-gte", input=TEXTS, encoding_format=encoding_format)
+        assert [d.index for d in result.data] == list(range(len(TEXTS)))
+        got = [decode_base64(d.embedding) if encoding_format == "base64" else d.embedding for d in result.data]
+        np.testing.assert_allclose(got, expected, atol=ATOL)
+        assert result.model == "tiny-gte"
+        n_tokens = sum(map(len, embedder.tokenize(TEXTS)))
+        assert result.usage.prompt_tokens == result.usage.total_tokens == n_tokens
+    short = client.embeddings.create(model="tiny-gte", input=TEXTS[0], dimensions=16, encoding_format="float")
+    np.testing.assert_allclose(short.data[0].embedding, embedder.encode(TEXTS[:1], dim=16)[0], atol=ATOL)
+    assert np.linalg.norm(short.data[0].embedding) == pytest.approx(1, abs=1e-5)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.embeddings.create(model="gpt-nothing", input="x")
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_openai_input_forms(server, embedder):
+    ids = embedder.tokenize(TEXTS)
+    expected = embedder.encode(TEXTS)
+    for given, rows in [
+        (TEXTS[0], [0]),
+        (TEXTS, [0, 1, 2, 3]),
+        (ids[1], [1]),  # one list of token ids
+        (ids, [0, 1, 2, 3]),  # a list of token-id lists
+    ]:
+        body = server.post("/v1/embeddings", json={"input": given, "model": "tiny-gte"}).json()
+        assert body["object"] == "list" and [d["object"] for d in body["data"]] == ["embedding"] * len(rows)
+        np.testing.assert_allclose([d["embedding"] for d in body["data"]], expected[rows], atol=ATOL)
+    raw = server.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"}).json()["data"]
+    np.testing.assert_allclose([decode_base64(d["embedding"]) for d in raw], expected, atol=ATOL)
+
+
+def test_openai_models(server):
+    body = server.get("/v1/models").json()
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["tiny-gte"]
+    assert body["data"][0]["object"] == "model"
+
+
+# ---------------------------------------------------------------------- TEI API
+@pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")  # the server truncating LONG_TEXT
+def test_embed(server, embedder):
+    np.testing.assert_allclose(
+        vectors(server.post("/embed", json={"inputs": TEXTS})), embedder.encode(TEXTS), atol=ATOL
+    )
+    raw = vectors(server.post("/embed", json={"inputs": TEXTS[0], "normalize": False}))
+    np.testing.assert_allclose(raw, embedder.encode(TEXTS[:1], normalize=False), atol=ATOL)
+    assert abs(np.linalg.norm(raw) - 1) > 1e-3  # really not normalised
+    short = vectors(server.post("/embed", json={"inputs": TEXTS, "dimensions": 8}))
+    np.testing.assert_allclose(short, embedder.encode(TEXTS, dim=8), atol=ATOL)
+    cut = vectors(server.post("/embed", json={"inputs": [LONG_TEXT]}))  # truncate defaults to true
+    with pytest.warns(UserWarning):
+        np.testing.assert_allclose(cut, embedder.encode([LONG_TEXT]), atol=ATOL)
+
+
+def test_embed_sparse(sparse_model_dir, sparse_embedder):
+    texts = ["le chat est une maison", "der hund und die katze"]
+    with live(sparse_embedder) as client:
+        body = client.post("/embed_sparse", json={"inputs": texts}).json()
+        dense = vectors(client.post("/embed", json={"inputs": texts}))  # the same checkpoint serves dense too
+        info = client.get("/info").json()
+    assert info["sparse"] is True
+    np.testing.assert_allclose(dense, sparse_embedder.encode(texts), atol=ATOL)
+    for row, expected in zip(body, sparse_embedder.encode_sparse(texts)):
+        assert {v["token"]: v["value"] for v in row} == pytest.approx(expected, abs=ATOL)
+        for v in row:
+            assert sparse_embedder.tokenizer.decode([v["index"]]) == v["token"]
+
+
+def test_rerank(reranker):
+    query, texts = "chat", ["le chat", "der hund", "casa", "北京 上海"]
+    with live(reranker=reranker, max_client_batch_size=4) as client:
+        ranked = client.post("/rerank", json={"query": query, "texts": texts, "return_text": True}).json()
+        raw = client.post("/rerank", json={"query": query, "texts": texts, "raw_scores": True}).json()
+        too_many = client.post("/rerank", json={"query": query, "texts": texts * 2})
+        not_embedder = client.post("/embed", json={"inputs": "x"})
+        too_long = client.post("/rerank", json={"query": query, "texts": [LONG_TEXT], "truncate": False})
+        empty = client.post("/rerank", json={"query": query, "texts": []})
+        assert client.get("/info").json()["model_type"] == "reranker"
+    expected = reranker.rank(query, texts, normalize=True)
+    assert [r["index"] for r in ranked] == [r["index"] for r in expected]
+    assert [r["score"] for r in ranked] == pytest.approx([r["score"] for r in expected], abs=ATOL)
+    assert [r["text"] for r in ranked] == [r["text"] for r in expected]
+    logits = reranker.score(query, texts)
+    assert {r["index"]: r["score"] for r in raw} == pytest.approx(dict(enumerate(logits)), abs=ATOL)
+    assert "text" not in raw[0]
+    assert "max-client-batch-size" in assert_tei_error(too_many, 413)
+    assert "/rerank" in assert_tei_error(not_embedder, 400)
+    assert "truncate" in assert_tei_error(too_long, 413)
+    assert "texts" in assert_tei_error(empty, 422)
+
+
+# ---------------------------------------------------------------------- operations
+def test_health_info_metrics(server, embedder):
+    assert server.get("/health").json() == {"status": "ok"}
+    info = server.get("/info").json()
+    assert info["model_id"] == "tiny-gte" and info["model_type"] == "embedding" and info["sparse"] is False
+    assert (info["dtype"], info["device"], info["backend"]) == ("float32", "cpu", embedder.backend)
+    assert (info["max_input_length"], info["max_client_batch_size"], info["hidden_size"]) == (64, 8, 32)
+    assert "api_key" not in info and info["auth"] is True
+    before = metric_values(server)
+    server.post("/embed", json={"inputs": TEXTS})
+    server.post("/embed", json={"inputs": []})
+    after = metric_values(server)
+    ok, bad = 'gte_requests_total{endpoint="/embed",status="200"}', 'gte_requests_total{endpoint="/embed",status="422"}'
+    assert after[ok] - before.get(ok, 0) == 1 and after[bad] - before.get(bad, 0) == 1
+    assert after["gte_tokens_total"] - before["gte_tokens_total"] == sum(map(len, embedder.tokenize(TEXTS)))
+    assert after["gte_inputs_total"] - before["gte_inputs_total"] == len(TEXTS)
+    count = 'gte_request_duration_seconds_count{endpoint="/embed"}'
+    assert after[count] - before.get(count, 0) == 2
+    assert after['gte_request_duration_seconds_bucket{endpoint="/embed",le="+Inf"}'] == after[count]
+    assert after["gte_queue_depth"] == 0 and after["gte_requests_in_flight"] == 0
+    assert after["gte_batch_size_count"] >= 1 and "gte_batch_tokens_sum" in after
+
+
+def test_api_key(server):
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        response = server.post("/v1/embeddings", json={"input": "x"}, headers=headers)
+        assert assert_openai_error(response, 401) and response.headers["www-authenticate"] == "Bearer"
+        assert "Bearer" in assert_tei_error(server.post("/embed", json={"inputs": "x"}, headers=headers), 401)
+        assert server.get("/metrics", headers=headers).status_code == 401
+    assert server.get("/health", headers={"Authorization": ""}).status_code == 200  # probes need no key
+    assert server.post("/embed", json={"inputs": "x"}).status_code == 200
+
+
+# ---------------------------------------------------------------------- errors: readable, contained
+@pytest.mark.parametrize(
+    "path, body, status, needle",
+    [
+        ("/embed", b'{"inputs": ["a",', 422, "not valid JSON"),
+        ("/v1/embeddings", b"not json", 422, "not valid JSON"),
+        ("/embed", None, 422, "body is missing"),
+        ("/embed", {"texts": ["a"]}, 422, "inputs: Field required"),
+        ("/embed", {"inputs": []}, 422, "empty list"),
+        ("/v1/embeddings", {"input": []}, 422, "empty list"),
+        ("/v1/embeddings", {"input": [["a"]]}, 422, "token ids"),
+        ("/v1/embeddings", {"input": ["a", 1]}, 422, "strings"),
+        ("/v1/embeddings", {"input": [[2, 3], []]}, 422, "item 1"),
+        ("/embed", {"inputs": 3.5}, 422, "must be a string"),
+        ("/embed", {"inputs": "a", "normalize": "maybe"}, 422, "normalize"),
+        ("/v1/embeddings", {"input": "a", "encoding_format": "hex"}, 422, "encoding_format"),
+        ("/v1/embeddings", {"input": [[2, 10**6, 3]]}, 422, "outside the vocabulary"),
+        ("/embed", {"inputs": [[2, -1, 3]]}, 422, "outside the vocabulary"),
+        ("/embed", {"inputs": "a", "dimensions": 33}, 422, "dimensions"),
+        ("/embed", {"inputs": "a", "dimensions": 0}, 422, "dimensions"),
+        ("/v1/embeddings", {"input": "a", "model": "other"}, 404, "does not exist"),
+        ("/embed", {"inputs": ["a"] * 9}, 413, "max-client-batch-size"),
+        ("/v1/embeddings", {"input": ["a"] * 9}, 413, "max-client-batch-size"),
+        ("/embed", {"inputs": [LONG_TEXT], "truncate": False}, 413, "truncate"),
+        ("/v1/embeddings", {"input": LONG_TEXT, "truncate": False}, 413, "truncate"),
+        ("/embed", {"inputs": [[5] * 65]}, 413, "never truncated"),
+        ("/embed_sparse", {"inputs": "a"}, 400, "token-weight head"),
+        ("/rerank", {"query": "a", "texts": ["b"]}, 400, "not a reranker"),
+    ],
+)
+def test_bad_requests_are_answered_and_contained(server, embedder, path, body, status, needle):
+    if isinstance(body, bytes):
+        response = server.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        response = server.post(path, json=body)
+    if path.startswith("/v1/"):
+        message = assert_openai_error(response, status)
+        assert response.json()["error"]["code"] == ("model_not_found" if status == 404 else None)
+    else:
+        message = assert_tei_error(response, status)
+    assert needle in message
+    np.testing.assert_allclose(
+        vectors(server.post("/embed", json={"inputs": TEXTS[:2]})), embedder.encode(TEXTS[:2]), atol=ATOL
+    )
+
+
+def test_concurrent_requests_get_their_own_vectors(embedder):
+    """Many clients at once, with different inputs and options: each gets exactly its own vectors."""
+    words = ["alpha", "beta", "gamma", "delta", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
+    jobs = [
+        ([" ".join(words[i % 7 : i % 7 + 1 + i % 5]), f"{words[i % 11]} text {i}"], i % 2 == 0, 8 * (1 + i % 4))
+        for i in range(24)
+    ]
+
+    def call(client: httpx.Client, job):
+        texts, normalize, dim = job
+        return vectors(client.post("/embed", json={"inputs": texts, "normalize": normalize, "dimensions": dim}))
+
+    with live(embedder, max_wait_ms=20) as client, ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda job: call(client, job), jobs))
+    for (texts, normalize, dim), got in zip(jobs, results):
+        np.testing.assert_allclose(got, embedder.encode(texts, normalize=normalize, dim=dim), atol=ATOL)
+
+
+class GatedEmbedder(Embedder):
+    """An Embedder whose batches wait for the test to open a gate (to hold requests in flight)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def encode_tokens(self, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().encode_tokens(*args, **kwargs)
+
+
+def test_batching_backpressure_and_health_during_a_batch(tiny_model_dir, embedder):
+    gated = GatedEmbedder(tiny_model_dir)
+    with live(gated, max_concurrent_requests=3, max_wait_ms=0) as client, ThreadPoolExecutor(3) as pool:
+        first = pool.submit(client.post, "/embed", json={"inputs": TEXTS[:1]})
+        wait_for(gated.entered.is_set, "the first batch")
+        assert client.get("/health").status_code == 200  # the event loop is free while the worker computes
+        queued = [pool.submit(client.post, "/embed", json={"inputs": [text]}) for text in TEXTS[1:3]]
+        wait_for(lambda: metric_values(client)["gte_queue_depth"] == 2, "two queued requests")
+        assert metric_values(client)["gte_requests_in_flight"] == 3
+        busy = client.post("/embed", json={"inputs": "one too many"})
+        assert "max-concurrent-requests" in assert_tei_error(busy, 429) and busy.headers["retry-after"] == "1"
+        busy = client.post("/v1/embeddings", json={"input": "one too many"})
+        assert assert_openai_error(busy, 429) and busy.headers["retry-after"] == "1"
+        gated.gate.set()
+        results = [vectors(f.result()) for f in [first, *queued]]
+        after = vectors(client.post("/embed", json={"inputs": TEXTS[3]}))
+        stats = metric_values(client)
+    np.testing.assert_allclose(np.concatenate([*results, after]), embedder.encode(TEXTS), atol=ATOL)
+    # batches: [first], [the two queued requests merged], [after]
+    assert (stats["gte_batch_requests_count"], stats["gte_batch_requests_sum"]) == (3, 4)
+    assert stats['gte_requests_total{endpoint="/embed",status="429"}'] == 1
+
+
+# ---------------------------------------------------------------------- the real CLI, SIGTERM
+def test_cli_serves_and_shuts_down_gracefully_on_sigterm(tiny_model_dir, embedder):
+    """`gte serve` in a subprocess: at SIGTERM it stops accepting connections, completes the request
+    in flight, and exits 0."""
+    command = [sys.executable, "-m", "gte.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
+               "--max-wait-ms", "5000", "--served-model-name", "tiny"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    try:
+        url = _wait_for_url(process)
+        with httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(1) as pool:
+            assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+            in_flight = pool.submit(client.post, "/embed", json={"inputs": TEXTS})  # waits 5 s for company
+            wait_for(lambda: metric_values(client)["gte_queue_depth"] == 1, "the request to queue")
+            process.send_signal(signal.SIGTERM)
+            wait_for(lambda: _refused(url), "the server to stop accepting connections")
+            assert not in_flight.done()
+            np.testing.assert_allclose(vectors(in_flight.result()), embedder.encode(TEXTS), atol=ATOL)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=5)
+    except httpx.ConnectError:
+        return True
+    except httpx.TransportError:  # accepted just before the listener closed, then dropped
+        pass
+    return False
+
+
+def _wait_for_url(process: subprocess.Popen) -> str:
+    """Read the server's log until uvicorn says where it listens; keep draining it afterwards."""
+    for line in process.stderr:
+        if match := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return match.group(1)
+    raise AssertionError(f"the server exited with {process.wait()} before listening")
+
+
+# ---------------------------------------------------------------------- units
+def run_batcher(run, jobs, **options) -> list:
+    """Submit every (key, items) job at once to a fresh Batcher; return the results (or exceptions)."""
+
+    async def main():
+        batcher = Batcher(run, metrics=Metrics(), **({"max_batch_tokens": 100, "max_wait_ms": 0} | options))
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(k, items, len(items)) for k, items in jobs), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_batcher_merges_same_key_jobs_within_the_budget():
+    calls = []
+
+    def run(key, items):
+        calls.append((key, list(items)))
+        return [f"{key}:{item}" for item in items]
+
+    jobs = [("a", [1, 2]), ("b", [3]), ("a", [4, 5]), ("a", [6, 7]), ("b", [8])]
+    results = run_batcher(run, jobs, max_batch_tokens=4)
+    assert results == [[f"{k}:{i}" for i in items] for k, items in jobs]
+    assert calls == [("a", [1, 2, 4, 5]), ("b", [3, 8]), ("a", [6, 7])]
+    calls.clear()
+    run_batcher(run, jobs, batching=False)
+    assert calls == [(k, items) for k, items in jobs]
+
+
+def test_batcher_waits_for_company_until_the_budget_is_full():
+    calls = []
+
+    async def main():
+        batcher = Batcher(
+            lambda key, items: calls.append(items) or items, max_batch_tokens=4, max_wait_ms=60_000, metrics=Metrics()
+        )
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("k", [1, 2], 2))
+        await asyncio.sleep(0.05)
+        assert not first.done()  # waiting for company
+        results = await asyncio.wait_for(asyncio.gather(first, batcher.submit("k", [3, 4], 2)), 30)
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(main()) == [[1, 2], [3, 4]] and calls == [[1, 2, 3, 4]]
+
+
+def test_batcher_isolates_a_failing_job():
+    def run(key, items):
+        if "bad" in items:
+            raise RuntimeError("bad item")
+        return items
+
+    results = run_batcher(run, [("k", ["a"]), ("k", ["bad"]), ("k", ["c", "d"])])
+    assert results[0] == ["a"] and results[2] == ["c", "d"]
+    assert isinstance(results[1], RuntimeError)
+
+
+def test_batcher_drops_jobs_whose_client_left():
+    gate, calls = threading.Event(), []
+
+    def run(key, items):
+        calls.append(list(items))
+        gate.wait(30)
+        return items
+
+    async def main():
+        batcher = Batcher(run, max_batch_tokens=100, max_wait_ms=0, metrics=Metrics())
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("k", ["first"], 1))
+        while not calls:
+            await asyncio.sleep(0.01)
+        gone = asyncio.ensure_future(batcher.submit("k", ["gone"], 1))
+        kept = asyncio.ensure_future(batcher.submit("k", ["kept"], 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        gate.set()
+        results = await asyncio.gather(first, kept)
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(main()) == [["first"], ["kept"]]
+    assert calls == [["first"], ["kept"]]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("a", ["a"]), (["a", "b"], ["a", "b"]), ([1, 2], [[1, 2]]), ([[1], [2, 3]], [[1], [2, 3]])],
+)
+def test_parse_inputs(value, expected):
+    assert parse_inputs(value) == expected
+
+
+@pytest.mark.parametrize("value", [[], [True, 2], [1.0], [[1], "a"], [[1], []], {"a": 1}, None])
+def test_parse_inputs_rejects(value):
+    with pytest.raises(Exception, match="must be|empty|token ids"):
+        parse_inputs(value)
+
+
+def test_prometheus_text():
+    metrics = Metrics()
+    metrics.requests.inc(endpoint='/e"x', status="200")
+    metrics.latency.observe(0.02, endpoint="/embed")
+    metrics.latency.observe(7.0, endpoint="/embed")
+    text = metrics.render()
+    assert '# TYPE gte_requests_total counter\ngte_requests_total{endpoint="/e\\"x",status="200"} 1\n' in text
+    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="0.01"} 0\n' in text
+    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="0.025"} 1\n' in text
+    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="10"} 2\n' in text
+    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="+Inf"} 2\n' in text
+    assert 'gte_request_duration_seconds_sum{endpoint="/embed"} 7.02\n' in text
+    assert "gte_tokens_total 0\n# HELP" in text
