@@ -217,7 +217,7 @@ def main() -> int:
     if len(args.requests) != len(args.clients):
         parser.error("give one --requests count per --clients count")
 
-    load = os.getloadavg()[0]  # other work on the machine skews every number: say how much there was
+    load_before = os.getloadavg()[0]  # other work on the machine skews every number: say how much there was
     with tempfile.TemporaryDirectory(prefix="gte-serve-load-") as tmp:
         model = args.model or build_base_model(Path(tmp) / "gte-base-shaped")
         texts = make_texts(args.texts)
@@ -236,13 +236,13 @@ def main() -> int:
                     runs.append(measure(server, mode, clients, n, args.time_cap, texts, expected))
             finally:
                 exits[mode] = server.stop()
-    report(runs, exits, args, load)
+    report(runs, exits, args, load_before)
     ok = all(r.errors == 0 and r.mismatches == 0 for r in runs) and set(exits.values()) == {0}
     return 0 if ok else 1
 
 
-def report(runs: list[Run], exits: dict[str, int], args: argparse.Namespace, load: float) -> None:
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, 1-min load average before the run {load:.1f}"
+def report(runs: list[Run], exits: dict[str, int], args: argparse.Namespace, load_before: float) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, 1-min load average before the run {load_before:.1f}"
     flags = f"--max-batch-tokens {args.max_batch_tokens} --max-wait-ms {args.max_wait_ms}"
     print(f"\nmachine: {machine}; torch {torch.__version__}; {flags}\n")
     print("| " + " | ".join(HEADER) + " |")

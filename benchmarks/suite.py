@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,11 @@ from gte.convert import native_config, native_state_dict
 from gte.embed import cut_batches
 
 Docs = list[list[int]]  # token ids per document
+ORIGINAL, ST = "original-style", "sentence-transformers-style"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------ models
@@ -139,6 +145,7 @@ class Contender:
     plan: Callable[[list[int]], list[list[int]]]  # lengths -> batches
     embed: Callable[[Docs], torch.Tensor]
     padded: bool  # batches run as padded [B, max_len] grids
+    sample: int = 1  # time only every n-th batch, scaling the time by computed tokens (for alike batches)
 
 
 def padded_batch(docs: Docs, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +181,7 @@ def attention_backend(model: NewModel, name: str) -> Iterator[None]:
         model.config._attn_implementation = before
 
 
-def original_style(model: NewModel, batch_size: int = 32) -> Contender:
+def original_style(model: NewModel, batch_size: int = 32, sample: int = 1) -> Contender:
     """The original's way: padded batches in input order, eager attention, no unpadding."""
 
     @torch.inference_mode()
@@ -183,7 +190,7 @@ def original_style(model: NewModel, batch_size: int = 32) -> Contender:
         with attention_backend(model, "eager"):
             return model(ids, attention_mask=mask, unpad_inputs=False).last_hidden_state[:, 0]
 
-    return Contender("original-style", in_order(batch_size), embed, padded=True)
+    return Contender(ORIGINAL, in_order(batch_size), embed, padded=True, sample=sample)
 
 
 def st_style(native: torch.nn.Module, batch_size: int = 32) -> Contender:
@@ -194,7 +201,7 @@ def st_style(native: torch.nn.Module, batch_size: int = 32) -> Contender:
         ids, mask = padded_batch(docs, native.device)
         return native(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
 
-    return Contender("sentence-transformers-style", sorted_by_length(batch_size), embed, padded=True)
+    return Contender(ST, sorted_by_length(batch_size), embed, padded=True)
 
 
 def ours(model: NewModel, batch_tokens: int, name: str = "ours", backend: str | None = None) -> Contender:
@@ -213,10 +220,9 @@ def ours(model: NewModel, batch_tokens: int, name: str = "ours", backend: str | 
 @dataclass
 class Result:
     contender: str
-    seconds: float  # best-of-repeats time per batch, summed
-    embeddings: torch.Tensor  # [n, H] float32, input order
-    computed_tokens: int  # tokens the GEMMs ran on (padding included)
-    peak_bytes: int | None = None
+    seconds: float  # best-of-repeats time per batch, summed (scaled up when sampled)
+    embeddings: torch.Tensor  # [n, H] float32, input order; NaN rows for documents a sample skipped
+    computed_tokens: int  # tokens the GEMMs ran on (padding included), whole workload
 
 
 @dataclass
@@ -248,7 +254,7 @@ def run_workload(
     plans = [c.plan(lengths) for c in contenders]
     for c, plan in zip(contenders, plans):
         c.embed([workload.docs[i] for i in plan[-1]])  # warm-up on the smallest batch
-    steps = interleave(plans, lengths)
+    steps = interleave([plan[:: c.sample] for c, plan in zip(contenders, plans)], lengths)
     best = [math.inf] * len(steps)
     outputs: list[torch.Tensor | None] = [None] * len(steps)
     for _ in range(repeats):
@@ -260,13 +266,14 @@ def run_workload(
             sync()
             best[s] = min(best[s], time.perf_counter() - start)
     results = []
-    for c, contender in enumerate(contenders):
+    for c, (contender, plan) in enumerate(zip(contenders, plans)):
         mine = [s for s, step in enumerate(steps) if step.contender == c]
-        embeddings = torch.empty(len(lengths), outputs[mine[0]].shape[-1])
+        embeddings = torch.full((len(lengths), outputs[mine[0]].shape[-1]), math.nan)
         for s in mine:
             embeddings[steps[s].batch] = outputs[s].float().cpu()
-        computed = sum(computed_tokens(steps[s].batch, lengths, contender.padded) for s in mine)
-        results.append(Result(contender.name, sum(best[s] for s in mine), embeddings, computed))
+        computed = sum(computed_tokens(b, lengths, contender.padded) for b in plan)
+        timed = sum(computed_tokens(steps[s].batch, lengths, contender.padded) for s in mine)
+        results.append(Result(contender.name, sum(best[s] for s in mine) * computed / timed, embeddings, computed))
     return results
 
 
@@ -275,7 +282,9 @@ def computed_tokens(batch: list[int], lengths: list[int], padded: bool) -> int:
 
 
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.double(), b.double(), dim=-1).min())
+    """Smallest cosine similarity between matching rows, over the rows both have."""
+    both = ~(a.isnan().any(-1) | b.isnan().any(-1))
+    return float(F.cosine_similarity(a[both].double(), b[both].double(), dim=-1).min())
 
 
 # ------------------------------------------------------------------------------------ ceiling
@@ -305,47 +314,70 @@ class Row:
     contender: str
     seconds: float
     tokens_per_s: float
-    padding: float  # computed / real tokens - 1
+    padding: float | None  # computed / real tokens - 1
     vs_original: float | None
     vs_st: float | None
     ceiling_fraction: float
-    cosine: float | None  # min over docs, vs the reference contender
-    note: str = ""
-    extra: dict = field(default_factory=dict)
+    cosine: float | None  # min over docs, vs the first contender
 
 
-def rows(results: list[Result], workload: Workload, ceiling_tokens_per_s: float, reference: Result) -> list[Row]:
-    by_name = {r.contender: r for r in results}
-    original, st = by_name.get("original-style"), by_name.get("sentence-transformers-style")
-    out = []
-    for r in results:
-        speed = workload.tokens / r.seconds
-        out.append(
-            Row(
-                r.contender,
-                r.seconds,
-                speed,
-                r.computed_tokens / workload.tokens - 1,
-                speed / (workload.tokens / original.seconds) if original else None,
-                speed / (workload.tokens / st.seconds) if st else None,
-                speed / ceiling_tokens_per_s,
-                None if r is reference else min_cosine(r.embeddings, reference.embeddings),
-            )
+def rows(results: list[Result], workload: Workload, flops: int, gemm_rate: float) -> list[Row]:
+    """A row per result (ratios against original-style and sentence-transformers-style when present), then
+    the GEMM ceiling: the workload's FLOPs at `gemm_rate`."""
+    speed = {r.contender: workload.tokens / r.seconds for r in results}
+    ceiling = workload.tokens / (flops / gemm_rate)
+    original, st = speed.get(ORIGINAL), speed.get(ST)
+    out = [
+        Row(
+            r.contender,
+            r.seconds,
+            speed[r.contender],
+            r.computed_tokens / workload.tokens - 1,
+            speed[r.contender] / original if original else None,
+            speed[r.contender] / st if st else None,
+            speed[r.contender] / ceiling,
+            None if r is results[0] else min_cosine(r.embeddings, results[0].embeddings),
         )
+        for r in results
+    ]
+    out.append(Row("GEMM ceiling", flops / gemm_rate, ceiling, None, ceiling / original if original else None,
+                   ceiling / st if st else None, 1.0, None))  # fmt: skip
     return out
 
 
-def throughput_table(table: list[Row], reference: str) -> str:
-    head = (
-        f"| contender | time s | real tokens/s | padding | vs original | vs ST | of GEMM ceiling | min cosine vs {reference} |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
+def throughput_table(table: list[Row]) -> str:
+    ratio = lambda x: "" if x is None else f"{x:.2f}x"  # noqa: E731
+    lines = [
+        f"| contender | time s | real tokens/s | padding | vs original | vs ST | of GEMM ceiling | min cosine vs {table[0].contender} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in table:
-        ratio = lambda x: "" if x is None else f"{x:.2f}x"  # noqa: E731
+        padding = "" if r.padding is None else f"{r.padding:.0%}"
         cosine = "" if r.cosine is None else f"{r.cosine:.6f}"
         lines.append(
-            f"| {r.contender} | {r.seconds:.1f} | {r.tokens_per_s:,.0f} | {r.padding:.0%} | {ratio(r.vs_original)} | "
+            f"| {r.contender} | {r.seconds:.1f} | {r.tokens_per_s:,.0f} | {padding} | {ratio(r.vs_original)} | "
             f"{ratio(r.vs_st)} | {r.ceiling_fraction:.0%} | {cosine} |"
         )
     return "\n".join(lines)
+
+
+def throughput_section(
+    shape: Shape,
+    workload: Workload,
+    contenders: list[Contender],
+    repeats: int,
+    gemm_rate: float,
+    sync: Callable[[], None] = lambda: None,
+) -> str:
+    """Run one workload and format its table (markdown), with a note for sampled contenders."""
+    log(f"{shape.name} {workload.name}: {workload.description}, {workload.tokens} tokens")
+    results = run_workload(contenders, workload, repeats, sync)
+    table = rows(results, workload, shape.flops(workload.lengths), gemm_rate)
+    notes = [
+        f"{c.name}: every {c.sample}th of its batches timed (they are alike: input order, all padded to about the "
+        "longest length), its time scaled by computed tokens; its cosine column covers the documents it ran."
+        for c in contenders
+        if c.sample > 1
+    ]
+    title = f"### {shape.name}, {workload.name}: {workload.description} ({workload.tokens:,} real tokens)"
+    return "\n\n".join([title, throughput_table(table), *notes])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
@@ -13,7 +15,19 @@ from .configuration import NewConfig
 from .padding import Packing
 from .rope import RotaryEmbedding, apply_rotary
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [T, 1, head_dim]
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [T, 1, 1, head_dim]
+
+# Rows per step of the per-token work on CPU: the MLP's [rows, 2 * intermediate] activations stay small enough
+# to be reused from the allocator's cache (no fresh pages from the OS) and to stay in the last-level cache.
+CPU_CHUNK_TOKENS = 1024
+
+
+def by_chunks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """fn(*tensors) on [N, ...] tensors, row chunk by row chunk on CPU (one call on other devices)."""
+    rows = tensors[0].shape[0]
+    if tensors[0].device.type != "cpu" or rows <= CPU_CHUNK_TOKENS:
+        return fn(*tensors)
+    return torch.cat([fn(*parts) for parts in zip(*(t.split(CPU_CHUNK_TOKENS) for t in tensors))])
 
 
 def make_norm(config: NewConfig) -> nn.Module:
@@ -71,11 +85,11 @@ class NewAttention(nn.Module):
             self.q_proj, self.k_proj, self.v_proj = (nn.Linear(hidden, hidden) for _ in range(3))
         self.o_proj = nn.Linear(hidden, hidden)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[T, H] -> q, k, v [T, heads, head_dim]."""
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, H] -> [T, 3 (q, k, v), heads, head_dim]."""
         if hasattr(self, "qkv_proj"):
-            return self.qkv_proj(x).view(-1, 3, self.num_heads, self.head_dim).unbind(1)
-        return tuple(p(x).view(-1, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
+            return self.qkv_proj(x).view(-1, 3, self.num_heads, self.head_dim)
+        return torch.stack([p(x) for p in (self.q_proj, self.k_proj, self.v_proj)], 1).view(-1, 3, self.num_heads, self.head_dim)
 
     def forward(
         self,
@@ -85,17 +99,22 @@ class NewAttention(nn.Module):
         rope: Rope | None,
         logn_scale: torch.Tensor | None,  # [T]
         output_attentions: bool = False,
+        subset: torch.Tensor | None = None,  # [S]: project only these tokens' outputs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k, v = self.qkv(x)
+        """[T, H] -> [T, H] (or [S, H]), plus the attention probabilities when asked."""
+        qkv = self.qkv(x)
+        qk, v = qkv[:, :2], qkv[:, 2]
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = apply_rotary(qk, *rope)  # q and k in one pass
+        q, k = qk.unbind(1)
         if logn_scale is not None:
             q = q * logn_scale[:, None, None]
         if output_attentions:
             out, probs = attention_with_probs(q, k, v, packing)
         else:
             out, probs = backend.attend(q, k, v, packing), None
-        return self.o_proj(out.reshape(x.shape)), probs
+        out = out.reshape(x.shape)
+        return self.o_proj(out if subset is None else out[subset]), probs
 
 
 class NewGatedMLP(nn.Module):
@@ -135,12 +154,15 @@ class NewLayer(GradientCheckpointingLayer):
         subset: torch.Tensor | None = None,  # [S]: keep only these tokens' outputs
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn, probs = self.attention(x, packing, backend, rope, logn_scale, output_attentions)
+        attn, probs = self.attention(x, packing, backend, rope, logn_scale, output_attentions, subset)
         if subset is not None:
-            x, attn = x[subset], attn[subset]
+            x = x[subset]
+        return by_chunks(self.feed_forward, x, attn), probs
+
+    def feed_forward(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The per-token rest of the layer: [N, H] residual and attention output -> [N, H]."""
         x = self.attn_ln(x + self.hidden_dropout(attn))
-        x = self.mlp_ln(x + self.hidden_dropout(self.mlp(x)))
-        return x, probs
+        return self.mlp_ln(x + self.hidden_dropout(self.mlp(x)))
 
 
 class NewEncoder(nn.Module):

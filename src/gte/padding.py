@@ -76,7 +76,7 @@ class Packing:
         if self.is_uniform:
             return x.view(shape)
         grid = x.new_zeros((self.batch_size * self.max_seqlen, *x.shape[1:]))
-        return grid.index_copy(0, self.grid_index, x).view(shape)
+        return grid.index_copy_(0, self.grid_index, x).view(shape)
 
     def from_grid(self, x: torch.Tensor) -> torch.Tensor:
         """[B, max_seqlen, ...] -> [T, ...]."""

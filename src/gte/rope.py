@@ -30,7 +30,7 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> to
 
 
 class RotaryEmbedding(nn.Module):
-    """Maps positions [T] to (cos, sin) [T, 1, head_dim], from a float32 table that grows as needed."""
+    """Maps positions [T] to (cos, sin) [T, 1, 1, head_dim], from a float32 table that grows as needed."""
 
     def __init__(self, config: NewConfig):
         super().__init__()
@@ -53,15 +53,19 @@ class RotaryEmbedding(nn.Module):
         return self._table
 
     def forward(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, 1, D]: they broadcast over (q/k, heads) of a [T, 2, heads, D] tensor."""
         cos_sin = self.table(max_position + 1, positions.device)[positions].to(dtype)  # [T, 2, D]
-        return cos_sin[:, :1], cos_sin[:, 1:]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+        cos, sin = cos_sin[:, None, None].unbind(-2)
+        return cos, sin
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D]; cos, sin [T, 1, D]."""
-    return x * cos + rotate_half(x) * sin
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1), without building rotate_half(x).
+
+    x [T, ..., D]; cos, sin broadcast against it ([T, 1, ..., D]).
+    """
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out

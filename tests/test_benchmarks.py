@@ -1,0 +1,126 @@
+"""The benchmark suite cannot rot: it runs end to end on a tiny model and produces its tables.
+
+Nothing here times anything; the checks are that every table row is there and that the contenders,
+which share one model's weights, agree on the embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench  # noqa: E402
+import gpu_bench  # noqa: E402
+import profile_ops  # noqa: E402
+import suite  # noqa: E402
+
+CONTENDERS = ["original-style", "sentence-transformers-style", "ours"]
+
+
+def table_rows(text: str, title: str) -> dict[str, list[str]]:
+    """The rows of the markdown table under the heading that contains `title`, keyed by first cell."""
+    section = text.split(title, 1)[1].split("\n### ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def tiny_report() -> str:
+    """stdout of `bench.py --tiny`, run once for the module."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--tiny"])
+    return out.getvalue()
+
+
+def test_tiny_suite_produces_every_table(tiny_report):
+    mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
+    assert set(mixed) == {*CONTENDERS, "ours bf16", "ours int8-dynamic", "GEMM ceiling"}
+    short = table_rows(tiny_report, "tiny, short:")
+    assert set(short) == {*CONTENDERS, "GEMM ceiling"}
+    long = table_rows(tiny_report, "tiny, long documents")
+    assert set(long) == set(CONTENDERS)
+    for cells in long.values():
+        assert cells[0] == "256" and float(cells[2].replace(",", "")) > 0  # tokens, peak RSS
+    profile = table_rows(tiny_report, "where ours spends its time")
+    assert {profile_ops.GEMM, profile_ops.ATTENTION, profile_ops.NORMS, profile_ops.ROPE, "total"} <= set(profile)
+
+
+def test_contenders_agree_on_the_embeddings(tiny_report):
+    for title in ("tiny, mixed: 48 docs", "tiny, short:"):
+        rows = table_rows(tiny_report, title)
+        for name in ("sentence-transformers-style", "ours"):
+            assert float(rows[name][-1]) >= 0.9999, (title, name, rows[name])
+        assert rows["ours"][2] == "0%"  # no padding computed
+    mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
+    assert float(mixed["ours bf16"][-1]) >= 0.99
+
+
+def test_interleave_keeps_every_batch_once_in_pace():
+    lengths = [5, 1, 3, 8, 2, 2]
+    plans = [[[0, 1], [2, 3], [4, 5]], [[3, 0, 2, 4, 5, 1]]]
+    steps = suite.interleave(plans, lengths)
+    assert sorted((s.contender, tuple(s.batch)) for s in steps) == sorted(
+        (c, tuple(b)) for c, plan in enumerate(plans) for b in plan
+    )
+    assert [s.progress for s in steps] == sorted(s.progress for s in steps)
+
+
+def test_sampled_contender_is_scaled_to_the_whole_workload():
+    workload = suite.Workload("w", [[1] * n for n in (4, 4, 4, 4)], "")
+    contender = suite.Contender(
+        "c", suite.in_order(1), lambda docs: torch.ones(len(docs), 2), padded=True, sample=2
+    )
+    (result,) = suite.run_workload([contender], workload, repeats=1)
+    assert result.computed_tokens == 16
+    assert result.embeddings.isnan().any(-1).tolist() == [False, True, False, True]
+
+
+def test_flops_count_projections_and_attention():
+    shape = suite.SHAPES["base"]
+    assert shape.linear_flops_per_token() == 2 * 12 * 768 * (3 * 768 + 768 + 2 * 3072) + 2 * 12 * 3072 * 768
+    assert shape.flops([10, 20]) == 30 * shape.linear_flops_per_token() + 4 * 12 * 768 * (100 + 400)
+
+
+def test_profile_accounts_for_the_whole_run():
+    shape = suite.SHAPES["tiny"]
+    model = suite.build_model(shape)
+    ours = suite.ours(model, 64)
+    docs = suite.mixed(16, 4, 32, shape.vocab).docs
+    totals = profile_ops.profile(model, lambda: ours.embed(docs))
+    assert totals[profile_ops.GEMM] > 0 and totals[profile_ops.ATTENTION] > 0
+    assert all(seconds >= 0 for seconds in totals.values())
+    assert "apply_rotary" in repr(profile_ops.gte.layers.apply_rotary)  # wrappers removed afterwards
+
+
+def test_gpu_bench_logic_runs_on_cpu():
+    shape = suite.SHAPES["tiny"]
+    sections = gpu_bench.run_shape(
+        shape, suite.build_model(shape), torch.device("cpu"), torch.float32, lambda: None,
+        mixed=(16, 4, 32), short=(16, 4, 8), lengths=(64,), batch_tokens=64, repeats=1,
+    )  # fmt: skip
+    report = "\n\n".join(sections)
+    rows = table_rows(report, "tiny, mixed:")
+    assert {"original-style", "sentence-transformers-style", "ours (sdpa)", "GEMM ceiling"} <= set(rows)
+    assert float(rows["ours (sdpa)"][-1]) >= 0.9999
+    assert set(table_rows(report, "tiny, long documents")) >= {"original-style", "ours (sdpa)"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_gpu_bench_without_cuda_says_so():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_bench.py")], capture_output=True, text=True, env={**os.environ}
+    )
+    assert done.returncode == 1
+    assert re.search(r"needs a CUDA GPU.*bench\.py", done.stderr)
