@@ -5,12 +5,13 @@
 
 Builds a model shaped like gte-base-en-v1.5 (hidden 768, 12 layers, 12 heads, intermediate 3072,
 vocab 30528) with random weights and a WordPiece tokenizer trained on generated text, in a temporary
-directory. For each mode (dynamic batching on; off = every request its own batch) it starts the real
-`gte serve` CLI in a subprocess, then for each client count sends a fixed number of single-text
-requests with mixed lengths to POST /v1/embeddings (base64, as the `openai` client asks) from that
-many concurrent clients, stopping early at the time cap. Every returned vector is checked against
-the offline `Embedder` for the same text (cosine >= 0.99999), and the server is stopped with SIGTERM
-(it must exit 0). Prints a markdown table: throughput, p50 / p99 latency, errors, mismatches.
+directory. It starts the real `gte serve` CLI twice, in subprocesses: with dynamic batching and
+without (every request its own batch). For each client count, one mode after the other, that many
+concurrent clients send a fixed number of single-text requests of mixed lengths to POST
+/v1/embeddings (base64, as the `openai` client asks), starting none after the time cap. Every
+returned vector is checked against the offline `Embedder` for the same text (cosine >= 0.99999);
+both servers are stopped with SIGTERM and must exit 0. Prints a markdown table: throughput,
+p50 / p99 latency, errors, mismatches, requests merged per batch.
 
 It loads every CPU core for a few minutes.
 """
@@ -46,6 +47,7 @@ from gte.embed import Embedder  # noqa: E402
 
 MIN_COSINE = 0.99999
 MODEL_NAME = "gte-base-shaped"
+MODES = {"batching": True, "no batching": False}  # mode -> dynamic batching on
 # (share of requests, words per text): mostly short queries, some passages, a few long documents
 LENGTH_MIX = ((0.5, (4, 24)), (0.35, (24, 96)), (0.15, (96, 250)))
 
@@ -224,18 +226,18 @@ def main() -> int:
         started = time.perf_counter()
         expected = Embedder(model, device="cpu").encode(texts)  # the offline reference, before any load
         print(f"offline reference: {len(texts)} texts in {time.perf_counter() - started:.1f} s", flush=True)
-        runs, exits = [], {}
-        for mode, batching in (("batching", True), ("no batching", False)):
-            server = Server(
-                model, batching=batching, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms
-            )
-            try:
+        options = dict(max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms)
+        servers = {mode: Server(model, batching=batching, **options) for mode, batching in MODES.items()}
+        runs = []
+        try:
+            for mode, server in servers.items():
                 server.wait_ready()
                 asyncio.run(load(server.url, Run(mode, 2), texts, expected, 4, args.time_cap))  # warm-up
-                for clients, n in zip(args.clients, args.requests):
+            for clients, n in zip(args.clients, args.requests):
+                for mode, server in servers.items():  # modes interleaved: both see the same background load
                     runs.append(measure(server, mode, clients, n, args.time_cap, texts, expected))
-            finally:
-                exits[mode] = server.stop()
+        finally:
+            exits = {mode: server.stop() for mode, server in servers.items()}
     report(runs, exits, args, load_before)
     ok = all(r.errors == 0 and r.mismatches == 0 for r in runs) and set(exits.values()) == {0}
     return 0 if ok else 1
