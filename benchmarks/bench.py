@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +49,11 @@ class Plan:
     batch_tokens: int
     repeats: int
     original_sample: int  # time every n-th original-style batch on mixed (its batches are alike)
+    profile_sample: int  # profile ours on every n-th of its mixed batches
 
 
-FULL = Plan(mixed=(512, 8, 512), short=(1024, 16, 48), long=(2048, 8192), batch_tokens=2048, repeats=1, original_sample=2)
-TINY = Plan(mixed=(48, 4, 64), short=(64, 4, 12), long=(256,), batch_tokens=256, repeats=1, original_sample=1)
+FULL = Plan((512, 8, 512), (1024, 16, 48), (2048, 8192), batch_tokens=2048, repeats=1, original_sample=4, profile_sample=4)
+TINY = Plan((48, 4, 64), (64, 4, 12), (256,), batch_tokens=256, repeats=1, original_sample=2, profile_sample=2)
 
 
 def machine() -> str:
@@ -123,16 +125,16 @@ def run_long(shape: suite.Shape, plan: Plan, gemm_rate: float) -> str:
 
 
 # ------------------------------------------------------------------------------------ main
-def run_shape(shape: suite.Shape, plan: Plan, workloads: list[str], profile: bool) -> list[str]:
+def run_shape(shape: suite.Shape, plan: Plan, workloads: list[str], profile: bool) -> Iterator[str]:
+    """The shape's report sections, one by one as they are measured."""
     suite.log(f"building {shape.name} (hidden {shape.hidden}, {shape.layers} layers)")
     model = suite.build_model(shape)
     native = suite.build_native(model, CPU, torch.float32)
-    gemm_rate = suite.gemm_flops_per_second(shape, plan.batch_tokens, CPU, torch.float32, 5, lambda: None)
-    bf16_rate = suite.gemm_flops_per_second(shape, plan.batch_tokens, CPU, torch.bfloat16, 5, lambda: None)
-    sections = [
-        f"GEMM rate at {plan.batch_tokens} tokens: float32 {gemm_rate / 1e9:.0f} GFLOP/s, "
-        f"bfloat16 {bf16_rate / 1e9:.0f} GFLOP/s (the ceiling below uses float32)"
-    ]
+    no_sync = lambda: None  # noqa: E731  (CPU work is synchronous)
+    rates = {
+        "float32": suite.GemmRate(shape, plan.batch_tokens, CPU, torch.float32, no_sync),
+        "bfloat16": suite.GemmRate(shape, plan.batch_tokens, CPU, torch.bfloat16, no_sync),
+    }
     ours = suite.ours(model, plan.batch_tokens)
     if "mixed" in workloads:
         workload = suite.mixed(*plan.mixed, shape.vocab)
@@ -142,18 +144,31 @@ def run_shape(shape: suite.Shape, plan: Plan, workloads: list[str], profile: boo
             ours,
             *low_precision_contenders(model, plan.batch_tokens),
         ]
-        sections.append(suite.throughput_section(shape, workload, contenders, plan.repeats, gemm_rate))
+        yield suite.throughput_section(shape, workload, contenders, plan.repeats, rates)
         if profile:
-            suite.log(f"{shape.name} mixed: profile of ours")
-            totals = profile_ops.profile(model, lambda: ours.embed(workload.docs))
-            sections.append(f"### {shape.name}, mixed: where ours spends its time\n\n" + profile_ops.profile_table(totals))
+            yield profile_section(shape, model, ours, workload, plan.profile_sample)
+    fp32 = {"float32": rates["float32"]}
     if "short" in workloads:
         workload = suite.short(*plan.short, shape.vocab)
-        contenders = [suite.original_style(model), suite.st_style(native), ours]
-        sections.append(suite.throughput_section(shape, workload, contenders, plan.repeats, gemm_rate))
+        yield suite.throughput_section(shape, workload, [suite.original_style(model), suite.st_style(native), ours], plan.repeats, fp32)
     if "long" in workloads:
-        sections.append(run_long(shape, plan, gemm_rate))
-    return sections
+        yield run_long(shape, plan, rates["float32"].best)
+    yield (
+        f"GEMM rates (best seen in the run, at {plan.batch_tokens} tokens): "
+        + ", ".join(f"{label} {rate.best / 1e9:.0f} GFLOP/s" for label, rate in rates.items())
+    )
+
+
+def profile_section(shape: suite.Shape, model: suite.NewModel, ours: suite.Contender, workload: suite.Workload, every: int) -> str:
+    """Ours on one in `every` of its batches of the workload, timed op by op."""
+    suite.log(f"{shape.name} {workload.name}: profile of ours")
+    batches = ours.plan(workload.lengths)[::every]
+    totals = profile_ops.profile(model, lambda: [ours.embed([workload.docs[i] for i in b]) for b in batches])
+    tokens = sum(workload.lengths[i] for b in batches for i in b)
+    return (
+        f"### {shape.name}, {workload.name}: where ours spends its time (one in {every} of its batches, {tokens:,} tokens)\n\n"
+        + profile_ops.profile_table(totals)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,11 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         if name not in suite.SHAPES and name not in ("mixed", "short", "long"):
             parser.error(f"unknown shape or workload {name!r}")
     start = time.perf_counter()
-    sections = [f"Machine: {machine()}"]
+    print(f"Machine: {machine()}", flush=True)
     for name in shapes:
-        sections += [f"## {name}"] + run_shape(suite.SHAPES[name], plan, workloads, not args.no_profile)
-    sections.append(f"Total benchmark time: {time.perf_counter() - start:.0f} s")
-    print("\n\n".join(sections))
+        print(f"\n## {name}", flush=True)
+        for section in run_shape(suite.SHAPES[name], plan, workloads, not args.no_profile):
+            print(f"\n{section}", flush=True)
+    print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

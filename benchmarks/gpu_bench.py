@@ -46,10 +46,16 @@ def contenders(
 
 
 def long_table(
-    shape: suite.Shape, runners: list[suite.Contender], lengths: tuple[int, ...], gemm_rate: float, sync
+    shape: suite.Shape,
+    runners: list[suite.Contender],
+    lengths: tuple[int, ...],
+    gemm_rate: float,
+    device: torch.device,
+    repeats: int,
+    sync,
 ) -> str:
-    """One document per run: time and peak allocated memory (weights included)."""
-    device = torch.device("cuda") if torch.cuda.is_available() else None
+    """One document per run: best time and peak allocated memory (weights included; CUDA only)."""
+    cuda = device.type == "cuda"
     lines = [
         "| contender | tokens | time ms | peak allocated MiB | GEMM ceiling ms | time / ceiling |",
         "|---|---:|---:|---:|---:|---:|",
@@ -59,17 +65,17 @@ def long_table(
         ceiling = shape.flops([length]) / gemm_rate
         for runner in runners:
             runner.embed([doc[0][:64]])  # warm-up
-            if device is not None:
+            if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             best = float("inf")
-            for _ in range(REPEATS):
+            for _ in range(repeats):
                 sync()
                 start = time.perf_counter()
                 runner.embed(doc)
                 sync()
                 best = min(best, time.perf_counter() - start)
-            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f}" if device is not None else ""
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f}" if cuda else ""
             lines.append(f"| {runner.name} | {length} | {best * 1e3:.1f} | {peak} | {ceiling * 1e3:.1f} | {best / ceiling:.2f}x |")
     return f"### {shape.name}, long documents\n\n" + "\n".join(lines)
 
@@ -92,14 +98,13 @@ def run_shape(
     native = suite.build_native(model, device, dtype)
     backends = [b for b in available_backends(device, dtype) if b != "eager"]
     runners = contenders(model, native, batch_tokens, backends)
-    gemm_rate = suite.gemm_flops_per_second(shape, batch_tokens, device, dtype, 10, sync)
-    sections = [
-        f"## {shape.name}, {str(dtype).removeprefix('torch.')}",
-        f"Backends: {', '.join(backends)}. GEMM rate at {batch_tokens} tokens: {gemm_rate / 1e12:.0f} TFLOP/s.",
-    ]
+    label = str(dtype).removeprefix("torch.")
+    rate = suite.GemmRate(shape, batch_tokens, device, dtype, sync)
+    sections = [f"## {shape.name}, {label}", f"Attention backends of ours: {', '.join(backends)}."]
     for workload in (suite.mixed(*mixed, shape.vocab), suite.short(*short, shape.vocab)):
-        sections.append(suite.throughput_section(shape, workload, runners, repeats, gemm_rate, sync))
-    sections.append(long_table(shape, runners, lengths, gemm_rate, sync))
+        sections.append(suite.throughput_section(shape, workload, runners, repeats, {label: rate}, sync))
+    sections.append(long_table(shape, runners, lengths, rate.best, device, repeats, sync))
+    sections.append(f"GEMM rate (best seen, at {batch_tokens} tokens): {rate.best / 1e12:.0f} TFLOP/s")
     del model, native, runners
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -111,18 +116,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default="base,large", help="comma-separated: base, large")
     parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated: float16, bfloat16")
     args = parser.parse_args(argv)
+    for name in args.shapes.split(","):
+        if name not in ("base", "large"):
+            parser.error(f"unknown shape {name!r}: choose base, large")
+    for name in args.dtypes.split(","):
+        if name not in DTYPES:
+            parser.error(f"unknown dtype {name!r}: choose {', '.join(DTYPES)}")
     message = no_cuda_message()
     if message:
         sys.exit(message)
     device = torch.device("cuda")
-    sections = [f"Device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"]
+    print(f"Device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     start = time.perf_counter()
     for name in args.shapes.split(","):
         master = suite.build_model(suite.SHAPES[name])
         for dtype in args.dtypes.split(","):
-            sections += run_shape(suite.SHAPES[name], master, device, DTYPES[dtype], torch.cuda.synchronize)
-    sections.append(f"Total benchmark time: {time.perf_counter() - start:.0f} s")
-    print("\n\n".join(sections))
+            for section in run_shape(suite.SHAPES[name], master, device, DTYPES[dtype], torch.cuda.synchronize):
+                print(f"\n{section}", flush=True)
+    print(f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -246,10 +246,15 @@ def interleave(plans: list[list[list[int]]], lengths: list[int]) -> list[_Step]:
 
 
 def run_workload(
-    contenders: list[Contender], workload: Workload, repeats: int, sync: Callable[[], None] = lambda: None
+    contenders: list[Contender],
+    workload: Workload,
+    repeats: int,
+    sync: Callable[[], None] = lambda: None,
+    probes: Sequence[Callable[[], object]] = (),
+    probe_every: int = 4,
 ) -> list[Result]:
     """Time every contender on the workload, batch by batch interleaved; each batch's time is its best over
-    `repeats` passes (a warm-up batch per contender runs first)."""
+    `repeats` passes (a warm-up batch per contender runs first). `probes` run every `probe_every` batches."""
     lengths = workload.lengths
     plans = [c.plan(lengths) for c in contenders]
     for c, plan in zip(contenders, plans):
@@ -259,6 +264,9 @@ def run_workload(
     outputs: list[torch.Tensor | None] = [None] * len(steps)
     for _ in range(repeats):
         for s, step in enumerate(steps):
+            if s % probe_every == 0:
+                for probe in probes:
+                    probe()
             docs = [workload.docs[i] for i in step.batch]
             sync()
             start = time.perf_counter()
@@ -288,23 +296,31 @@ def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------ ceiling
-def gemm_flops_per_second(
-    shape: Shape, tokens: int, device: torch.device, dtype: torch.dtype, repeats: int, sync: Callable[[], None]
-) -> float:
-    """Matmul FLOP/s of one layer's projections ([tokens, in] x [in, out], no bias) at this shape: best of `repeats`."""
-    g = torch.Generator(device=device).manual_seed(0)
-    xs = [torch.randn(tokens, k, generator=g, device=device, dtype=dtype) for k, _ in shape.gemms()]
-    ws = [torch.randn(n, k, generator=g, device=device, dtype=dtype) for k, n in shape.gemms()]
-    flops = 2 * tokens * sum(k * n for k, n in shape.gemms())
-    best = math.inf
-    for _ in range(repeats + 1):  # the first pass warms up
-        sync()
-        start = time.perf_counter()
-        for x, w in zip(xs, ws):
-            F.linear(x, w)
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return flops / best
+class GemmRate:
+    """The best matmul FLOP/s seen on one layer's projections ([tokens, in] x [in, out], no bias) at a shape.
+
+    Sampled now and then during a run (between batches), so that a burst of load from elsewhere on the
+    machine does not set the ceiling.
+    """
+
+    def __init__(self, shape: Shape, tokens: int, device: torch.device, dtype: torch.dtype, sync: Callable[[], None]):
+        g = torch.Generator(device=device).manual_seed(0)
+        self.xs = [torch.randn(tokens, k, generator=g, device=device, dtype=dtype) for k, _ in shape.gemms()]
+        self.ws = [torch.randn(n, k, generator=g, device=device, dtype=dtype) for k, n in shape.gemms()]
+        self.flops = 2 * tokens * sum(k * n for k, n in shape.gemms())
+        self.sync, self.tokens, self.dtype = sync, tokens, dtype
+        self.best = 0.0
+        self.sample(3)  # the first pass warms up
+
+    def sample(self, passes: int = 1) -> float:
+        for _ in range(passes):
+            self.sync()
+            start = time.perf_counter()
+            for x, w in zip(self.xs, self.ws):
+                F.linear(x, w)
+            self.sync()
+            self.best = max(self.best, self.flops / (time.perf_counter() - start))
+        return self.best
 
 
 @dataclass
@@ -321,11 +337,13 @@ class Row:
     cosine: float | None  # min over docs, vs the first contender
 
 
-def rows(results: list[Result], workload: Workload, flops: int, gemm_rate: float) -> list[Row]:
-    """A row per result (ratios against original-style and sentence-transformers-style when present), then
-    the GEMM ceiling: the workload's FLOPs at `gemm_rate`."""
+def rows(results: list[Result], workload: Workload, flops: int, gemm_rates: dict[str, float]) -> list[Row]:
+    """A row per result (ratios against original-style and sentence-transformers-style when present), then a
+    GEMM ceiling per rate: the workload's FLOPs at that matmul FLOP/s. The "of GEMM ceiling" column is
+    against the first rate."""
     speed = {r.contender: workload.tokens / r.seconds for r in results}
-    ceiling = workload.tokens / (flops / gemm_rate)
+    ceilings = {label: workload.tokens / (flops / rate) for label, rate in gemm_rates.items()}
+    ceiling = next(iter(ceilings.values()))
     original, st = speed.get(ORIGINAL), speed.get(ST)
     out = [
         Row(
@@ -340,8 +358,10 @@ def rows(results: list[Result], workload: Workload, flops: int, gemm_rate: float
         )
         for r in results
     ]
-    out.append(Row("GEMM ceiling", flops / gemm_rate, ceiling, None, ceiling / original if original else None,
-                   ceiling / st if st else None, 1.0, None))  # fmt: skip
+    for label, speed_limit in ceilings.items():
+        out.append(Row(f"GEMM ceiling ({label})", workload.tokens / speed_limit, speed_limit, None,
+                       speed_limit / original if original else None, speed_limit / st if st else None,
+                       speed_limit / ceiling, None))  # fmt: skip
     return out
 
 
@@ -355,7 +375,7 @@ def throughput_table(table: list[Row]) -> str:
         padding = "" if r.padding is None else f"{r.padding:.0%}"
         cosine = "" if r.cosine is None else f"{r.cosine:.6f}"
         lines.append(
-            f"| {r.contender} | {r.seconds:.1f} | {r.tokens_per_s:,.0f} | {padding} | {ratio(r.vs_original)} | "
+            f"| {r.contender} | {r.seconds:.3g} | {r.tokens_per_s:,.0f} | {padding} | {ratio(r.vs_original)} | "
             f"{ratio(r.vs_st)} | {r.ceiling_fraction:.0%} | {cosine} |"
         )
     return "\n".join(lines)
@@ -366,16 +386,17 @@ def throughput_section(
     workload: Workload,
     contenders: list[Contender],
     repeats: int,
-    gemm_rate: float,
+    rates: dict[str, GemmRate],
     sync: Callable[[], None] = lambda: None,
 ) -> str:
-    """Run one workload and format its table (markdown), with a note for sampled contenders."""
+    """Run one workload (sampling the GEMM rates between its batches) and format its table (markdown)."""
     log(f"{shape.name} {workload.name}: {workload.description}, {workload.tokens} tokens")
-    results = run_workload(contenders, workload, repeats, sync)
-    table = rows(results, workload, shape.flops(workload.lengths), gemm_rate)
+    results = run_workload(contenders, workload, repeats, sync, probes=[r.sample for r in rates.values()])
+    best = {label: rate.best for label, rate in rates.items()}
+    table = rows(results, workload, shape.flops(workload.lengths), best)
     notes = [
-        f"{c.name}: every {c.sample}th of its batches timed (they are alike: input order, all padded to about the "
-        "longest length), its time scaled by computed tokens; its cosine column covers the documents it ran."
+        f"{c.name}: one in {c.sample} of its batches timed (they are alike: input order, each padded to about the "
+        "longest length), its time scaled up by computed tokens; its cosine column covers the documents it ran."
         for c in contenders
         if c.sample > 1
     ]

@@ -1,7 +1,9 @@
-"""The benchmark suite cannot rot: it runs end to end on a tiny model and produces its tables.
+"""The benchmark suite cannot rot: it runs end to end on a tiny model and produces its tables. And the
+CPU fast path it measures stays exact.
 
-Nothing here times anything; the checks are that every table row is there and that the contenders,
-which share one model's weights, agree on the embeddings.
+Nothing here times anything; the checks are that every table row is there, that the contenders, which
+share one model's weights, agree on the embeddings, and that the golden cases pass with the per-token
+work split into small chunks (the golden batches are too small to be split otherwise).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+import gte.layers
+from model_helpers import GOLDEN, TOOLS, check_golden, golden_manifest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -46,9 +52,9 @@ def tiny_report() -> str:
 
 def test_tiny_suite_produces_every_table(tiny_report):
     mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
-    assert set(mixed) == {*CONTENDERS, "ours bf16", "ours int8-dynamic", "GEMM ceiling"}
+    assert set(mixed) == {*CONTENDERS, "ours bf16", "ours int8-dynamic", "GEMM ceiling (float32)", "GEMM ceiling (bfloat16)"}
     short = table_rows(tiny_report, "tiny, short:")
-    assert set(short) == {*CONTENDERS, "GEMM ceiling"}
+    assert set(short) == {*CONTENDERS, "GEMM ceiling (float32)"}
     long = table_rows(tiny_report, "tiny, long documents")
     assert set(long) == set(CONTENDERS)
     for cells in long.values():
@@ -112,7 +118,7 @@ def test_gpu_bench_logic_runs_on_cpu():
     )  # fmt: skip
     report = "\n\n".join(sections)
     rows = table_rows(report, "tiny, mixed:")
-    assert {"original-style", "sentence-transformers-style", "ours (sdpa)", "GEMM ceiling"} <= set(rows)
+    assert {"original-style", "sentence-transformers-style", "ours (sdpa)", "GEMM ceiling (float32)"} <= set(rows)
     assert float(rows["ours (sdpa)"][-1]) >= 0.9999
     assert set(table_rows(report, "tiny, long documents")) >= {"original-style", "ours (sdpa)"}
 
@@ -124,3 +130,17 @@ def test_gpu_bench_without_cuda_says_so():
     )
     assert done.returncode == 1
     assert re.search(r"needs a CUDA GPU.*bench\.py", done.stderr)
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
+def test_golden_cases_pass_with_the_per_token_work_in_small_chunks(unpad, monkeypatch):
+    monkeypatch.setattr(gte.layers, "CPU_CHUNK_TOKENS", 7)
+    checker = check_golden()
+    loader = checker.resolve_loader(f"{TOOLS / 'gte_golden_loader.py'}:load")
+    for case in golden_manifest()["cases"]:
+        case_dir = GOLDEN / case["name"]
+        inputs = load_file(str(case_dir / "inputs.safetensors"))
+        got = checker.run_case(checker.load_model(loader, case_dir, case), inputs, case, {"unpad_inputs": unpad})
+        expected = load_file(str(case_dir / "expected.safetensors"))
+        report = checker.compare(expected, got, case, inputs["attention_mask"], golden_manifest()["tolerance"]["atol"])
+        assert report["pass"], (case["name"], report)
