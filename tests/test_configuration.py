@@ -8,23 +8,15 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from fixtures import AUTO_MAP
 from gte import NewConfig
 
-NEW_IMPL = "Alibaba-NLP/new-impl"
 # config.json as the official hub repos store it (gte-base-en-v1.5 and gte-multilingual-reranker-base shapes).
 OFFICIAL_BASE_EN = {
     "_name_or_path": "Alibaba-NLP/gte-base-en-v1.5",
     "architectures": ["NewModel"],
     "attention_probs_dropout_prob": 0.0,
-    "auto_map": {
-        "AutoConfig": f"{NEW_IMPL}--configuration.NewConfig",
-        "AutoModel": f"{NEW_IMPL}--modeling.NewModel",
-        "AutoModelForMaskedLM": f"{NEW_IMPL}--modeling.NewForMaskedLM",
-        "AutoModelForMultipleChoice": f"{NEW_IMPL}--modeling.NewForMultipleChoice",
-        "AutoModelForQuestionAnswering": f"{NEW_IMPL}--modeling.NewForQuestionAnswering",
-        "AutoModelForSequenceClassification": f"{NEW_IMPL}--modeling.NewForSequenceClassification",
-        "AutoModelForTokenClassification": f"{NEW_IMPL}--modeling.NewForTokenClassification",
-    },
+    "auto_map": AUTO_MAP,
     "classifier_dropout": None,
     "hidden_act": "gelu",
     "hidden_dropout_prob": 0.1,
