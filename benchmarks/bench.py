@@ -72,11 +72,14 @@ def machine() -> str:
 
 # ------------------------------------------------------------------------------------ throughput
 def low_precision_contenders(model: suite.NewModel, batch_tokens: int) -> list[suite.Contender]:
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    """Ours with dtype=bfloat16, and with torch's dynamic int8 quantization of every Linear (copies of `model`)."""
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated (torchao replaces it); still the plain way here
         warnings.simplefilter("ignore")
         int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    return [suite.ours(bf16, batch_tokens, "ours bf16"), suite.ours(int8, batch_tokens, "ours int8-dynamic")]
+    return [
+        suite.ours(copy.deepcopy(model), batch_tokens, "ours bf16", dtype=torch.bfloat16),
+        suite.ours(int8, batch_tokens, "ours int8-dynamic"),
+    ]
 
 
 # ------------------------------------------------------------------------------------ long documents
@@ -84,10 +87,10 @@ def long_child(shape_name: str, contender: str, length: int, batch_tokens: int) 
     """In a fresh process: embed one document, report seconds and the process's peak RSS during the call."""
     shape = suite.SHAPES[shape_name]
     model = suite.build_model(shape)
-    if contender == "sentence-transformers-style":
+    if contender == suite.ST:
         runner = suite.st_style(suite.build_native(model, CPU, torch.float32))
         del model
-    elif contender == "original-style":
+    elif contender == suite.ORIGINAL:
         runner = suite.original_style(model)
     else:
         runner = suite.ours(model, batch_tokens)
@@ -102,7 +105,7 @@ def long_child(shape_name: str, contender: str, length: int, batch_tokens: int) 
 
 
 def run_long(shape: suite.Shape, plan: Plan, gemm_rate: float) -> str:
-    names = ["original-style", "sentence-transformers-style", "ours"]
+    names = [suite.ORIGINAL, suite.ST, "ours"]
     lines = [
         "| contender | tokens | time s | peak RSS MiB | GEMM ceiling s | time / ceiling |",
         "|---|---:|---:|---:|---:|---:|",
@@ -114,7 +117,8 @@ def run_long(shape: suite.Shape, plan: Plan, gemm_rate: float) -> str:
             command = [sys.executable, __file__, "--long-child", shape.name, name, str(length), str(plan.batch_tokens)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                lines.append(f"| {name} | {length} | failed: {done.stderr.strip().splitlines()[-1]} | | | |")
+                why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                lines.append(f"| {name} | {length} | failed: {why} | | | |")
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             lines.append(

@@ -204,10 +204,13 @@ def st_style(native: torch.nn.Module, batch_size: int = 32) -> Contender:
     return Contender(ST, sorted_by_length(batch_size), embed, padded=True)
 
 
-def ours(model: NewModel, batch_tokens: int, name: str = "ours", backend: str | None = None) -> Contender:
+def ours(
+    model: NewModel, batch_tokens: int, name: str = "ours", backend: str | None = None, dtype: torch.dtype | None = None
+) -> Contender:
     """`gte.Embedder.encode_tokens`, called once per batch of the Embedder's own plan (`cut_batches`):
-    the same batches as one call over the whole workload, split so contenders can interleave."""
-    embedder = gte.Embedder(model)
+    the same batches as one call over the whole workload, split so contenders can interleave.
+    A `dtype` converts `model` in place (the Embedder's dtype option)."""
+    embedder = gte.Embedder(model, dtype=dtype)
 
     def embed(docs: Docs) -> torch.Tensor:
         with attention_backend(model, backend) if backend else contextlib.nullcontext():

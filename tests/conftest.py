@@ -61,3 +61,18 @@ def hub_cache_env(fake_hub_cache, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return fake_hub_cache
+
+
+@pytest.fixture(scope="session")
+def bert_family(tmp_path_factory):
+    """bert_family(architecture, pooling=None) -> a tiny checkpoint saved by transformers' own class (see
+    fixtures.BERT_FAMILY), built on first use; `pooling` adds sentence-transformers files."""
+    built: dict[tuple[str, str | None], Path] = {}
+
+    def get(architecture: str, pooling: str | None = None) -> Path:
+        if (architecture, pooling) not in built:
+            out = tmp_path_factory.mktemp(f"{architecture}-{pooling}")
+            built[architecture, pooling] = fixtures.build_bert_family_model(out, architecture, pooling=pooling)
+        return built[architecture, pooling]
+
+    return get

@@ -131,8 +131,10 @@ def save_model(model: torch.nn.Module, out: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def save_sentence_transformers_files(out: Path, *, max_seq_length: int, hidden_size: int, normalize: bool) -> None:
-    """modules.json, sentence_bert_config.json and 1_Pooling/config.json (CLS pooling)."""
+def save_sentence_transformers_files(
+    out: Path, *, max_seq_length: int, hidden_size: int, normalize: bool, pooling: str = "cls"
+) -> None:
+    """modules.json, sentence_bert_config.json and 1_Pooling/config.json (CLS or mean pooling)."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -144,8 +146,8 @@ def save_sentence_transformers_files(out: Path, *, max_seq_length: int, hidden_s
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
     pooling = {
         "word_embedding_dimension": hidden_size,
-        "pooling_mode_cls_token": True,
-        "pooling_mode_mean_tokens": False,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
         "pooling_mode_weightedmean_tokens": False,
@@ -218,3 +220,53 @@ def build_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = FAK
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return cache
+
+
+# ------------------------------------------------------------------------------ BERT-family checkpoints
+BERT_FAMILY = {
+    # name: (transformers class, multilingual tokenizer)
+    "BertModel": ("BertModel", False),
+    "BertForSequenceClassification": ("BertForSequenceClassification", False),
+    "XLMRobertaModel": ("XLMRobertaModel", True),
+    "XLMRobertaForSequenceClassification": ("XLMRobertaForSequenceClassification", True),
+}
+
+
+def bert_family_config(architecture: str, tokenizer: Tokenizer, **overrides):
+    """A 2-layer, hidden-32 transformers BertConfig / XLMRobertaConfig (XLM-R: pad id 1, positions offset by 2)."""
+    import transformers
+
+    multilingual = BERT_FAMILY[architecture][1]
+    base = dict(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        initializer_range=0.2,
+        num_labels=1,
+        architectures=[architecture],
+    )
+    if multilingual:
+        config = transformers.XLMRobertaConfig(**base, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)
+    else:
+        config = transformers.BertConfig(**base, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def build_bert_family_model(out: Path, architecture: str, *, seed: int = 4, pooling: str | None = None) -> Path:
+    """A tiny random checkpoint saved by transformers' own class, with its tokenizer; with `pooling`
+    ("mean" or "cls"), also the sentence-transformers files (max_seq_length 48, Normalize)."""
+    import transformers
+
+    class_name, multilingual = BERT_FAMILY[architecture]
+    tok = _multilingual_tokenizer() if multilingual else _english_tokenizer()
+    torch.manual_seed(seed)
+    model = getattr(transformers, class_name)(bert_family_config(architecture, tok))
+    model.save_pretrained(out)
+    save_tokenizer(tok, out, multilingual=multilingual, max_length=64)
+    if pooling is not None:
+        save_sentence_transformers_files(out, max_seq_length=48, hidden_size=32, normalize=True, pooling=pooling)
+    return out

@@ -219,18 +219,3 @@ def test_serve_is_a_subcommand(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert all(command in usage for command in ("embed", "rerank", "info", "serve"))
-
-
-# ------------------------------------------------------------------------------ the installed command
-def test_first_command_with_the_default_model_from_the_hub_cache(fake_hub_cache, tiny_model_dir):
-    """`gte embed "..."` with nothing but a (fake) hub cache and HF_HUB_OFFLINE=1: what a newcomer runs."""
-    env = os.environ | {"HF_HUB_CACHE": str(fake_hub_cache), "HF_HUB_OFFLINE": "1"}
-    gte_command = Path(sys.executable).with_name("gte")
-    result = subprocess.run(
-        [str(gte_command), "embed", "what is the capital of China?", "how to implement quick sort in python?"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = read_jsonl(result.stdout)
-    expected = gte.Embedder(tiny_model_dir).encode(["what is the capital of China?", "how to implement quick sort in python?"])
-    np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-5)

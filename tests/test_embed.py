@@ -249,9 +249,3 @@ def test_missing_model_errors(tmp_path):
         gte.Embedder(tmp_path)
     with pytest.raises(ModelNotFoundError, match="pass a local checkpoint directory"):
         gte.Embedder("Alibaba-NLP/not-in-the-cache")
-
-
-def test_other_model_types_are_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ValueError, match="holds a 'bert' model"):
-        gte.Embedder(tmp_path)

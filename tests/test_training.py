@@ -43,9 +43,12 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Ten
 
 
 def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    """Equal up to float32 rounding, measured against each gradient's largest value (they reach tens here, and
+    the padded and unpadded paths run different attention kernels)."""
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+        scale = max(1.0, float(b[name].abs().max()))
+        torch.testing.assert_close(a[name] / scale, b[name] / scale, rtol=0, atol=atol, msg=name)
 
 
 # ------------------------------------------------------------------------------------ backward

@@ -17,13 +17,19 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from . import hub, io
+from . import convert, hub, io
 from .embed import DEFAULT_BATCH_TOKENS, Embedder
+from .models import EmbeddedModelError
 from .rerank import Reranker
 from .server import add_serve_arguments, serve
 
-DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"
-USER_ERRORS = (hub.ModelNotFoundError, io.InputError, ValueError)
+DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"  # from the hub: no reranker ships with gte
+RERANKER_HINT = (
+    "pass --model with a reranker checkpoint directory (`hf download BAAI/bge-reranker-base --local-dir "
+    "./bge-reranker-base` makes one where there is network) or the hub id of a reranker in your Hugging Face cache "
+    "(Alibaba-NLP/gte-multilingual-reranker-base, BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L-6-v2)"
+)
+USER_ERRORS = (hub.ModelNotFoundError, io.InputError, ValueError, EmbeddedModelError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,14 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = commands.add_parser("rerank", help="score documents against a query, best first")
     rerank.add_argument("documents", nargs="*", metavar="DOC", help="documents (default: --input, else stdin lines)")
     rerank.add_argument("--query", "-q", required=True, help="the query")
-    _add_model_arguments(rerank, DEFAULT_RERANKER)
+    _add_model_arguments(rerank, None, f"reranker checkpoint directory or hub id (default: {DEFAULT_RERANKER}, "
+                         "from the Hugging Face cache or the hub)")
     _add_input_arguments(rerank)
     rerank.add_argument("--top-k", type=int, help="print only the best K documents")
     rerank.add_argument("--normalize", action="store_true", help="sigmoid of the logit (a score in 0..1)")
     rerank.set_defaults(run=run_rerank)
 
     info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
-    info.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help=f"directory or hub id (default: {hub.DEFAULT_MODEL})")
+    info.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help=f"directory or hub id (default: {hub.DEFAULT_MODEL}, embedded)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=run_info)
 
@@ -73,18 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EMBED_HELP = """Embed texts with a GTE v1.5 checkpoint.
+EMBED_HELP = f"""Embed texts with a GTE v1.5 or BERT-family checkpoint (default: {hub.DEFAULT_MODEL}, which ships
+with gte and works offline).
 
 examples:
   gte embed "what is the capital of China?" "how to implement quick sort in python?"
+  gte embed --model Alibaba-NLP/gte-base-en-v1.5 "what is the capital of China?"
   gte embed --input docs.jsonl --field body --output vectors.parquet
   gte embed --model ./gte-base-en-v1.5 --input lines.txt --output vectors.npy --dim 256
   cat lines.txt | gte embed > vectors.jsonl
 """
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--model", "-m", default=default, help=f"checkpoint directory or hub id (default: {default})")
+def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    help = help or f"checkpoint directory or hub id (default: {default}, embedded: works offline)"
+    parser.add_argument("--model", "-m", default=default, help=help)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: from the checkpoint)")
@@ -133,7 +143,15 @@ def run_embed(args: argparse.Namespace) -> None:
 
 def run_rerank(args: argparse.Namespace) -> None:
     documents = _texts(args.documents, args)
-    reranker = Reranker(args.model, **_model_kwargs(args))
+    try:
+        reranker = Reranker(args.model or DEFAULT_RERANKER, **_model_kwargs(args))
+    except hub.ModelNotFoundError as error:
+        if args.model is not None:
+            raise
+        raise hub.ModelNotFoundError(
+            f"gte rerank needs a reranker model and none ships with gte; the default, {DEFAULT_RERANKER}, is not in the "
+            f"Hugging Face cache and cannot be downloaded now: {RERANKER_HINT}"
+        ) from error
     for hit in reranker.rank(args.query, documents, top_k=args.top_k, normalize=args.normalize):
         print(f"{hit['score']:.6f}\t{hit['index']}\t{hit['text']}")
 
@@ -155,7 +173,8 @@ def model_info(model: str) -> dict[str, Any]:
 
     path = hub.resolve(model)
     name, num_labels = hub.architecture(path)
-    config = hub.read_json(path / "config.json")
+    raw = hub.read_json(path / "config.json")
+    config = convert.new_config(raw).to_dict()
     settings = hub.sentence_transformers_settings(path)
     devices = ["cpu"] + (["cuda"] * torch.cuda.is_available())
     backends = {
@@ -163,12 +182,15 @@ def model_info(model: str) -> dict[str, Any]:
         for device in devices
         for dtype in (("float32",) if device == "cpu" else ("float16", "bfloat16", "float32"))
     }
+    rope = ("rope_theta", "rope_scaling") if config["position_embedding_type"] == "rope" else ()
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings", "type_vocab_size", "hidden_act", "position_embedding_type", "rope_theta",
-            "rope_scaling", "layer_norm_type", "logn_attention_scale", "logn_attention_clip1", "pack_qkv")  # fmt: skip
+            "max_position_embeddings", "type_vocab_size", "hidden_act", "position_embedding_type", *rope,
+            "layer_norm_type", "logn_attention_scale", "logn_attention_clip1", "pack_qkv",
+            "gated_mlp")  # fmt: skip
     return {
         "model": model,
         "path": str(path),
+        "format": raw["model_type"] if raw["model_type"] == "new" else f"{raw['model_type']} (converted as it loads)",
         "architecture": name,
         "num_labels": num_labels if name != "NewModel" else None,
         "parameters": parameter_count(path),

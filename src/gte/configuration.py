@@ -1,7 +1,8 @@
 """`NewConfig`: the configuration of the GTE "new" encoder (HF `model_type: "new"`).
 
 Accepts every key that official `config.json` files carry, with the original implementation's
-defaults, and validates the values that shape the model.
+defaults, and validates the values that shape the model. One key of our own, `gated_mlp` (default
+true, the official GLU), describes checkpoints converted from BERT-family models (`gte.convert`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 POSITION_EMBEDDING_TYPES = ("rope", "absolute")
@@ -45,6 +47,7 @@ class NewConfig(PretrainedConfig):
         use_memory_efficient_attention: bool = False,
         logn_attention_scale: bool = False,
         logn_attention_clip1: bool = False,
+        gated_mlp: bool = True,
         **kwargs: Any,
     ):
         kwargs.setdefault("pad_token_id", 0)
@@ -72,6 +75,7 @@ class NewConfig(PretrainedConfig):
         self.use_memory_efficient_attention = use_memory_efficient_attention
         self.logn_attention_scale = logn_attention_scale
         self.logn_attention_clip1 = logn_attention_clip1
+        self.gated_mlp = gated_mlp
         self.validate_new()
 
     @property
@@ -85,6 +89,8 @@ class NewConfig(PretrainedConfig):
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}); fix one of the two keys in config.json"
             )
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(sorted(ACT2FN))}")
         _check_choice("layer_norm_type", self.layer_norm_type, LAYER_NORM_TYPES)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         if self.rope_scaling is not None:

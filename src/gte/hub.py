@@ -1,5 +1,5 @@
-"""Finding and loading a checkpoint: local directory or hub id, device and dtype, tokenizer,
-sentence-transformers settings (pooling, max length)."""
+"""Finding and loading a checkpoint: the embedded default model, a local directory or a hub id; device and
+dtype, tokenizer, sentence-transformers settings (pooling, max length)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-DEFAULT_MODEL = "Alibaba-NLP/gte-base-en-v1.5"
+from . import convert
+from .models import DEFAULT_MODEL, embedded_path
+
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
 POOLING_MODES = ("cls", "mean")
@@ -28,7 +30,11 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve(model: str | os.PathLike) -> Path:
-    """A checkpoint directory for a local path or a hub id (downloaded into, or read from, the HF cache)."""
+    """A checkpoint directory for the embedded model's id (never downloaded), a local path, or a hub id
+    (downloaded into, or read from, the HF cache)."""
+    embedded = embedded_path(str(model))
+    if embedded is not None:
+        return embedded
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -67,15 +73,13 @@ def read_json(path: Path) -> dict[str, Any] | list[Any] | None:
 
 
 def architecture(path: Path) -> tuple[str, int]:
-    """(class name in the official `New*` spelling, number of labels) from config.json."""
+    """(our class, New* spelling; number of labels) from config.json, in any layout gte reads."""
     config = read_json(path / "config.json") or {}
-    if config.get("model_type") not in ("new", "gte"):
-        raise ValueError(
-            f"{path} holds a {config.get('model_type')!r} model; gte loads GTE v1.5 checkpoints (model_type 'new', "
-            "e.g. Alibaba-NLP/gte-base-en-v1.5, gte-large-en-v1.5, gte-multilingual-base)"
-        )
-    name = (config.get("architectures") or ["NewModel"])[0].replace("Gte", "New", 1)
-    return name, len(config.get("id2label") or {0: 0, 1: 1})
+    try:
+        name = convert.architecture(config)
+    except convert.ConversionError as error:
+        raise convert.ConversionError(f"{path}: {error}") from None
+    return name, config.get("num_labels") or len(config.get("id2label") or {0: 0, 1: 1})
 
 
 # ------------------------------------------------------------------------------ device and dtype

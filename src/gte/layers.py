@@ -133,6 +133,20 @@ class NewGatedMLP(nn.Module):
         return self.down_proj(self.dropout(self.act_fn(gate) * up))
 
 
+class NewMLP(nn.Module):
+    """BERT's feed-forward, for checkpoints converted from BERT-family models (`gated_mlp=False`):
+    up_proj -> act -> down_proj."""
+
+    def __init__(self, config: NewConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
 class NewLayer(GradientCheckpointingLayer):
     """Post-norm: h = attn_ln(h + attn(h)); h = mlp_ln(h + mlp(h))."""
 
@@ -140,7 +154,7 @@ class NewLayer(GradientCheckpointingLayer):
         super().__init__()
         self.attention = NewAttention(config)
         self.attn_ln = make_norm(config)
-        self.mlp = NewGatedMLP(config)
+        self.mlp = NewGatedMLP(config) if config.gated_mlp else NewMLP(config)
         self.mlp_ln = make_norm(config)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout_prob)
 

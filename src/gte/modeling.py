@@ -40,6 +40,8 @@ class NewPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["NewLayer"]
+    # A pooler in the checkpoint (BERT's, say) that the loaded class does not build is not worth a warning.
+    _keys_to_ignore_on_load_unexpected = [r"pooler\."]
 
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
@@ -60,13 +62,14 @@ class NewPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Also loads checkpoints in transformers' native `gte` layout (see `gte.convert`)."""
-        from .convert import load_native_gte
+        """Also loads checkpoints in other layouts, converted as they load (see `gte.convert`): transformers'
+        native `gte`, BERT and XLM-RoBERTa."""
+        from . import convert
 
-        native = load_native_gte(pretrained_model_name_or_path, kwargs) if pretrained_model_name_or_path else None
-        if native is None:
+        converted = convert.load(pretrained_model_name_or_path, kwargs) if pretrained_model_name_or_path else None
+        if converted is None:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        kwargs["config"], kwargs["state_dict"] = native
+        kwargs["config"], kwargs["state_dict"] = converted
         loaded = super().from_pretrained(None, *args, **kwargs)  # transformers takes a state dict only without a path
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
         model.config.name_or_path = model.name_or_path = str(pretrained_model_name_or_path)

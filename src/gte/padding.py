@@ -45,6 +45,21 @@ class Packing:
         return self.seqlens.tolist()
 
     @cached_property
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(first token, sequences, length) of each stretch of consecutive equal-length sequences: a stretch
+        is a [sequences, length] grid without padding, a plain view of the packed tokens."""
+        out: list[tuple[int, int, int]] = []
+        start = 0
+        for length in self.seqlens_list:
+            if out and out[-1][2] == length:
+                first, count, _ = out[-1]
+                out[-1] = (first, count + 1, length)
+            else:
+                out.append((start, 1, length))
+            start += length
+        return out
+
+    @cached_property
     def positions(self) -> torch.Tensor:  # [T] int64: index of each token within its sequence
         starts = self.cu_seqlens[:-1].long().repeat_interleave(self.seqlens)
         return torch.arange(starts.shape[0], device=starts.device) - starts

@@ -8,14 +8,13 @@ the base model, masked-LM, sequence- and token-classification heads: converting 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from .configuration import NewConfig
+from ..configuration import NewConfig
+from .files import ConversionError
 
 # official (new) name -> native (gte) name, inside the base model; {i} = layer index
 _LAYER_RENAMES = {
@@ -47,10 +46,6 @@ _NATIVE_DEFAULTS = {
 }  # fmt: skip
 
 
-class ConversionError(ValueError):
-    pass
-
-
 # ------------------------------------------------------------------------------------ new -> gte
 def native_config(config: NewConfig) -> dict[str, Any]:
     """A native `gte` config.json dict for this model, or ConversionError naming what it cannot express."""
@@ -59,6 +54,7 @@ def native_config(config: NewConfig) -> dict[str, Any]:
         "layer_norm_type='rms_norm'": config.layer_norm_type == "rms_norm",
         "position_embedding_type='absolute'": config.position_embedding_type == "absolute",
         "rope_scaling mixed_b": bool(config.rope_scaling and config.rope_scaling.get("mixed_b") is not None),
+        "gated_mlp=False (BERT's feed-forward)": not config.gated_mlp,
         f"a masked-LM head with hidden_act={config.hidden_act!r} (native: always 'gelu')": _mlm_act_differs(
             config.architectures, config.hidden_act
         ),
@@ -162,28 +158,9 @@ def state_dict_from_native(native: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def load_native_gte(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.Tensor]] | None:
-    """(config, official state dict) for a native `gte` checkpoint directory or hub id, else None."""
-    from transformers.utils import cached_file
-
-    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
-    config_file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False, **hub)
-    if config_file is None:
-        return None
-    with open(config_file) as f:
-        raw = json.load(f)
-    if raw.get("model_type") != "gte":
-        return None
-    index_file = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
-    if index_file is None:
-        files = [cached_file(path, "model.safetensors", **hub)]
-    else:
-        with open(index_file) as f:
-            files = [cached_file(path, shard, **hub) for shard in sorted(set(json.load(f)["weight_map"].values()))]
-    weights: dict[str, torch.Tensor] = {}
-    for file in files:
-        weights.update(load_file(file))
-    return config_from_native(raw), state_dict_from_native(weights)
+def architecture(native: dict[str, Any]) -> str:
+    """The class a native config.json asks for, in the official `New*` spelling."""
+    return (native.get("architectures") or ["GteModel"])[0].replace("Gte", "New", 1)
 
 
 def _mlm_act_differs(architectures: list[str] | None, hidden_act: str) -> bool:

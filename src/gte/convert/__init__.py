@@ -1,0 +1,83 @@
+"""Checkpoints in other layouts, converted to the official `new` layout as they load.
+
+Each layout is declared as data in its own module:
+    native_gte   transformers' native `gte` (model_type "gte") <-> official `new`, both ways
+    bert         BERT and XLM-RoBERTa (model_type "bert", "xlm-roberta") -> `new` with BERT's MLP
+
+`NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
+`new_config` read a config.json of any layout without touching the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..configuration import NewConfig
+from . import bert, native_gte
+from .files import ConversionError, read_config, read_weights
+from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
+
+__all__ = [
+    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config",
+    "config_from_native", "native_config", "native_state_dict", "state_dict_from_native",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a foreign config.json and its weights become ours."""
+
+    config: Callable[[dict[str, Any]], NewConfig]  # refuses (ConversionError) what it cannot express
+    state_dict: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]]  # (weights, config.json)
+    architecture: Callable[[dict[str, Any]], str]  # our class, New* spelling
+
+
+_BERT = Layout(bert.config_from_bert, bert.state_dict_from_bert, bert.architecture)
+LAYOUTS: dict[str, Layout] = {
+    "gte": Layout(
+        native_gte.config_from_native, lambda weights, raw: state_dict_from_native(weights), native_gte.architecture
+    ),
+    **dict.fromkeys(bert.MODEL_TYPES, _BERT),
+}
+MODEL_TYPES = ("new", *LAYOUTS)
+
+
+def architecture(raw: dict[str, Any]) -> str:
+    """The class a config.json (any layout we read) asks for, in our New* spelling."""
+    model_type = _model_type(raw)
+    if model_type == "new":
+        return (raw.get("architectures") or ["NewModel"])[0]
+    return LAYOUTS[model_type].architecture(raw)
+
+
+def new_config(raw: dict[str, Any]) -> NewConfig:
+    """Our NewConfig for a config.json (any layout we read)."""
+    model_type = _model_type(raw)
+    if model_type == "new":
+        return NewConfig.from_dict(raw)
+    return LAYOUTS[model_type].config(raw)
+
+
+def load(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.Tensor]] | None:
+    """(config, state dict in the official layout) for a checkpoint in a foreign layout; None for `new` ones
+    (and for anything without a config.json: transformers' own loading reports those)."""
+    raw = read_config(path, kwargs)
+    if raw is None or _model_type(raw) == "new":
+        return None
+    layout = LAYOUTS[raw["model_type"]]
+    config = layout.config(raw)  # refuses before any weight is read
+    return config, layout.state_dict(read_weights(path, kwargs), raw)
+
+
+def _model_type(raw: dict[str, Any]) -> str:
+    model_type = raw.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(
+            f"gte runs GTE v1.5 checkpoints (model_type 'new', or transformers' native 'gte') and BERT-family ones "
+            f"('bert', 'xlm-roberta'); this one is {model_type!r}"
+        )
+    return model_type

@@ -1,0 +1,202 @@
+"""BERT and XLM-RoBERTa checkpoints (model_type "bert" / "xlm-roberta") -> the `new` layout, exactly.
+
+Both are post-norm encoders that ours expresses with absolute positions, packed q/k/v and
+`gated_mlp=False` (BERT's up -> act -> down feed-forward). XLM-R numbers its positions from
+padding_idx + 1: row padding_idx + 1 + i of its table is position i, so the table loses its first
+padding_idx + 1 rows (never used) and positions start at 0 as everywhere else.
+
+A BERT-family variant that we cannot run exactly (relative position embeddings, ALiBi, pre-norm
+layers, decoders, an activation transformers does not know, weights we have no place for) is
+refused with a ConversionError that names what it has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import CONFIG_MAPPING
+from transformers.activations import ACT2FN
+
+from ..configuration import NewConfig
+from .files import ConversionError
+
+MODEL_TYPES = ("bert", "xlm-roberta")
+ELSEWHERE = "run it with transformers or sentence-transformers instead"
+BASE_PREFIXES = ("bert.", "roberta.")  # the base model inside a head checkpoint
+
+# Their name -> ours, inside the base model. {i}: the layer index.
+EMBEDDINGS = {
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",
+    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
+    "embeddings.LayerNorm": "embeddings.LayerNorm",
+    "pooler.dense": "pooler.dense",
+}
+LAYER = {
+    "attention.output.dense": "attention.o_proj",
+    "attention.output.LayerNorm": "attn_ln",
+    "intermediate.dense": "mlp.up_proj",
+    "output.dense": "mlp.down_proj",
+    "output.LayerNorm": "mlp_ln",
+}
+QKV = ("attention.self.query", "attention.self.key", "attention.self.value")  # -> attention.qkv_proj, in this order
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some checkpoints store
+# Old TF-converted checkpoints name LayerNorm parameters gamma / beta.
+PARAMETER_NAMES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    new_class: str  # our class, New* spelling
+    heads: dict[str, str] = field(default_factory=dict)  # their head module -> ours (outside the base model)
+    dropped: tuple[str, ...] = ()  # prefixes of head weights left behind (pre-training heads)
+
+
+ARCHITECTURES = {
+    "BertModel": Architecture("NewModel"),
+    "BertForMaskedLM": Architecture("NewModel", dropped=("cls.",)),
+    "BertForPreTraining": Architecture("NewModel", dropped=("cls.",)),
+    "BertForSequenceClassification": Architecture("NewForSequenceClassification", {"classifier": "classifier"}),
+    "XLMRobertaModel": Architecture("NewModel"),
+    "XLMRobertaForMaskedLM": Architecture("NewModel", dropped=("lm_head.",)),
+    # RobertaClassificationHead: dense -> tanh -> out_proj on the first token, i.e. our pooler + classifier
+    "XLMRobertaForSequenceClassification": Architecture(
+        "NewForSequenceClassification", {"classifier.dense": "new.pooler.dense", "classifier.out_proj": "classifier"}
+    ),
+}
+DEFAULT_ARCHITECTURE = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel"}
+
+# config.json keys that keep their name and meaning
+SHARED_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "max_position_embeddings", "type_vocab_size", "initializer_range", "layer_norm_eps",
+    "pad_token_id", "classifier_dropout",
+)  # fmt: skip
+LABEL_KEYS = ("id2label", "label2id", "num_labels", "problem_type")
+# Ours for every converted checkpoint. Attention dropout is dropped (our kernels take none): inference is
+# unchanged, fine-tuning a converted model runs without it.
+FIXED = {"position_embedding_type": "absolute", "gated_mlp": False, "pack_qkv": True, "unpad_inputs": True,
+         "attention_probs_dropout_prob": 0.0}  # fmt: skip
+
+# key -> (is the value one we cannot run?, what it means)
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "position_embedding_type": (lambda v: v not in (None, "absolute"), "relative position embeddings or ALiBi"),
+    "is_decoder": (bool, "a decoder (causal attention)"),
+    "add_cross_attention": (bool, "cross-attention"),
+    "prenorm": (bool, "pre-norm layers"),
+    "pre_norm": (bool, "pre-norm layers"),
+    "normalize_before": (bool, "pre-norm layers"),
+    "hidden_act": (lambda v: not isinstance(v, str) or v not in ACT2FN, "an activation transformers does not know"),
+}
+
+
+# ------------------------------------------------------------------------------------ config
+def architecture(raw: dict[str, Any]) -> str:
+    """Our class for a BERT / XLM-R config.json, New* spelling."""
+    return _architecture(raw)[1].new_class
+
+
+def config_from_bert(raw: dict[str, Any]) -> NewConfig:
+    """A NewConfig for a BERT / XLM-R config.json dict; ConversionError for variants we cannot run exactly."""
+    _, arch = _architecture(raw)
+    full = _with_defaults(raw)
+    bad = [f"{key}={full[key]!r} ({what})" for key, (unsupported, what) in UNSUPPORTED.items() if unsupported(full.get(key))]
+    if bad:
+        raise ConversionError(
+            f"this {raw['model_type']} checkpoint has {'; '.join(bad)}: gte runs BERT-family models exactly only with "
+            f"absolute positions, post-norm layers and one of transformers' activations; {ELSEWHERE}"
+        )
+    kwargs = {key: full[key] for key in SHARED_KEYS} | {key: raw[key] for key in LABEL_KEYS if key in raw}
+    kwargs["max_position_embeddings"] -= position_offset(full)
+    return NewConfig(**kwargs, **FIXED, architectures=[arch.new_class])
+
+
+def position_offset(config: dict[str, Any]) -> int:
+    """Rows of the position table before position 0: padding_idx + 1 for XLM-R, none for BERT."""
+    return config["pad_token_id"] + 1 if config["model_type"] == "xlm-roberta" else 0
+
+
+def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """transformers' defaults for the keys a config.json leaves out."""
+    return CONFIG_MAPPING[raw["model_type"]]().to_dict() | raw
+
+
+def _architecture(raw: dict[str, Any]) -> tuple[str, Architecture]:
+    names = raw.get("architectures") or [DEFAULT_ARCHITECTURE[raw["model_type"]]]
+    if names[0] not in ARCHITECTURES:
+        raise ConversionError(
+            f"gte cannot run the {raw['model_type']} architecture {names[0]!r} exactly (custom code or a head we do not "
+            f"have): it runs {', '.join(ARCHITECTURES)}; {ELSEWHERE}"
+        )
+    return names[0], ARCHITECTURES[names[0]]
+
+
+# ------------------------------------------------------------------------------------ weights
+def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Their parameter names -> ours; q/k/v packed; XLM-R's position table shifted to start at position 0."""
+    _, arch = _architecture(raw)
+    full = _with_defaults(raw)
+    base_prefix = "" if arch.new_class == "NewModel" else "new."
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights.items():
+        inner = _strip_base_prefix(name)
+        if inner is None:  # a head weight
+            if not name.startswith(arch.dropped):
+                out[_rename_head(name, arch.heads)] = tensor
+            continue
+        if inner.startswith(BUFFERS):
+            continue
+        module, kind = _split_parameter(inner, name)
+        layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
+        if layer is None:
+            if module not in EMBEDDINGS:
+                raise _unknown(name)
+            if module == "embeddings.position_embeddings":
+                tensor = tensor[position_offset(full):]
+            out[f"{base_prefix}{EMBEDDINGS[module]}.{kind}"] = tensor
+            continue
+        i, part = layer.groups()
+        target = f"{base_prefix}encoder.layer.{i}."
+        if part in QKV:
+            qkv.setdefault(f"{target}attention.qkv_proj.{kind}", {})[part] = tensor
+        elif part in LAYER:
+            out[f"{target}{LAYER[part]}.{kind}"] = tensor
+        else:
+            raise _unknown(name)
+    for name, parts in qkv.items():
+        out[name] = torch.cat([parts[p] for p in QKV])
+    return out
+
+
+def _strip_base_prefix(name: str) -> str | None:
+    """The name inside the base model, or None for a head weight."""
+    for prefix in BASE_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name if name.startswith(("embeddings.", "encoder.", "pooler.")) else None
+
+
+def _split_parameter(inner: str, name: str) -> tuple[str, str]:
+    module, _, kind = inner.rpartition(".")
+    if kind not in PARAMETER_NAMES:
+        raise _unknown(name)
+    return module, PARAMETER_NAMES[kind]
+
+
+def _rename_head(name: str, heads: dict[str, str]) -> str:
+    module, _, kind = name.rpartition(".")
+    if module not in heads:
+        raise _unknown(name)
+    return f"{heads[module]}.{PARAMETER_NAMES.get(kind, kind)}"
+
+
+def _unknown(name: str) -> ConversionError:
+    return ConversionError(
+        f"weight {name!r} has no place in gte's encoder: this BERT-family checkpoint is a variant gte cannot run "
+        f"exactly; {ELSEWHERE}"
+    )
