@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=512, help="documents in the default model's corpus (default: 512)")
     parser.add_argument("--shape-docs", type=int, default=256, help="documents per shape workload (default: 256)")
     parser.add_argument("--repeats", type=int, default=3, help="passes, best kept (default: 3)")
-    parser.add_argument("--batch-tokens", type=int, default=gte.embed.DEFAULT_BATCH_TOKENS, help="ours: token budget")
+    parser.add_argument("--batch-tokens", type=int, default=gte.embed.CPU_BATCH_TOKENS, help="ours: token budget")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=gte.embed.TruncationWarning)
     transformers.logging.set_verbosity_error()

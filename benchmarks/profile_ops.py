@@ -19,7 +19,7 @@ from torch import nn
 
 import gte.attention
 import gte.layers
-from gte.layers import NewAttention, NewEmbeddings, NewGatedMLP, NewLayer
+from gte.layers import NewAttention, NewEmbeddings, NewGatedMLP, NewLayer, NewMLP
 from gte.padding import Packing
 from gte.rope import RotaryEmbedding
 
@@ -28,7 +28,7 @@ ATTENTION = "attention kernel"
 GRID = "pad/unpad (packed <-> attention grid)"
 NORMS = "norms"
 ROPE = "RoPE (table + rotation)"
-ACTIVATION = "MLP activation (act(gate) * up)"
+ACTIVATION = "MLP activation (act(gate) * up, or act(up))"
 EMBEDDINGS = "embedding lookup"
 LAYER_GLUE = "layer glue (residual adds, chunking, subset)"
 OTHER = "other (batching, pooling, Python)"
@@ -72,7 +72,7 @@ def module_category(module: nn.Module) -> str | None:
         return NORMS
     if isinstance(module, RotaryEmbedding):
         return ROPE
-    if isinstance(module, NewGatedMLP):
+    if isinstance(module, (NewGatedMLP, NewMLP)):
         return ACTIVATION
     if isinstance(module, NewEmbeddings):
         return EMBEDDINGS

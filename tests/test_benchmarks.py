@@ -27,6 +27,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench  # noqa: E402
+import bert_bench  # noqa: E402
 import gpu_bench  # noqa: E402
 import profile_ops  # noqa: E402
 import suite  # noqa: E402
@@ -71,6 +72,18 @@ def test_contenders_agree_on_the_embeddings(tiny_report):
         assert rows["ours"][2] == "0%"  # no padding computed
     mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
     assert float(mixed["ours bf16"][-1]) >= 0.99
+
+
+def test_bert_bench_runs_and_its_contenders_agree():
+    """bert_bench.py --tiny: the embedded model against sentence-transformers, and a tiny BERT converted as it loads."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bert_bench.main(["--tiny"])
+    default = table_rows(out.getvalue(), "all-MiniLM-L6-v2 (embedded)")
+    assert set(default) == {"sentence-transformers", "ours"} and float(default["ours"][-1]) >= 0.99999
+    tiny = table_rows(out.getvalue(), "tiny shape")
+    assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= 0.9999
+    assert tiny["ours"][2] == "0%"  # no padding computed
 
 
 def test_interleave_keeps_every_batch_once_in_pace():

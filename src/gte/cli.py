@@ -18,7 +18,7 @@ from typing import Any
 from transformers.utils import logging as hf_logging
 
 from . import convert, hub, io
-from .embed import DEFAULT_BATCH_TOKENS, Embedder
+from .embed import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, Embedder
 from .models import EmbeddedModelError
 from .rerank import Reranker
 from .server import add_serve_arguments, serve
@@ -98,7 +98,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, h
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: from the checkpoint)")
-    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per batch (default: %(default)s)")
+    parser.add_argument("--batch-tokens", type=int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
+                        f"{GPU_BATCH_TOKENS} on GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
 
 

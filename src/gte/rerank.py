@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import hub
-from .embed import DEFAULT_BATCH_TOKENS, backend_name, check_max_length, check_texts, run_packed, tokenize_texts
+from .embed import backend_name, check_max_length, check_texts, default_batch_tokens, run_packed, tokenize_texts
 from .modeling import NewForSequenceClassification
 
 
@@ -28,7 +28,7 @@ class Reranker:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
@@ -40,7 +40,7 @@ class Reranker:
         config = self.model.config
         self.device, self.dtype = self.model.device, self.model.dtype
         self.max_length = check_max_length(config, max_length or config.max_position_embeddings)
-        self.batch_tokens, self.show_progress = batch_tokens, show_progress
+        self.batch_tokens, self.show_progress = batch_tokens or default_batch_tokens(self.device), show_progress
         self.backend = backend_name(self.model.new)
         self._type_ids = config.type_vocab_size > 1  # with one type every id is 0: nothing to pass
 
