@@ -229,3 +229,17 @@ def test_every_declared_architecture_converts():
         model_type = "xlm-roberta" if name.startswith("XLM") else "bert"
         config = config_from_bert(TINY_BERT | {"model_type": model_type, "architectures": [name]})
         assert config.architectures == [ARCHITECTURES[name].new_class] and not config.gated_mlp
+
+
+def test_base_model_leaves_head_weights_behind(bert_family, tmp_path):
+    """A checkpoint whose config says BertModel but whose file also holds a head loads its encoder."""
+    source = bert_family("BertForSequenceClassification")
+    config = json.loads((source / "config.json").read_text()) | {"architectures": ["BertModel"]}
+    weights = {k: v.contiguous() for k, v in transformers.BertForSequenceClassification.from_pretrained(source).state_dict().items()}
+    path = write_checkpoint(tmp_path, config, weights)
+    base = NewModel.from_pretrained(path).eval()
+    reference = transformers.BertModel.from_pretrained(source).eval()
+    batch = padded_batch(base.config, [5, 2])
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(base(**batch).last_hidden_state[mask], reference(**batch).last_hidden_state[mask], rtol=0, atol=ATOL)

@@ -165,15 +165,16 @@ def backend_name(model: NewModel) -> str:
 
 # ------------------------------------------------------------------------------ Embedder
 class Embedder:
-    """Embeddings from a GTE "new" checkpoint, fast and without trust_remote_code.
+    """Embeddings from a GTE "new" or BERT-family checkpoint, fast and without trust_remote_code.
 
-        emb = gte.Embedder()                                    # Alibaba-NLP/gte-base-en-v1.5
-        vectors = emb.encode(["first text", "second text"])     # float32 [2, 768], L2-normalised
+        emb = gte.Embedder()                                    # all-MiniLM-L6-v2, embedded (offline)
+        vectors = emb.encode(["first text", "second text"])     # float32 [2, 384], L2-normalised
+        gte.Embedder("Alibaba-NLP/gte-base-en-v1.5")            # [n, 768], 8192 tokens
 
     `model`: a checkpoint directory, a hub id, or a loaded gte model (then pass `tokenizer` too,
     unless you only call `encode_tokens`). Device: CUDA when present; dtype: float16 on GPU, float32 on
-    CPU. Pooling and max_length come from the checkpoint's sentence-transformers files when present
-    (else CLS pooling and max_position_embeddings).
+    CPU; batch_tokens: 4096 on CPU, 16384 on GPU. Pooling and max_length come from the checkpoint's
+    sentence-transformers files when present (else CLS pooling and max_position_embeddings).
     """
 
     def __init__(

@@ -51,18 +51,17 @@ PARAMETER_NAMES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta"
 
 @dataclass(frozen=True)
 class Architecture:
-    new_class: str  # our class, New* spelling
+    new_class: str  # our class, New* spelling; for NewModel every weight outside the base model is left behind
     heads: dict[str, str] = field(default_factory=dict)  # their head module -> ours (outside the base model)
-    dropped: tuple[str, ...] = ()  # prefixes of head weights left behind (pre-training heads)
 
 
 ARCHITECTURES = {
     "BertModel": Architecture("NewModel"),
-    "BertForMaskedLM": Architecture("NewModel", dropped=("cls.",)),
-    "BertForPreTraining": Architecture("NewModel", dropped=("cls.",)),
+    "BertForMaskedLM": Architecture("NewModel"),  # the encoder of a pre-training checkpoint
+    "BertForPreTraining": Architecture("NewModel"),
     "BertForSequenceClassification": Architecture("NewForSequenceClassification", {"classifier": "classifier"}),
     "XLMRobertaModel": Architecture("NewModel"),
-    "XLMRobertaForMaskedLM": Architecture("NewModel", dropped=("lm_head.",)),
+    "XLMRobertaForMaskedLM": Architecture("NewModel"),
     # RobertaClassificationHead: dense -> tanh -> out_proj on the first token, i.e. our pooler + classifier
     "XLMRobertaForSequenceClassification": Architecture(
         "NewForSequenceClassification", {"classifier.dense": "new.pooler.dense", "classifier.out_proj": "classifier"}
@@ -146,7 +145,7 @@ def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) 
     for name, tensor in weights.items():
         inner = _strip_base_prefix(name)
         if inner is None:  # a head weight
-            if not name.startswith(arch.dropped):
+            if arch.new_class != "NewModel":
                 out[_rename_head(name, arch.heads)] = tensor
             continue
         if inner.startswith(BUFFERS):
