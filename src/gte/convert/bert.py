@@ -96,12 +96,12 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
 # ------------------------------------------------------------------------------------ config
 def architecture(raw: dict[str, Any]) -> str:
     """Our class for a BERT / XLM-R config.json, New* spelling."""
-    return _architecture(raw)[1].new_class
+    return _architecture(raw).new_class
 
 
 def config_from_bert(raw: dict[str, Any]) -> NewConfig:
     """A NewConfig for a BERT / XLM-R config.json dict; ConversionError for variants we cannot run exactly."""
-    _, arch = _architecture(raw)
+    arch = _architecture(raw)
     full = _with_defaults(raw)
     bad = [f"{key}={full[key]!r} ({what})" for key, (unsupported, what) in UNSUPPORTED.items() if unsupported(full.get(key))]
     if bad:
@@ -124,20 +124,20 @@ def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return CONFIG_MAPPING[raw["model_type"]]().to_dict() | raw
 
 
-def _architecture(raw: dict[str, Any]) -> tuple[str, Architecture]:
+def _architecture(raw: dict[str, Any]) -> Architecture:
     names = raw.get("architectures") or [DEFAULT_ARCHITECTURE[raw["model_type"]]]
     if names[0] not in ARCHITECTURES:
         raise ConversionError(
             f"gte cannot run the {raw['model_type']} architecture {names[0]!r} exactly (custom code or a head we do not "
             f"have): it runs {', '.join(ARCHITECTURES)}; {ELSEWHERE}"
         )
-    return names[0], ARCHITECTURES[names[0]]
+    return ARCHITECTURES[names[0]]
 
 
 # ------------------------------------------------------------------------------------ weights
 def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Their parameter names -> ours; q/k/v packed; XLM-R's position table shifted to start at position 0."""
-    _, arch = _architecture(raw)
+    arch = _architecture(raw)
     full = _with_defaults(raw)
     base_prefix = "" if arch.new_class == "NewModel" else "new."
     out: dict[str, torch.Tensor] = {}
