@@ -99,6 +99,10 @@ def save_tokenizer(tok: Tokenizer, out: Path, *, multilingual: bool, max_length:
     path.write_text(json.dumps(config, indent=2))
 
 
+# The size of every tiny checkpoint built here, ours and transformers' BERT-family ones alike.
+TINY_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, initializer_range=0.2)
+
+
 def round_up(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
@@ -106,14 +110,7 @@ def round_up(n: int, multiple: int = 64) -> int:
 def tiny_config(tokenizer: Tokenizer, *, architecture: str, multilingual: bool, **overrides) -> NewConfig:
     """A 2-layer, hidden-32 config shaped like the official one it imitates."""
     base = dict(
-        vocab_size=round_up(tokenizer.get_vocab_size()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        architectures=[architecture],
+        **TINY_SHAPE, vocab_size=round_up(tokenizer.get_vocab_size()), max_position_embeddings=128, architectures=[architecture]
     )
     if multilingual:  # like gte-multilingual-base / gte-multilingual-reranker-base
         base |= dict(type_vocab_size=1, pad_token_id=1, rope_theta=20000.0, rope_scaling={"type": "ntk", "factor": 8.0})
@@ -237,16 +234,7 @@ def bert_family_config(architecture: str, tokenizer: Tokenizer, **overrides):
     import transformers
 
     multilingual = BERT_FAMILY[architecture][1]
-    base = dict(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        initializer_range=0.2,
-        num_labels=1,
-        architectures=[architecture],
-    )
+    base = dict(**TINY_SHAPE, vocab_size=tokenizer.get_vocab_size(), num_labels=1, architectures=[architecture])
     if multilingual:
         config = transformers.XLMRobertaConfig(**base, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)
     else:
