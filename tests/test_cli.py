@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import gte
-from gte import io
+from gte import sinks, sources
 from gte.cli import main
 
 TEXTS = ["the quick brown fox", "", "paris london berlin", "deep neural network for search", "北京 hund"]
@@ -40,7 +40,7 @@ def read_jsonl(text: str) -> list[dict]:
 
 def write_inputs(directory: Path, texts: list[str], field: str = "text") -> dict[str, Path]:
     """The same texts as .txt, .jsonl, .csv and .parquet files."""
-    files = {suffix: directory / f"in{suffix}" for suffix in io.INPUT_FORMATS}
+    files = {suffix: directory / f"in{suffix}" for suffix in sources.INPUT_FORMATS}
     files[".txt"].write_text("\n".join(texts) + "\n", encoding="utf-8")
     files[".jsonl"].write_text("".join(json.dumps({"id": i, field: t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     with files[".csv"].open("w", newline="", encoding="utf-8") as f:
@@ -67,7 +67,7 @@ def test_embed_stdin_lines(capsys, monkeypatch, tiny_model_dir, embedder):
     np.testing.assert_allclose([r["embedding"] for r in read_jsonl(out)], embedder.encode(TEXTS, dim=8), atol=1e-5)
 
 
-@pytest.mark.parametrize("suffix", io.INPUT_FORMATS)
+@pytest.mark.parametrize("suffix", sources.INPUT_FORMATS)
 def test_embed_every_input_format(capsys, tmp_path, tiny_model_dir, embedder, suffix):
     field = "text" if suffix == ".txt" else "body"
     source = write_inputs(tmp_path, TEXTS, field)[suffix]
@@ -153,19 +153,19 @@ def test_malformed_and_missing_inputs(capsys, tmp_path, tiny_model_dir):
 def test_failed_run_leaves_no_partial_output(capsys, monkeypatch, tmp_path, tiny_model_dir):
     output = tmp_path / "v.parquet"
 
-    def write_half_then_fail(path, vectors):
-        path.write_bytes(b"PAR1 partial")
+    def write_half_then_fail(parts, target):
+        target.write_bytes(b"PAR1 partial")
         raise ValueError("disk full")
 
-    monkeypatch.setattr(io, "_write_parquet", write_half_then_fail)
+    monkeypatch.setattr(sinks, "_concat_parquet", write_half_then_fail)
     assert "disk full" in error_of(capsys, "embed", "-m", tiny_model_dir, "-o", output, "x", "y")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["v.parquet.partial"]  # the finished parts, nothing under the name
 
 
 def test_text_lines_split_at_line_feeds_only(tmp_path):
     source = tmp_path / "in.txt"
     source.write_bytes("one\r\ntwo\u2028still two\x0c\n\nfour".encode())
-    assert io.read_texts(source) == ["one", "two\u2028still two\x0c", "", "four"]
+    assert sources.read_texts(source) == ["one", "two\u2028still two\x0c", "", "four"]
 
 
 def test_truncation_warning_is_one_line(capsys, tiny_model_dir):

@@ -17,8 +17,9 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from . import convert, hub, io
+from . import convert, hub, sources
 from .embed import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, Embedder
+from .job import WINDOW_ROWS, EmbedJob, Options
 from .models import EmbeddedModelError
 from .rerank import Reranker
 from .server import add_serve_arguments, serve
@@ -29,11 +30,13 @@ RERANKER_HINT = (
     "./bge-reranker-base` makes one where there is network) or the hub id of a reranker in your Hugging Face cache "
     "(Alibaba-NLP/gte-multilingual-reranker-base, BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L-6-v2)"
 )
-USER_ERRORS = (hub.ModelNotFoundError, io.InputError, ValueError, EmbeddedModelError)
+USER_ERRORS = (hub.ModelNotFoundError, sources.InputError, ValueError, EmbeddedModelError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     hf_logging.disable_progress_bar()  # the CLI's own progress bar is the one that counts
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
@@ -42,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except USER_ERRORS as error:
             print(f"gte {args.command}: error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as error:
+            print(f"gte {args.command}: {error or 'interrupted'}", file=sys.stderr)
+            return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: --input, else stdin lines)")
     _add_model_arguments(embed, hub.DEFAULT_MODEL)
     _add_input_arguments(embed)
-    embed.add_argument("--output", "-o", type=Path, help="output file: .npy, .parquet or .jsonl (default: JSON lines on stdout)")
+    embed.add_argument("--output", "-o", type=Path, help="output file: .parquet, .jsonl or .npy (default: JSON lines on stdout)")
     embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
     embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
     embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    job = embed.add_argument_group("corpus jobs")
+    job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
+    job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")
+    job.add_argument("--resume", action="store_true", help="continue an interrupted job from its last finished part")
+    job.add_argument("--overwrite", action="store_true", help="replace an existing output (and drop an unfinished job)")
+    job.add_argument("--window", type=int, default=WINDOW_ROWS, metavar="ROWS",
+                     help="rows sorted by length and embedded together; each is one resumable part (default: %(default)s)")
     embed.set_defaults(run=run_embed)
 
     rerank = commands.add_parser("rerank", help="score documents against a query, best first")
@@ -104,18 +117,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, h
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", type=Path, help="a .txt (one text a line), .jsonl, .csv or .parquet file")
-    parser.add_argument("--field", default=io.DEFAULT_FIELD, help="JSON field or column holding the text (default: %(default)s)")
+    parser.add_argument("--input", "-i", help="a .txt (one text a line), .jsonl, .csv or .parquet file; or a directory, "
+                        "glob or URI (s3://, gs://) of parquet files")  # fmt: skip
+    parser.add_argument("--field", default=sources.DEFAULT_FIELD, help="JSON field or column holding the text (default: %(default)s)")
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _source(given: list[str], args: argparse.Namespace) -> sources.Source:
+    if given and args.input:
+        raise sources.InputError("pass texts as arguments or with --input, not both")
+    if given:
+        return sources.ListSource(given, args.field)
+    return sources.open_source(args.input, args.field)
 
 
 def _texts(given: list[str], args: argparse.Namespace) -> list[str]:
     if given and args.input:
-        raise io.InputError("pass texts as arguments or with --input, not both")
-    if given:
-        return given
-    if args.input:
-        return io.read_texts(args.input, args.field)
-    return io.stdin_texts()
+        raise sources.InputError("pass texts as arguments or with --input, not both")
+    return given or sources.read_texts(args.input, args.field)
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,20 +148,21 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    if args.sparse and (args.dim is not None or not args.normalize):
-        raise io.InputError("--dim and --no-normalize apply to dense vectors, not to --sparse")
-    output = None if args.output is None else io.check_output(args.output, args.sparse)
-    texts = _texts(args.texts, args)
-    embedder = Embedder(args.model, **_model_kwargs(args))
-    if args.sparse:
-        vectors = embedder.encode_sparse(texts)
-    else:
-        vectors = embedder.encode(texts, dim=args.dim, normalize=args.normalize)
-    if output is None:
-        io.write_jsonl(sys.stdout, vectors)
-    else:
-        io.write_embeddings(output, vectors)
-        print(f"gte embed: wrote {len(texts)} {'sparse ' * args.sparse}embeddings to {output}", file=sys.stderr)
+    options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window)
+    job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,
+                   resume_hint=_resume_command(args.argv))  # fmt: skip
+    if job.complete:
+        print(f"gte embed: {args.output} is complete; nothing to resume", file=sys.stderr)
+        return
+    summary = job.run(Embedder(args.model, **_model_kwargs(args)), show_progress=args.progress)
+    if args.output is not None or sys.stderr.isatty():
+        print(f"gte embed: {summary.line(args.sparse)}", file=sys.stderr)
+
+
+def _resume_command(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["gte", *argv, *(["--resume"] if "--resume" not in argv else [])])
 
 
 def run_rerank(args: argparse.Namespace) -> None:

@@ -31,7 +31,11 @@ PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least 
 
 
 class TruncationWarning(UserWarning):
-    """Some inputs were longer than max_length tokens and were cut."""
+    """Some inputs were longer than max_length tokens and were cut (`count` of them)."""
+
+    def __init__(self, message: str, count: int = 0):
+        super().__init__(message)
+        self.count = count
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -73,11 +77,8 @@ def tokenize_texts(
                 f"{len(over)} of {len(ids)} {what} are longer than max_length={max_length} tokens (the first at index "
                 f"{over[0]}); shorten them, raise max_length, or allow truncation"
             )
-        warnings.warn(
-            f"{len(over)} of {len(ids)} {what} were longer than max_length={max_length} tokens and were truncated",
-            TruncationWarning,
-            stacklevel=3,
-        )
+        message = f"{len(over)} of {len(ids)} {what} were longer than max_length={max_length} tokens and were truncated"
+        warnings.warn(TruncationWarning(message, len(over)), stacklevel=3)
         redo = run([texts[i] for i in over], None if pairs is None else [pairs[i] for i in over], max_length)
         for j, i in enumerate(over):
             ids[i] = redo["input_ids"][j]
@@ -249,7 +250,7 @@ class Embedder:
         show_progress: bool | None = None,
     ) -> np.ndarray:
         """Token ids (special tokens included) -> float32 [n, dim] embeddings in input order."""
-        dim = self._check_dim(dim)
+        dim = self.check_dim(dim)
         normalize = self.normalize if normalize is None else normalize
         out = np.empty((len(token_ids), dim), dtype=np.float32)
         first_only = self.pooling == "cls"
@@ -318,7 +319,7 @@ class Embedder:
         sums = hidden.new_zeros((packing.batch_size, hidden.shape[1]), dtype=torch.float32).index_add_(0, rows, hidden.float())
         return sums / packing.seqlens[:, None]
 
-    def _check_dim(self, dim: int | None) -> int:
+    def check_dim(self, dim: int | None) -> int:
         if dim is None:
             return self.hidden_size
         if not 1 <= dim <= self.hidden_size:

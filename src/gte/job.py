@@ -1,0 +1,351 @@
+"""The embedding job, for a corpus of any size: read -> window -> embed -> write.
+
+One pipeline for `gte embed`, the Python API (`embed_corpus`) and Ray Data (`gte.ray.Embed` runs
+`embed_texts` on each batch). A source streams its rows in order; they are cut into windows of at most
+`window_rows` rows and `window_chars` characters; each window is tokenized, sorted by length and cut into
+token-budget batches by the Embedder's packed inference path (the only one), and written as one durable part
+(see sinks.py). Memory is bounded by one window whatever the corpus size. A file job keeps a manifest in its
+work directory, so `resume=True` continues after any interruption from the last finished part, and the
+output is row for row the one an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+
+from .embed import Embedder, TruncationWarning
+from .sinks import JsonlStream, NpyFile, PartFiles, Sink, check_output, unify
+from .sources import DEFAULT_FIELD, InputError, Source, open_source
+
+WINDOW_ROWS = 8192  # rows sorted together by length: plenty for the GPU kernels and the CPU's equal-length runs
+WINDOW_CHARS = 4_000_000  # about a million tokens: bounds a window's memory when the documents are long
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a job computes; a resumed job must ask for the same."""
+
+    field: str = DEFAULT_FIELD
+    id_field: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    dim: int | None = None
+    normalize: bool = True
+    sparse: bool = False
+    window_rows: int = WINDOW_ROWS
+    window_chars: int = WINDOW_CHARS
+
+    def __post_init__(self) -> None:
+        if self.window_rows < 1 or self.window_chars < 1:
+            raise ValueError("a window needs at least one row and one character")
+        if self.sparse and (self.dim is not None or not self.normalize):
+            raise ValueError("dim and normalize apply to dense vectors, not to sparse ones")
+        taken = {self.id_name, self.vector_name}
+        clash = [c for c in self.keep_columns if c in taken and c != self.id_field]
+        if clash:
+            raise ValueError(f"cannot keep the column {clash[0]!r}: the output has its own {clash[0]!r} column")
+
+    @property
+    def id_name(self) -> str:
+        return self.id_field or "id"
+
+    @property
+    def vector_name(self) -> str:
+        return "sparse" if self.sparse else "embedding"
+
+    @property
+    def read_columns(self) -> list[str]:
+        """The input columns the job reads: the text, the id, the kept ones (each once)."""
+        return list(dict.fromkeys([self.field, *([self.id_field] if self.id_field else []), *self.keep_columns]))
+
+
+@dataclass
+class Embedded:
+    """One window's result: the vector column and what it cost."""
+
+    column: pa.Array
+    tokens: int
+    truncated: int
+
+
+def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: Options, first_row: int = 0) -> Embedded:
+    """Embed a column of texts: a FixedSizeList<float32>[dim] column (or map<string, float32> for sparse)."""
+    if texts.null_count:
+        row = first_row + texts.is_null().to_pylist().index(True)
+        raise InputError(f"row {row}: the {options.field!r} value is null, not a text")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        ids = embedder.tokenize(texts.to_pylist())
+    truncated = sum(w.message.count for w in caught if isinstance(w.message, TruncationWarning))
+    for w in caught:
+        if not isinstance(w.message, TruncationWarning):
+            warnings.warn(w.message, w.category, stacklevel=2)
+    tokens = sum(map(len, ids))
+    if options.sparse:
+        weights = embedder.sparse_tokens(ids, show_progress=False)
+        column = pa.array([list(w.items()) for w in weights], type=pa.map_(pa.string(), pa.float32()))
+    else:
+        vectors = embedder.encode_tokens(ids, dim=options.dim, normalize=options.normalize, show_progress=False)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
+    return Embedded(column, tokens, truncated)
+
+
+def windows(chunks: Iterator[pa.Table], options: Options) -> Iterator[pa.Table]:
+    """Re-cut a stream of tables into windows of at most window_rows rows and window_chars characters of text
+    (at least one row each). The cuts depend only on the rows, so a resumed job cuts where the first run did."""
+    import pyarrow.compute as pc
+
+    pending: pa.Table | None = None
+    for chunk in chain(chunks, [None]):
+        if chunk is not None:
+            pending = chunk if pending is None else pa.concat_tables([pending, chunk])
+        while pending is not None and pending.num_rows:
+            lengths = pc.utf8_length(pending.column(options.field)).fill_null(0).to_numpy(zero_copy_only=False)
+            over = np.flatnonzero(np.cumsum(lengths[: options.window_rows]) > options.window_chars)
+            cut = max(1, int(over[0])) if len(over) else min(options.window_rows, pending.num_rows)
+            if chunk is not None and cut == pending.num_rows and cut < options.window_rows and not len(over):
+                break  # the window is not full yet: read on
+            yield pending.slice(0, cut).combine_chunks()
+            pending = pending.slice(cut)
+
+
+# ------------------------------------------------------------------------------ the job
+@dataclass
+class Summary:
+    rows: int  # rows in the output
+    embedded: int  # rows embedded by this run (fewer than rows when it resumed)
+    tokens: int
+    seconds: float
+    output: str
+    truncated: int = 0
+
+    def line(self, sparse: bool = False) -> str:
+        rate = f"{self.embedded / self.seconds:.0f} rows/s, {self.tokens / self.seconds:.0f} tokens/s" if self.seconds else ""
+        resumed = f"; {self.rows - self.embedded} were done before the resume" if self.rows > self.embedded else ""
+        return (f"wrote {self.rows} {'sparse ' * sparse}embeddings to {self.output}: {self.embedded} rows, {self.tokens} "
+                f"tokens in {self.seconds:.1f} s ({rate}){resumed}")  # fmt: skip
+
+
+@dataclass
+class Manifest:
+    """The state of a file job, kept in its work directory."""
+
+    identity: dict[str, Any]  # what the output depends on: model, options, input
+    rows: int | None  # the input's row count, where known
+    done: int = 0  # rows written, a window boundary
+    parts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"{path}: not a readable job manifest ({error}); pass --overwrite to start over") from error
+
+    def save(self, work: Path) -> None:
+        from .sinks import durable
+
+        with durable(work / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+
+
+class EmbedJob:
+    """A job checked before any work: the output can be written, the input read, the options agree.
+
+        job = EmbedJob(open_source("docs.parquet", "body"), Path("vectors.parquet"), Options(field="body"))
+        summary = job.run(Embedder())
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        output: Path | None,
+        options: Options,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        resume_hint: str = "the same call with resume=True",
+    ):
+        self.source, self.output, self.options = source, output, options
+        self.resume, self.resume_hint = resume, resume_hint
+        self.work = None if output is None else output.with_name(output.name + ".partial")
+        if output is not None:
+            check_output(output, options.sparse, vectors_only=not options.id_field and not options.keep_columns)
+            self._check_leftovers(overwrite)
+        source.scan(options.read_columns)
+        if output is not None and output.suffix.lower() == ".npy" and source.num_rows is None:
+            raise InputError(f"{output}: an .npy output needs the row count up front, and {source.name} cannot tell it; "
+                             "write .parquet or .jsonl instead")  # fmt: skip
+
+    def _check_leftovers(self, overwrite: bool) -> None:
+        if overwrite and self.resume:
+            raise InputError("--resume continues a job and --overwrite starts it over: pass one of them")
+        if overwrite:
+            if self.work.exists():
+                shutil.rmtree(self.work)
+            return
+        if self.work.exists() and not self.resume:
+            raise InputError(f"{self.work} holds an unfinished job for {self.output}: pass --resume to continue it "
+                             "or --overwrite to start over")  # fmt: skip
+        if self.output.exists() and not self.resume:
+            raise InputError(f"{self.output} exists: pass --overwrite to replace it")
+
+    @property
+    def complete(self) -> bool:
+        """A resumed job whose output was already finished."""
+        return self.resume and self.output is not None and self.output.exists()
+
+    def run(self, embedder: Embedder, stream: IO[str] | None = None, show_progress: bool | None = None) -> Summary:
+        """Embed every row (the ones a resumed job has not done) and write the output."""
+        if self.complete:
+            if self.work.exists():
+                shutil.rmtree(self.work)  # a job killed between its last rename and its clean-up
+            return Summary(0, 0, 0, 0.0, str(self.output))
+        embedder.check_dim(self.options.dim)
+        manifest, sink = self._start(embedder, stream)
+        started, tokens, truncated, embedded = time.perf_counter(), 0, 0, 0
+        seen: set[int] | None = set() if self.resume and self.options.id_field else None
+        total = self.source.num_rows
+        with _progress(total, manifest.done, show_progress) as bar:
+            try:
+                start = 0
+                for index, window in enumerate(windows(self.source.chunks(self.options.read_columns), self.options)):
+                    ids = self._ids(window, start, seen)
+                    if start >= manifest.done:
+                        result = embed_texts(embedder, window.column(self.options.field), self.options, start)
+                        part = sink.write(index, start, self._table(window, ids, result.column))
+                        manifest.done = start + window.num_rows
+                        if part is not None:
+                            manifest.parts.append(part)
+                        if self.work is not None:
+                            manifest.save(self.work)
+                        tokens, truncated, embedded = tokens + result.tokens, truncated + result.truncated, embedded + window.num_rows
+                        bar.update(window.num_rows)
+                        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tokens/s", refresh=False)
+                    start += window.num_rows
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(self._interrupted(manifest)) from None
+        sink.finish(manifest.parts)
+        if self.work is not None:
+            shutil.rmtree(self.work)
+        if truncated:
+            warnings.warn(f"{truncated} of {embedded} texts were longer than max_length={embedder.max_length} tokens and "
+                          "were truncated", TruncationWarning, stacklevel=2)  # fmt: skip
+        output = "stdout" if self.output is None else str(self.output)
+        return Summary(manifest.done, embedded, tokens, time.perf_counter() - started, output, truncated)
+
+    def _start(self, embedder: Embedder, stream: IO[str] | None) -> tuple[Manifest, Sink]:
+        identity = {
+            "model": embedder.model_name, "max_length": embedder.max_length, "pooling": embedder.pooling,
+            "dtype": str(embedder.dtype), "options": asdict(self.options), "input": self.source.fingerprint(),
+        }  # fmt: skip
+        if self.output is None:
+            return Manifest(identity, self.source.num_rows), JsonlStream(stream or sys.stdout)
+        resuming = self.resume and (self.work / MANIFEST).is_file()
+        manifest = Manifest.load(self.work / MANIFEST) if resuming else Manifest(identity, self.source.num_rows)
+        if resuming:
+            self._check_same(manifest.identity, identity)
+            _remove_strays(self.work, manifest.parts)
+        else:
+            self.work.mkdir(exist_ok=True)
+        if self.output.suffix.lower() == ".npy":
+            dim = self.options.dim or embedder.hidden_size
+            sink = NpyFile(self.output, self.work, self.source.num_rows, dim, resuming)
+        else:
+            sink = PartFiles(self.output, self.work)
+        manifest.save(self.work)
+        return manifest, sink
+
+    def _check_same(self, before: dict[str, Any], now: dict[str, Any]) -> None:
+        now = json.loads(json.dumps(now))  # tuples as lists, like the stored manifest
+        changed = [key for key in now if before.get(key) != now[key]]
+        if changed:
+            raise InputError(f"cannot resume the job in {self.work}: its {', '.join(changed)} differ from this run's "
+                             "(same model, options and unchanged input needed); pass --overwrite to start over")  # fmt: skip
+
+    def _ids(self, window: pa.Table, start: int, seen: set[int] | None) -> pa.Array:
+        """The id column: the id field's values (non-null; unique when resuming), else row numbers."""
+        if not self.options.id_field:
+            return pa.array(np.arange(start, start + window.num_rows), type=pa.int64())
+        ids = window.column(self.options.id_field).combine_chunks()
+        if ids.null_count:
+            row = start + ids.is_null().to_pylist().index(True)
+            raise InputError(f"{self.source.name}, row {row}: the id field {self.options.id_field!r} is null")
+        if seen is not None:
+            for offset, value in enumerate(ids.to_pylist()):
+                key = hash(value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True))
+                if key in seen:
+                    raise InputError(f"{self.source.name}, row {start + offset}: the id {value!r} appears twice; "
+                                     f"--resume needs unique ids in {self.options.id_field!r}")  # fmt: skip
+                seen.add(key)
+        return ids
+
+    def _table(self, window: pa.Table, ids: pa.Array, vectors: pa.Array) -> pa.Table:
+        kept = [c for c in self.options.keep_columns if c != self.options.id_field]
+        columns = {self.options.id_name: ids, self.options.vector_name: vectors, **{c: window.column(c) for c in kept}}
+        return pa.table(columns)
+
+    def _interrupted(self, manifest: Manifest) -> str:
+        of = f" of {manifest.rows}" if manifest.rows is not None else ""
+        if self.output is None:
+            return f"interrupted after {manifest.done}{of} rows"
+        return f"interrupted after {manifest.done}{of} rows; the finished parts are kept in {self.work}; resume with: {self.resume_hint}"
+
+
+def _remove_strays(work: Path, parts: Sequence[str]) -> None:
+    """Files of the work directory that no manifest lists (a part that was being written when the job died)."""
+    keep = {MANIFEST, "data.npy", *parts}
+    for path in work.iterdir():
+        if path.name not in keep:
+            path.unlink()
+
+
+def _progress(total: int | None, initial: int, show: bool | None):
+    from tqdm import tqdm
+
+    enabled = sys.stderr.isatty() if show is None else show
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, unit="rows", unit_scale=True,
+                dynamic_ncols=True, smoothing=0.05)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the Python API
+def embed_corpus(
+    input: str | os.PathLike | Sequence[str],
+    output: str | os.PathLike | None = None,
+    *,
+    embedder: Embedder | None = None,
+    field: str = DEFAULT_FIELD,
+    id_field: str | None = None,
+    keep_columns: Sequence[str] = (),
+    dim: int | None = None,
+    normalize: bool = True,
+    sparse: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    window_rows: int = WINDOW_ROWS,
+    show_progress: bool | None = None,
+) -> Summary:
+    """Embed a corpus file (.txt, .jsonl, .csv, parquet file / directory / glob / URI) or a list of texts into
+    a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order.
+
+        gte.embed_corpus("docs.parquet", "vectors.parquet", field="body", id_field="doc_id")
+    """
+    from .sources import ListSource
+
+    source = ListSource(input, field) if isinstance(input, (list, tuple)) else open_source(input, field)
+    options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows)
+    job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
+    return job.run(embedder or Embedder(), show_progress=show_progress)

@@ -1,0 +1,192 @@
+"""Where embeddings go: .parquet, .jsonl or .npy files built part by part, or JSON lines on a stream.
+
+A file output is built in a work directory next to it, `<output>.partial/`: each completed window of rows
+becomes a durable part there (written to a temporary name, synced, renamed), and only when every row is in is
+the final file assembled under a temporary name and renamed to the output. So nothing ever stands under the
+output's name before the job is complete, and a killed job keeps every part it finished.
+
+Schema of a table (parquet columns, JSON fields): the id column (the `--id-field`'s name and values, or `id`,
+the int64 row number), then `embedding` (fixed-size list<float32>[dim]) or `sparse` (map<string, float32>),
+then the kept columns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+
+from .sources import InputError
+
+OUTPUT_FORMATS = (".parquet", ".jsonl", ".npy")
+SPARSE_FORMATS = (".parquet", ".jsonl")
+
+
+class Sink(ABC):
+    """Writes the windows of one job in order."""
+
+    @abstractmethod
+    def write(self, index: int, start: int, table: pa.Table) -> str | None:
+        """Write window `index` (rows start.. of the output); return the durable part's file name, if any."""
+
+    def finish(self, parts: list[str]) -> None:
+        """Assemble the output from every part (called once, after the last window)."""
+
+
+# ------------------------------------------------------------------------------ streams
+class JsonlStream(Sink):
+    """JSON lines on a text stream (stdout), window by window."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, index: int, start: int, table: pa.Table) -> None:
+        write_jsonl(self.stream, table)
+        self.stream.flush()
+
+
+def write_jsonl(stream: IO[str], table: pa.Table) -> None:
+    """One JSON object per row; dense vectors as float32 decimals (the shortest that round-trip)."""
+    import json
+
+    dense = "embedding" in table.column_names
+    columns = [c for c in table.column_names if c != "embedding"]
+    rows = table.select(columns).to_pylist()
+    vectors = _vectors(table) if dense else None
+    for i, row in enumerate(rows):
+        if dense:
+            line = json.dumps(row, ensure_ascii=False, default=str)[:-1]
+            vector = ", ".join(map(str, vectors[i]))
+            stream.write(f'{line}{", " if row else ""}"embedding": [{vector}]}}\n')
+        else:
+            row["sparse"] = dict(row["sparse"])
+            stream.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    """The embedding column as float32 [n, dim]."""
+    column = table.column("embedding").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+# ------------------------------------------------------------------------------ files
+class PartFiles(Sink):
+    """Parquet or JSON-lines parts in the work directory, concatenated at the end."""
+
+    def __init__(self, output: Path, work: Path):
+        self.output, self.work = output, work
+        self.suffix = output.suffix.lower()
+
+    def write(self, index: int, start: int, table: pa.Table) -> str:
+        name = f"part-{index:06d}{self.suffix}"
+        with durable(self.work / name) as tmp:
+            if self.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, tmp)
+            else:
+                with tmp.open("w", encoding="utf-8") as f:
+                    write_jsonl(f, table)
+        return name
+
+    def finish(self, parts: list[str]) -> None:
+        with durable(self.output) as tmp:
+            if self.suffix == ".parquet":
+                _concat_parquet([self.work / p for p in parts], tmp)
+            else:
+                with tmp.open("wb") as out:
+                    for part in parts:
+                        with (self.work / part).open("rb") as f:
+                            shutil.copyfileobj(f, out)
+
+
+def _concat_parquet(parts: list[Path], target: Path) -> None:
+    """One parquet file with a row group per part, in one schema (a column that was all null in early parts
+    takes the type it has later)."""
+    import pyarrow.parquet as pq
+
+    schema = unify([pq.read_schema(p) for p in parts]) if parts else pa.schema([])
+    with pq.ParquetWriter(target, schema) as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part).cast(schema))
+
+
+def unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """The one schema the windows' tables share (null columns promoted); InputError when a column changes type."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise InputError(f"a column changes type along the input, so its rows cannot share one output schema ({error})") from error
+
+
+class NpyFile(Sink):
+    """An .npy file of float32 [rows, dim], preallocated in the work directory and filled window by window."""
+
+    def __init__(self, output: Path, work: Path, rows: int, dim: int, resume: bool):
+        self.output, self.data = output, work / "data.npy"
+        if not resume or not self.data.is_file():
+            array = np.lib.format.open_memmap(self.data, mode="w+", dtype=np.float32, shape=(rows, dim))
+            self.offset = array.offset
+            del array  # the file is sized; windows are written with plain writes (no mapped pages held)
+        else:
+            self.offset = np.load(self.data, mmap_mode="r").offset
+        self.row_bytes = dim * 4
+
+    def write(self, index: int, start: int, table: pa.Table) -> None:
+        with self.data.open("r+b") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            f.write(np.ascontiguousarray(_vectors(table), dtype=np.float32).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, parts: list[str]) -> None:
+        os.replace(self.data, self.output)
+        _sync_directory(self.output.parent)
+
+
+@contextmanager
+def durable(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`: synced and renamed to it when the block succeeds, removed when it fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _sync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_output(path: Path, sparse: bool, vectors_only: bool) -> Path:
+    """Validate an output path before any work is done."""
+    formats = SPARSE_FORMATS if sparse else OUTPUT_FORMATS
+    if path.suffix.lower() not in formats:
+        kind = "sparse embeddings" if sparse else "embeddings"
+        raise InputError(f"{path}: cannot write {kind} as {path.suffix or '(no extension)'!r}; use one of {', '.join(formats)}")
+    if path.suffix.lower() == ".npy" and not vectors_only:
+        raise InputError(f"{path}: an .npy file holds vectors only; write .parquet or .jsonl to keep ids and columns")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: the directory {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; name a file to write")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} exists and is not a regular file; name a file to write")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"{path}: the directory {path.parent} is not writable")
+    return path
