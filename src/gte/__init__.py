@@ -16,6 +16,7 @@ from transformers import (
 from .attention import available_backends
 from .configuration import NewConfig
 from .embed import Embedder
+from .job import embed_corpus
 from .modeling import (
     NewForMaskedLM,
     NewForMultipleChoice,
@@ -43,6 +44,7 @@ for _auto, _cls in (
 __all__ = [
     "Embedder",
     "Reranker",
+    "embed_corpus",
     "NewConfig",
     "NewPreTrainedModel",
     "NewModel",

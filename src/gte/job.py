@@ -125,12 +125,16 @@ def windows(chunks: Iterator[pa.Table], options: Options) -> Iterator[pa.Table]:
 # ------------------------------------------------------------------------------ the job
 @dataclass
 class Summary:
-    rows: int  # rows in the output
+    rows: int  # rows in the output so far
     embedded: int  # rows embedded by this run (fewer than rows when it resumed)
     tokens: int
     seconds: float
     output: str
     truncated: int = 0
+
+    def add(self, rows: int, result: Embedded, seconds: float) -> None:
+        self.rows, self.embedded, self.seconds = self.rows + rows, self.embedded + rows, max(seconds, 1e-9)
+        self.tokens, self.truncated = self.tokens + result.tokens, self.truncated + result.truncated
 
     def line(self, sparse: bool = False) -> str:
         rate = f"{self.embedded / self.seconds:.0f} rows/s, {self.tokens / self.seconds:.0f} tokens/s" if self.seconds else ""
@@ -216,36 +220,52 @@ class EmbedJob:
             return Summary(0, 0, 0, 0.0, str(self.output))
         embedder.check_dim(self.options.dim)
         manifest, sink = self._start(embedder, stream)
-        started, tokens, truncated, embedded = time.perf_counter(), 0, 0, 0
-        seen: set[int] | None = set() if self.resume and self.options.id_field else None
-        total = self.source.num_rows
-        with _progress(total, manifest.done, show_progress) as bar:
+        summary = Summary(manifest.done, 0, 0, 0.0, "stdout" if self.output is None else str(self.output))
+        started = time.perf_counter()
+        with _progress(self.source.num_rows, manifest.done, show_progress) as bar:
             try:
-                start = 0
-                for index, window in enumerate(windows(self.source.chunks(self.options.read_columns), self.options)):
-                    ids = self._ids(window, start, seen)
-                    if start >= manifest.done:
-                        result = embed_texts(embedder, window.column(self.options.field), self.options, start)
-                        part = sink.write(index, start, self._table(window, ids, result.column))
-                        manifest.done = start + window.num_rows
-                        if part is not None:
-                            manifest.parts.append(part)
-                        if self.work is not None:
-                            manifest.save(self.work)
-                        tokens, truncated, embedded = tokens + result.tokens, truncated + result.truncated, embedded + window.num_rows
-                        bar.update(window.num_rows)
-                        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tokens/s", refresh=False)
-                    start += window.num_rows
+                for index, start, window, ids in self._windows(manifest.done):
+                    result = embed_texts(embedder, window.column(self.options.field), self.options, start)
+                    self._write(sink, manifest, index, start, self._table(window, ids, result.column))
+                    summary.add(window.num_rows, result, time.perf_counter() - started)
+                    bar.update(window.num_rows)
+                    bar.set_postfix_str(f"{summary.tokens / summary.seconds:,.0f} tokens/s", refresh=False)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(self._interrupted(manifest)) from None
-        sink.finish(manifest.parts)
+        self._finish(sink, manifest)
+        if summary.truncated:
+            warnings.warn(f"{summary.truncated} of {summary.embedded} texts were longer than max_length="
+                          f"{embedder.max_length} tokens and were truncated", TruncationWarning, stacklevel=2)  # fmt: skip
+        return summary
+
+    def _windows(self, done: int) -> Iterator[tuple[int, int, pa.Table, pa.Array]]:
+        """(index, first row, window, ids) of the windows from row `done` on; the ones before are read only for
+        their ids (checked unique when resuming)."""
+        seen: set[int] | None = set() if self.resume and self.options.id_field else None
+        start = 0
+        for index, window in enumerate(windows(self.source.chunks(self.options.read_columns), self.options)):
+            ids = self._ids(window, start, seen)
+            if start >= done:
+                yield index, start, window, ids
+            start += window.num_rows
+
+    def _write(self, sink: Sink, manifest: Manifest, index: int, start: int, table: pa.Table) -> None:
+        try:
+            part = sink.write(index, start, table)
+            manifest.done = start + table.num_rows
+            manifest.parts += [part] if part else []
+            if self.work is not None:
+                manifest.save(self.work)
+        except OSError as error:
+            raise InputError(self._write_failed(error)) from error
+
+    def _finish(self, sink: Sink, manifest: Manifest) -> None:
+        try:
+            sink.finish(manifest.parts)
+        except OSError as error:
+            raise InputError(self._write_failed(error)) from error
         if self.work is not None:
             shutil.rmtree(self.work)
-        if truncated:
-            warnings.warn(f"{truncated} of {embedded} texts were longer than max_length={embedder.max_length} tokens and "
-                          "were truncated", TruncationWarning, stacklevel=2)  # fmt: skip
-        output = "stdout" if self.output is None else str(self.output)
-        return Summary(manifest.done, embedded, tokens, time.perf_counter() - started, output, truncated)
 
     def _start(self, embedder: Embedder, stream: IO[str] | None) -> tuple[Manifest, Sink]:
         identity = {
@@ -297,6 +317,11 @@ class EmbedJob:
         kept = [c for c in self.options.keep_columns if c != self.options.id_field]
         columns = {self.options.id_name: ids, self.options.vector_name: vectors, **{c: window.column(c) for c in kept}}
         return pa.table(columns)
+
+    def _write_failed(self, error: OSError) -> str:
+        where = "stdout" if self.output is None else str(self.output)
+        kept = f"; the finished parts are kept in {self.work}, pass --resume to continue" if self.work else ""
+        return f"cannot write {where} ({error.strerror or error}){kept}"
 
     def _interrupted(self, manifest: Manifest) -> str:
         of = f" of {manifest.rows}" if manifest.rows is not None else ""

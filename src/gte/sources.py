@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -108,7 +108,7 @@ class RecordSource(Source):
                 for number, record in self.records(stream):
                     yield number, self._check(number, record, columns)
         except UnicodeDecodeError as error:
-            raise InputError(f"{self.name}, after line {number}: not UTF-8 text ({error.reason})") from error
+            raise InputError(f"{self.name}, after line {number}: not UTF-8 text ({error.reason})") from error  # csv
         except OSError as error:
             raise InputError(f"{self.name}: cannot read it ({error.strerror or error})") from error
 
@@ -134,11 +134,11 @@ class RecordSource(Source):
 class TextSource(RecordSource):
     """.txt: one text per line; only line feeds end a text (str.splitlines would also split at \\x0c, \\u2028)."""
 
-    def open(self) -> AbstractContextManager[IO[str]]:
-        return self.path.open(encoding="utf-8", newline="\n")
+    def open(self) -> AbstractContextManager[IO[bytes]]:
+        return self.path.open("rb")
 
-    def records(self, stream: IO[str]) -> Iterator[tuple[int, Record]]:
-        for number, line in enumerate(stream, start=1):
+    def records(self, stream: IO[bytes]) -> Iterator[tuple[int, Record]]:
+        for number, line in _decoded(stream, self.name):
             line = line[:-1] if line.endswith("\n") else line
             yield number, {self.field: line[:-1] if line.endswith("\r") else line}
 
@@ -159,7 +159,7 @@ class StdinSource(TextSource):
     def open(self) -> AbstractContextManager[IO[str]]:
         if sys.stdin is None or sys.stdin.isatty():
             raise InputError("no input: pass texts as arguments, a file with --input, or pipe text lines into stdin")
-        return _strict_stdin()
+        return nullcontext(getattr(sys.stdin, "buffer", sys.stdin))  # bytes, or text where stdin is a StringIO
 
     def scan(self, columns: Sequence[str]) -> None:
         self._check(0, {}, columns)  # stdin is read once, while the job runs
@@ -171,8 +171,11 @@ class StdinSource(TextSource):
 class JsonlSource(RecordSource):
     """.jsonl: one JSON object per line; blank lines are skipped."""
 
-    def records(self, stream: IO[str]) -> Iterator[tuple[int, Record]]:
-        for number, line in enumerate(stream, start=1):
+    def open(self) -> AbstractContextManager[IO[bytes]]:
+        return self.path.open("rb")
+
+    def records(self, stream: IO[bytes]) -> Iterator[tuple[int, Record]]:
+        for number, line in _decoded(stream, self.name):
             if not line.strip():
                 continue
             try:
@@ -217,17 +220,15 @@ class CsvSource(RecordSource):
         return record
 
 
-@contextmanager
-def _strict_stdin() -> Iterator[IO[str]]:
-    """stdin decoded as strict UTF-8, split at line feeds only, and left open afterwards."""
-    if not hasattr(sys.stdin, "buffer"):  # already text (a StringIO in tests)
-        yield sys.stdin
-        return
-    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
-    try:
-        yield stream
-    finally:
-        stream.detach()
+def _decoded(lines: Iterable[bytes | str], name: str) -> Iterator[tuple[int, str]]:
+    """(line number, line), each line decoded as strict UTF-8 (a BOM before the first one dropped)."""
+    for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(f"{name}, line {number}: not UTF-8 text ({error.reason} at byte {error.start} of the line)") from error
+        yield number, line
 
 
 # ------------------------------------------------------------------------------ parquet
@@ -247,8 +248,9 @@ class ParquetSource(Source):
         self.schema = self.metadata[0].schema.to_arrow_schema().remove_metadata()
         for path, meta in zip(self.files[1:], self.metadata[1:]):
             if not meta.schema.to_arrow_schema().remove_metadata().equals(self.schema):
-                raise InputError(f"{location}: the files of a dataset must share one schema; {path} differs from "
-                                 f"{self.files[0]} ({meta.schema.to_arrow_schema()} vs {self.schema})")  # fmt: skip
+                other = meta.schema.to_arrow_schema()
+                raise InputError(f"{location}: the files of a dataset must share one schema; {path} has "
+                                 f"{_describe(other)}, {self.files[0]} has {_describe(self.schema)}")  # fmt: skip
         self.num_rows = sum(meta.num_rows for meta in self.metadata)
 
     def scan(self, columns: Sequence[str]) -> None:
@@ -271,6 +273,10 @@ class ParquetSource(Source):
     def fingerprint(self) -> list | None:
         infos = self.filesystem.get_file_info(self.files)
         return [[info.path, info.size, info.mtime_ns] for info in infos]
+
+
+def _describe(schema: pa.Schema) -> str:
+    return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
 
 
 def _is_directory(location: str) -> bool:
