@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from .embed import Embedder, TruncationWarning
-from .sinks import JsonlStream, NpyFile, PartFiles, Sink, check_output, unify
+from .sinks import JsonlStream, NpyFile, PartFiles, Sink, check_output
 from .sources import DEFAULT_FIELD, InputError, Source, open_source
 
 WINDOW_ROWS = 8192  # rows sorted together by length: plenty for the GPU kernels and the CPU's equal-length runs

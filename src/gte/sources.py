@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import sys
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
