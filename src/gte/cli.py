@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--overwrite", action="store_true", help="replace an existing output (and drop an unfinished job)")
     job.add_argument("--window", type=int, default=WINDOW_ROWS, metavar="ROWS",
                      help="rows sorted by length and embedded together; each is one resumable part (default: %(default)s)")
+    ray = embed.add_argument_group("Ray Data (pip install 'gte[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run on a Ray cluster: --input a dataset, --output a directory of parquet files")
+    ray.add_argument("--ray-address", metavar="ADDR", help="the cluster to join (default: start a local one)")
+    ray.add_argument("--ray-workers", type=int, metavar="N", help="model actors (default: from the cluster's CPUs and GPUs)")
+    ray.add_argument("--ray-cpus-per-worker", type=float, metavar="C", help="CPUs per actor (default: up to 4, one in eight kept for I/O)")
+    ray.add_argument("--ray-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default: 1 when the cluster has GPUs)")
     embed.set_defaults(run=run_embed)
 
     rerank = commands.add_parser("rerank", help="score documents against a query, best first")
@@ -149,6 +155,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_embed(args: argparse.Namespace) -> None:
     options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window)
+    if args.ray:
+        return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,
                    resume_hint=_resume_command(args.argv))  # fmt: skip
     if job.complete:
@@ -157,6 +165,19 @@ def run_embed(args: argparse.Namespace) -> None:
     summary = job.run(Embedder(args.model, **_model_kwargs(args)), show_progress=args.progress)
     if args.output is not None or sys.stderr.isatty():
         print(f"gte embed: {summary.line(args.sparse)}", file=sys.stderr)
+
+
+def run_ray(args: argparse.Namespace, options: Options) -> None:
+    if args.texts or not args.input or not args.output:
+        raise sources.InputError("--ray embeds a dataset: pass --input and --output (a directory), not texts")
+    from . import ray
+
+    kwargs = {k: v for k, v in _model_kwargs(args).items() if k != "show_progress" and v is not None}
+    rows, pool = ray.run(args.input, str(args.output), options, model=args.model, address=args.ray_address,
+                         workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                         gpus_per_worker=args.ray_gpus_per_worker, overwrite=args.overwrite, show_progress=args.progress,
+                         embedder_kwargs=kwargs)  # fmt: skip
+    print(f"gte embed: wrote {rows} embeddings to {args.output} ({pool.describe()})", file=sys.stderr)
 
 
 def _resume_command(argv: list[str]) -> str:
