@@ -295,6 +295,7 @@ def test_python_api_and_empty_input(tmp_path, embedder):
     assert summary.rows == 2 and summary.tokens > 0
     (tmp_path / "empty.jsonl").write_text("")
     summary = gte.embed_corpus(tmp_path / "empty.jsonl", tmp_path / "e.parquet", embedder=embedder)
-    assert summary.rows == 0 and pq.read_table(tmp_path / "e.parquet").num_rows == 0
+    empty = pq.read_table(tmp_path / "e.parquet")
+    assert summary.rows == 0 and empty.num_rows == 0 and empty.schema.field("embedding").type == pa.list_(pa.float32(), 32)
     with pytest.raises(sources.InputError, match="exists"):
         gte.embed_corpus(["a"], tmp_path / "v.jsonl", embedder=embedder)

@@ -232,6 +232,8 @@ class EmbedJob:
                     bar.set_postfix_str(f"{summary.tokens / summary.seconds:,.0f} tokens/s", refresh=False)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(self._interrupted(manifest)) from None
+        if not manifest.parts and isinstance(sink, PartFiles):  # an empty input: an empty output, with its columns
+            self._write(sink, manifest, 0, 0, self._empty(embedder))
         self._finish(sink, manifest)
         if summary.truncated:
             warnings.warn(f"{summary.truncated} of {summary.embedded} texts were longer than max_length="
@@ -322,6 +324,12 @@ class EmbedJob:
         where = "stdout" if self.output is None else str(self.output)
         kept = f"; the finished parts are kept in {self.work}, pass --resume to continue" if self.work else ""
         return f"cannot write {where} ({error.strerror or error}){kept}"
+
+    def _empty(self, embedder: Embedder) -> pa.Table:
+        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.float32(), self.options.dim or embedder.hidden_size)
+        window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
+        ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
+        return self._table(window, ids, pa.array([], vector))
 
     def _interrupted(self, manifest: Manifest) -> str:
         of = f" of {manifest.rows}" if manifest.rows is not None else ""
