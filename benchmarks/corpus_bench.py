@@ -48,13 +48,13 @@ def write_corpus(path: Path, rows: int, words: tuple[int, int] = (3, 12), seed: 
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    words = np.array(WORDS)
+    vocabulary = np.array(WORDS)
     with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("text", pa.string())])) as writer:
         for start in range(0, rows, 65536):
             n = min(65536, rows - start)
             lengths = rng.integers(words[0], words[1] + 1, size=n)
-            picks = rng.integers(0, len(words), size=int(lengths.sum()))
-            texts = [" ".join(chunk) for chunk in np.split(words[picks], np.cumsum(lengths)[:-1])]
+            picks = rng.integers(0, len(vocabulary), size=int(lengths.sum()))
+            texts = [" ".join(chunk) for chunk in np.split(vocabulary[picks], np.cumsum(lengths)[:-1])]
             writer.write_table(pa.table({"id": [f"doc-{i}" for i in range(start, start + n)], "text": texts}))
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--words", type=int, nargs=2, default=(3, 12), metavar=("LOW", "HIGH"), help="words per text (default: 3 12)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="the streaming job only")
     args = parser.parse_args(argv)
-    sizes = args.sizes or ([300, 3000] if args.tiny else [100_000, 1_000_000])
+    sizes = args.sizes or ([100, 500] if args.tiny else [100_000, 1_000_000])
     base_rows = args.base_rows if args.base_rows is not None else (0 if args.tiny else 20_000)
     import torch
 

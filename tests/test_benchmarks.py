@@ -28,6 +28,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import bench  # noqa: E402
 import bert_bench  # noqa: E402
+import corpus_bench  # noqa: E402
 import gpu_bench  # noqa: E402
 import profile_ops  # noqa: E402
 import suite  # noqa: E402
@@ -84,6 +85,18 @@ def test_bert_bench_runs_and_its_contenders_agree():
     tiny = table_rows(out.getvalue(), "tiny shape")
     assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= 0.9999
     assert tiny["ours"][2] == "0%"  # no padding computed
+
+
+def test_corpus_bench_runs():
+    """corpus_bench.py --tiny: the streaming job and the in-memory baseline, each in its own process, on the
+    embedded model; every row of the table is there and the job wrote every row."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        corpus_bench.main(["--tiny", "--repeats", "1"])
+    rows = [line.split(" | ") for line in out.getvalue().splitlines() if line.startswith("| default model")]
+    assert [(r[0], r[1]) for r in rows] == [("| default model, in memory (Embedder.encode)", "100"),
+                                            ("| default model, streaming job", "100"), ("| default model, streaming job", "500")]
+    assert all(float(r[5].replace(",", "")) > 0 for r in rows)  # peak RSS measured
 
 
 def test_interleave_keeps_every_batch_once_in_pace():
