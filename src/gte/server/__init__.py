@@ -31,7 +31,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", default=hub.DEFAULT_MODEL, help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
         f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes")  # fmt: skip
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    add("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: 8080; 0 picks a free one)")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     add("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU)")
     add("--max-input-length", type=int, default=None, help="tokens per input (default: the model's max length)")
@@ -43,7 +43,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="inputs per request; beyond it the server answers 413")  # fmt: skip
     add("--api-key", default=os.environ.get(API_KEY_ENV),
         help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
-    add("--served-model-name", default=None, help="the name clients send as `model` (default: --model as given)")
+    add("--served-model-name", default=None,
+        help="the name clients send as `model` (default: the checkpoint directory's name, or the hub id)")  # fmt: skip
+    add("--payload-limit", type=int, default=defaults.payload_limit,
+        help="bytes per request body; larger bodies get 413 before they are read (default: %(default)s)")  # fmt: skip
+    add("--body-timeout", type=float, default=defaults.body_timeout_s,
+        help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
+    add("--graceful-shutdown-timeout", type=float, default=30.0,
+        help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
     add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -57,8 +64,12 @@ def load_model(model: str, *, device: str | None, dtype: str | None, max_length:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests, return 0."""
-    embedder, reranker = load_model(args.model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
+    """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests (for at most
+    --graceful-shutdown-timeout seconds), return 0. Bad arguments raise ValueError before the model loads."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a port number: give one from 0 to 65535 (0 picks a free one)")
+    if args.graceful_shutdown_timeout < 0:
+        raise ValueError(f"--graceful-shutdown-timeout must be >= 0, got {args.graceful_shutdown_timeout}")
     settings = ServerSettings(
         model_name=args.served_model_name,
         max_batch_tokens=args.max_batch_tokens,
@@ -67,10 +78,16 @@ def serve(args: argparse.Namespace) -> int:
         max_client_batch_size=args.max_client_batch_size,
         api_key=args.api_key,
         batching=not args.no_batching,
+        payload_limit=args.payload_limit,
+        body_timeout_s=args.body_timeout,
     )
+    embedder, reranker = load_model(args.model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
     app = create_app(embedder, reranker, settings)
     _exit_cleanly_after_shutdown()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_shutdown_timeout,  # type: ignore[arg-type]  (a float works)
+    )  # fmt: skip
     return 0
 
 

@@ -11,27 +11,34 @@ library's own inference calls (`Embedder.encode_tokens`, `Embedder.sparse_tokens
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..embed import Embedder
 from ..rerank import Reranker
 from .batcher import Batcher
-from .errors import ApiError, error_response, install_error_handlers
+from .errors import ApiError, describe_validation_error, install_error_handlers
+from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
-from .schemas import EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, RerankRequest
+from .schemas import (
+    EmbedRequest,
+    EmbedSparseRequest,
+    OpenAIEmbeddingRequest,
+    RerankRequest,
+)
 
 INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_sparse", "/rerank")
-OPEN_PATHS = ("/health",)  # answered without the API key (load balancer probes)
 ENDPOINTS = (*INFERENCE_PATHS, "/v1/models", "/health", "/info", "/metrics")
 RETRY_AFTER_S = 1
 
@@ -45,13 +52,18 @@ class ServerSettings:
     max_client_batch_size: int = 32  # inputs per request; more get 413
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     batching: bool = True  # False: every request is its own batch (a baseline for benchmarks)
+    payload_limit: int = 2_000_000  # bytes of one request body (TEI's default); more get 413 before they are read
+    body_timeout_s: float = 30.0  # a request body must arrive within this time; else 408
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size"):
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("max_wait_ms", "body_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty: give a key, or none to serve without authentication")
 
 
 class Service:
@@ -62,7 +74,7 @@ class Service:
             raise ValueError("create_app needs an Embedder or a Reranker to serve")
         self.embedder, self.reranker, self.settings = embedder, reranker, settings
         model = embedder or reranker
-        self.model_name = settings.model_name or model.model_name
+        self.model_name = settings.model_name or served_name(model.model_name)
         self.max_input_length = model.max_length  # tokens per input: the model object's own limit
         self.metrics = Metrics()
         self.batcher = Batcher(
@@ -73,6 +85,7 @@ class Service:
             metrics=self.metrics,
         )
         self.started = int(time.time())
+        self.in_flight = 0
 
     # ------------------------------------------------------------------ worker thread
     def run_batch(self, key: Hashable, items: list) -> Sequence:
@@ -97,6 +110,23 @@ class Service:
             return await self.batcher.submit(key, items, tokens)
         except Exception as error:  # the model failed on input that passed validation: a server fault
             raise ApiError(500, f"inference failed: {type(error).__name__}: {error}", kind="backend") from error
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """One inference request in flight (counted once its body is parsed), or 429 at the limit."""
+        limit = self.settings.max_concurrent_requests
+        if self.in_flight >= limit:
+            raise ApiError(
+                429, f"the server is at --max-concurrent-requests {limit}: retry after {RETRY_AFTER_S} s",
+                kind="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
 
     # ------------------------------------------------------------------ validation at the boundary
     def need_embedder(self, what: str) -> Embedder:
@@ -200,6 +230,36 @@ def _too_long(param: str) -> Iterator[None]:
         raise ApiError(413, f"{error} ({hint})", param=param) from error
 
 
+def served_name(model_name: str) -> str:
+    """The name clients send as `model`: a checkpoint directory's own name (its path stays private), or the hub id."""
+    path = Path(model_name)
+    return path.resolve().name if path.is_dir() else model_name
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def parse_body(request: Request, schema: type[Body]) -> Body:
+    """The request's JSON body as `schema`, by pydantic's strict parser: UTF-8 only, no lone surrogates,
+    bounded nesting; anything else is a 415 or a 422 saying what was wrong."""
+    media = request.headers.get("content-type", "application/json").partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, f"the body's Content-Type is {media!r}: send JSON with `Content-Type: application/json`")
+    body = await request.body()
+    if not body or body.isspace():
+        raise ApiError(422, "the request body is missing: send a JSON object")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(422, f"the request body is not UTF-8 (byte {body[error.start]:#04x} at offset {error.start}): "
+                       "send JSON encoded as UTF-8") from None  # fmt: skip
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        message, param = describe_validation_error(error.errors())
+        raise ApiError(422, message, param=param) from None
+
+
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     """OpenAI's `embedding` field: floats, or base64 of the little-endian float32 bytes."""
     if encoding_format == "base64":
@@ -221,63 +281,27 @@ def create_app(
 
     app = FastAPI(title="gte serve", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    _install_guard(app, service)
+    app.add_middleware(
+        Guard, api_key=service.settings.api_key, payload_limit=service.settings.payload_limit,
+        body_timeout_s=service.settings.body_timeout_s, metrics=service.metrics, endpoints=ENDPOINTS,
+    )  # fmt: skip
     _add_openai_routes(app, service)
     _add_tei_routes(app, service)
     _add_ops_routes(app, service)
     return app
 
 
-def _install_guard(app: FastAPI, service: Service) -> None:
-    """Per request: the API key, the concurrency limit, and the request metrics."""
-    metrics, settings = service.metrics, service.settings
-    in_flight = 0
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next) -> Response:
-        nonlocal in_flight
-        path = request.url.path
-        start = time.perf_counter()
-        if settings.api_key is not None and path not in OPEN_PATHS and not _authorized(request, settings.api_key):
-            response = error_response(path, ApiError(
-                401, "missing or wrong API key: send the header `Authorization: Bearer <key>`",
-                kind="auth", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
-            ))  # fmt: skip
-        elif path in INFERENCE_PATHS and in_flight >= settings.max_concurrent_requests:
-            response = error_response(path, ApiError(
-                429, f"the server is at --max-concurrent-requests {settings.max_concurrent_requests}: "
-                f"retry after {RETRY_AFTER_S} s", kind="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
-            ))  # fmt: skip
-        elif path in INFERENCE_PATHS:
-            in_flight += 1
-            metrics.in_flight.set(in_flight)
-            try:
-                response = await call_next(request)
-            finally:
-                in_flight -= 1
-                metrics.in_flight.set(in_flight)
-        else:
-            response = await call_next(request)
-        endpoint = path if path in ENDPOINTS else "other"
-        metrics.requests.inc(endpoint=endpoint, status=str(response.status_code))
-        metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
-        return response
-
-
-def _authorized(request: Request, key: str) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), key.encode())
-
-
 def _add_openai_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> JSONResponse:
+    async def openai_embeddings(request: Request) -> JSONResponse:
+        body = await parse_body(request, OpenAIEmbeddingRequest)
         service.check_model(body.model)
         embedder = service.need_embedder("embeddings")
         service.check_dimensions(body.dimensions, embedder)
-        ids = await service.token_lists(embedder, body.input, truncate=body.truncate, param="input")
-        tokens = sum(map(len, ids))
-        vectors = await service.infer(("embed", True, body.dimensions), ids, tokens)
+        with service.admitted():
+            ids = await service.token_lists(embedder, body.input, truncate=body.truncate, param="input")
+            tokens = sum(map(len, ids))
+            vectors = await service.infer(("embed", True, body.dimensions), ids, tokens)
         data = [
             {"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(vectors)
@@ -293,25 +317,31 @@ def _add_openai_routes(app: FastAPI, service: Service) -> None:
 
 def _add_tei_routes(app: FastAPI, service: Service) -> None:
     @app.post("/embed")
-    async def embed(body: EmbedRequest) -> JSONResponse:
+    async def embed(request: Request) -> JSONResponse:
+        body = await parse_body(request, EmbedRequest)
         embedder = service.need_embedder("embeddings")
         service.check_dimensions(body.dimensions, embedder)
-        ids = await service.token_lists(embedder, body.inputs, truncate=body.truncate, param="inputs")
-        vectors = await service.infer(("embed", body.normalize, body.dimensions), ids, sum(map(len, ids)))
+        with service.admitted():
+            ids = await service.token_lists(embedder, body.inputs, truncate=body.truncate, param="inputs")
+            vectors = await service.infer(("embed", body.normalize, body.dimensions), ids, sum(map(len, ids)))
         return JSONResponse(vectors.tolist())
 
     @app.post("/embed_sparse")
-    async def embed_sparse(body: EmbedSparseRequest) -> JSONResponse:
+    async def embed_sparse(request: Request) -> JSONResponse:
+        body = await parse_body(request, EmbedSparseRequest)
         embedder = service.need_sparse()
-        ids = await service.token_lists(embedder, body.inputs, truncate=body.truncate, param="inputs")
-        weights = await service.infer(("sparse",), ids, sum(map(len, ids)))
+        with service.admitted():
+            ids = await service.token_lists(embedder, body.inputs, truncate=body.truncate, param="inputs")
+            weights = await service.infer(("sparse",), ids, sum(map(len, ids)))
         return JSONResponse([_sparse_values(embedder, row, w) for row, w in zip(ids, weights)])
 
     @app.post("/rerank")
-    async def rerank(body: RerankRequest) -> JSONResponse:
+    async def rerank(request: Request) -> JSONResponse:
+        body = await parse_body(request, RerankRequest)
         reranker = service.need_reranker()
-        pairs = await service.pair_tokens(reranker, body.query, body.texts, truncate=body.truncate)
-        scores = await service.infer(("rerank", not body.raw_scores), pairs, sum(len(ids) for ids, _ in pairs))
+        with service.admitted():
+            pairs = await service.pair_tokens(reranker, body.query, body.texts, truncate=body.truncate)
+            scores = await service.infer(("rerank", not body.raw_scores), pairs, sum(len(ids) for ids, _ in pairs))
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         return JSONResponse([
             {"index": i, "score": float(scores[i]), **({"text": body.texts[i]} if body.return_text else {})}
