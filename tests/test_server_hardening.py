@@ -99,24 +99,24 @@ def test_lone_surrogates_are_a_counted_422(server_with_key, path, body):
 
 @pytest.fixture(scope="module")
 def server_with_key(embedder):
-    with live(embedder, model_name="tiny-gte", api_key="k", max_client_batch_size=8) as client:
+    with live(embedder, names=["tiny-gte"], api_key="k", max_client_batch_size=8) as client:
         client.headers.update({"Authorization": "Bearer k"})
         yield client
 
 
 # ---------------------------------------------------------------------- finding 2: stalled bodies
 def test_stalled_bodies_hold_no_inference_slot_and_time_out(embedder):
-    app = create_app(embedder, settings=ServerSettings(max_concurrent_requests=2, body_timeout_s=600))
+    app = create_app({"tiny": embedder}, ServerSettings(max_concurrent_requests=2, body_timeout_s=600))
     with LiveServer(app) as url:
         stalled = [connect(url) for _ in range(8)]  # 4x the concurrency limit
         for sock in stalled:
             sock.sendall(request_bytes("/embed", b'{"inputs": ["half a bo', length=1000))
         with httpx.Client(base_url=url, timeout=60) as client:
             np.testing.assert_allclose(vectors(client.post("/embed", json={"inputs": TEXTS})), embedder.encode(TEXTS), atol=ATOL)
-            assert metric_values(client)["gte_requests_in_flight"] == 0
+            assert metric_values(client)['gte_requests_in_flight{model="tiny"}'] == 0
         for sock in stalled:
             sock.close()
-    app = create_app(embedder, settings=ServerSettings(body_timeout_s=0.2))
+    app = create_app({"tiny": embedder}, ServerSettings(body_timeout_s=0.2))
     with LiveServer(app) as url, connect(url) as sock:
         sock.sendall(request_bytes("/v1/embeddings", b'{"input": "ha', length=1000))
         status, body = answer(sock)
@@ -253,7 +253,7 @@ HOSTILE = [
 
 def test_fuzz_hostile_requests_then_a_valid_one(embedder):
     settings = ServerSettings(payload_limit=65_536, body_timeout_s=600, max_concurrent_requests=4, max_client_batch_size=8)
-    with LiveServer(create_app(embedder, settings=settings)) as url:
+    with LiveServer(create_app({"tiny": embedder}, settings)) as url:
         held = []
         for what, data, then in HOSTILE:
             sock = connect(url)
@@ -274,7 +274,7 @@ def test_fuzz_hostile_requests_then_a_valid_one(embedder):
             np.testing.assert_allclose([d["embedding"] for d in got], expected, atol=ATOL)
             np.testing.assert_allclose(vectors(client.post("/embed", json={"inputs": TEXTS})), expected, atol=ATOL)
             stats = metric_values(client)
-        assert stats["gte_requests_in_flight"] == 0 and stats["gte_queue_depth"] == 0
+        assert stats['gte_requests_in_flight{model="tiny"}'] == 0 and stats['gte_queue_depth{model="tiny"}'] == 0
         assert not any(key.endswith('status="500"}') for key in stats), stats
         for sock in held:
             sock.close()

@@ -1,9 +1,10 @@
 """`gte serve`: an embedding / reranking server speaking the OpenAI and TEI APIs (FastAPI + uvicorn).
 
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
+    gte serve --model Alibaba-NLP/gte-base-en-v1.5 --model Alibaba-NLP/gte-multilingual-reranker-base
 
-The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app(embedder,
-reranker, settings)` builds the same app for tests and for embedding the server elsewhere.
+The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app({name: model},
+settings)` builds the same app for tests and for embedding the server elsewhere.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import uvicorn
 from .. import hub
 from ..embed import Embedder
 from ..rerank import Reranker
-from .app import ServerSettings, create_app
+from .app import create_app, served_name
+from .served import Model
+from .settings import ServerSettings
 
-__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve"]
+__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve", "served_name"]
 
 API_KEY_ENV = "GTE_API_KEY"
 RERANKER_ARCHITECTURE = "NewForSequenceClassification"
@@ -28,8 +31,9 @@ RERANKER_ARCHITECTURE = "NewForSequenceClassification"
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerSettings()
     add = parser.add_argument
-    add("--model", default=hub.DEFAULT_MODEL, help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
-        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes")  # fmt: skip
+    add("--model", action="append", help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
+        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes; repeat it to "
+        "serve several models (requests name theirs in `model`)")  # fmt: skip
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
     add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: 8080; 0 picks a free one)")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
@@ -43,8 +47,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="inputs per request; beyond it the server answers 413")  # fmt: skip
     add("--api-key", default=os.environ.get(API_KEY_ENV),
         help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
-    add("--served-model-name", default=None,
-        help="the name clients send as `model` (default: the checkpoint directory's name, or the hub id)")  # fmt: skip
+    add("--served-model-name", action="append",
+        help="the name clients send as `model`, one per --model (default: the checkpoint directory's name, "
+        "or the hub id)")  # fmt: skip
     add("--payload-limit", type=int, default=defaults.payload_limit,
         help="bytes per request body; larger bodies get 413 before they are read (default: %(default)s)")  # fmt: skip
     add("--body-timeout", type=float, default=defaults.body_timeout_s,
@@ -55,12 +60,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None):
-    """(embedder, None) or (None, reranker), by the checkpoint's architecture."""
+def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None) -> Model:
+    """An Embedder or a Reranker, by the checkpoint's architecture."""
     name, _ = hub.architecture(hub.resolve(model))
     cls = Reranker if name == RERANKER_ARCHITECTURE else Embedder
-    loaded = cls(model, device=device, dtype=dtype, max_length=max_length)
-    return (None, loaded) if cls is Reranker else (loaded, None)
+    return cls(model, device=device, dtype=dtype, max_length=max_length)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -71,7 +75,6 @@ def serve(args: argparse.Namespace) -> int:
     if args.graceful_shutdown_timeout < 0:
         raise ValueError(f"--graceful-shutdown-timeout must be >= 0, got {args.graceful_shutdown_timeout}")
     settings = ServerSettings(
-        model_name=args.served_model_name,
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_concurrent_requests=args.max_concurrent_requests,
@@ -81,14 +84,28 @@ def serve(args: argparse.Namespace) -> int:
         payload_limit=args.payload_limit,
         body_timeout_s=args.body_timeout,
     )
-    embedder, reranker = load_model(args.model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
-    app = create_app(embedder, reranker, settings)
+    names = _served_names(args.model or [hub.DEFAULT_MODEL], args.served_model_name)
+    models = {
+        name: load_model(model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
+        for name, model in names.items()
+    }
+    app = create_app(models, settings)
     _exit_cleanly_after_shutdown()
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_shutdown_timeout,  # type: ignore[arg-type]  (a float works)
     )  # fmt: skip
     return 0
+
+
+def _served_names(models: list[str], names: list[str] | None) -> dict[str, str]:
+    """{served name: --model}, the names from --served-model-name or the checkpoints' own."""
+    if names is not None and len(names) != len(models):
+        raise ValueError(f"{len(names)} --served-model-name for {len(models)} --model: give one name per model")
+    chosen = names or [served_name(model) for model in models]
+    if len(set(chosen)) < len(chosen):
+        raise ValueError(f"two models would be served as the same name ({', '.join(chosen)}): set --served-model-name")
+    return dict(zip(chosen, models))
 
 
 def _exit_cleanly_after_shutdown() -> None:

@@ -49,7 +49,8 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path, start, status = scope["path"], time.perf_counter(), 500
+        endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+        start, status = time.perf_counter(), 500
 
         async def send_recorded(message: Message) -> None:
             nonlocal status
@@ -58,15 +59,14 @@ class Guard:
             await send(message)
 
         try:
-            await self._handle(scope, receive, send_recorded)
+            await self._handle(scope, receive, send_recorded, endpoint)
         except ClientGone:
             status = CLIENT_GONE
         finally:
-            endpoint = path if path in self.endpoints else "other"
-            self.metrics.requests.inc(endpoint=endpoint, status=str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
         path = scope["path"]
         try:
             self._check_key(scope)
@@ -80,6 +80,7 @@ class Guard:
                 headers={"Connection": "close"},
             )  # fmt: skip
             return await error_response(path, error)(scope, receive, send)
+        self.metrics.body_size.labels(endpoint=endpoint).observe(len(body))
         await self.app(scope, _replay(body, receive), send)
 
     def _check_key(self, scope: Scope) -> None:
