@@ -70,6 +70,9 @@ def load_model(model: str, *, device: str | None, dtype: str | None, max_length:
 def serve(args: argparse.Namespace) -> int:
     """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests (for at most
     --graceful-shutdown-timeout seconds), return 0. Bad arguments raise ValueError before the model loads."""
+    # torch's intra-op threads already use every core for the model: a tokenizer thread pool beside them would
+    # only take cores from it (the server tokenizes short requests inline, long ones on one thread)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a port number: give one from 0 to 65535 (0 picks a free one)")
     if args.graceful_shutdown_timeout < 0:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,9 @@ from .settings import ServerSettings
 
 Model = Embedder | Reranker
 RETRY_AFTER_S = 1
+# Requests with up to this many characters are tokenized on the event loop (well under a millisecond); larger
+# ones in a worker thread, so that the loop stays responsive. A thread hop costs more than a short text does.
+INLINE_TOKENIZE_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,14 @@ class ServedModel:
         if isinstance(inputs[0], list):
             return self._check_token_ids(inputs, param)
         with _too_long(param):
-            return await run_in_threadpool(self.model.tokenize, inputs, truncate=truncate)
+            return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, truncate=truncate)
 
     async def pair_tokens(self, query: str, texts: list[str], *, truncate: bool) -> list[tuple]:
         """(token ids, token type ids or None) per (query, text) pair."""
         self.check_count(len(texts), "texts")
         with _too_long("texts"):
-            ids, types = await run_in_threadpool(self.model.tokenize_pairs, query, texts, truncate=truncate)
+            chars = len(query) * len(texts) + sum(map(len, texts))
+            ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate)
         return list(zip(ids, types or [None] * len(ids)))
 
     def _check_token_ids(self, lists: list[list[int]], param: str) -> list[list[int]]:
@@ -211,6 +216,13 @@ def split(lengths: list[int], budget: int) -> list[slice]:
         used += n
     parts.append(slice(start, len(lengths)))
     return parts
+
+
+async def _call(chars: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` (a tokenizer call on `chars` characters) inline when short, else in a thread."""
+    if chars <= INLINE_TOKENIZE_CHARS:
+        return function(*args, **kwargs)
+    return await run_in_threadpool(function, *args, **kwargs)
 
 
 @contextmanager
