@@ -38,19 +38,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gte  # first: it sets torch's OpenMP wait policy, which is read when torch loads (as in the servers)
 import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from gte import NewConfig, NewModel
+from gte.embed import Embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fixtures  # noqa: E402  (tiny-checkpoint builders, reused here at base shape)
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from gte import NewConfig, NewModel  # noqa: E402
-from gte.embed import Embedder  # noqa: E402
 
 MIN_COSINE = 0.99999
 MODEL_NAME = "gte-base-shaped"
@@ -287,7 +287,8 @@ def main() -> int:
 
 def report(runs: list[Run], exits: dict[str, int], args: argparse.Namespace, options: list[str], load_before: float) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, 1-min load average before the run {load_before:.1f}"
-    print(f"\nmachine: {machine}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+    print(f"\nmachine: {machine}; torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}); "
           f"gte serve {' '.join(options) or '(defaults)'}; best of {args.repeats}\n")  # fmt: skip
     print("| " + " | ".join(HEADER) + " |")
     print("|" + "---|" * len(HEADER))
