@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -66,11 +67,17 @@ async def parse_body(request: Request, schema: type[Body]) -> Body:
         raise ApiError(422, message, param=param) from None
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    """OpenAI's `embedding` field: floats, or base64 of the little-endian float32 bytes."""
+def encode_vector(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    """OpenAI's `embedding` field: the floats (written as a JSON list), or base64 of the little-endian float32 bytes."""
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector
+
+
+def json_response(content: Any) -> Response:
+    """`content` as JSON, numpy arrays included: orjson writes a float32 vector about 20x faster than json.dumps
+    of its list, and each float as the shortest text that reads back to the same float32."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 # ---------------------------------------------------------------------- the app
@@ -100,7 +107,7 @@ def create_app(models: Mapping[str, Model], settings: ServerSettings | None = No
 
 def _add_openai_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/embeddings")
-    async def openai_embeddings(request: Request) -> JSONResponse:
+    async def openai_embeddings(request: Request) -> Response:
         body = await parse_body(request, OpenAIEmbeddingRequest)
         served = models.pick(body.model, EMBEDDINGS)
         served.check_dimensions(body.dimensions)
@@ -113,7 +120,7 @@ def _add_openai_routes(app: FastAPI, models: Models) -> None:
             for i, v in enumerate(vectors)
         ]
         usage = {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)}
-        return JSONResponse({"object": "list", "data": data, "model": served.name, "usage": usage})
+        return json_response({"object": "list", "data": data, "model": served.name, "usage": usage})
 
     @app.get("/v1/models")
     async def openai_models() -> dict:
@@ -123,33 +130,33 @@ def _add_openai_routes(app: FastAPI, models: Models) -> None:
 
 def _add_tei_routes(app: FastAPI, models: Models) -> None:
     @app.post("/embed")
-    async def embed(request: Request) -> JSONResponse:
+    async def embed(request: Request) -> Response:
         body = await parse_body(request, EmbedRequest)
         served = models.pick(body.model, EMBEDDINGS)
         served.check_dimensions(body.dimensions)
         with served.admitted():
             ids = await served.token_lists(body.inputs, truncate=body.truncate, param="inputs")
             vectors = await served.infer(("embed", body.normalize, body.dimensions), ids, list(map(len, ids)))
-        return JSONResponse(vectors.tolist())
+        return json_response(vectors)
 
     @app.post("/embed_sparse")
-    async def embed_sparse(request: Request) -> JSONResponse:
+    async def embed_sparse(request: Request) -> Response:
         body = await parse_body(request, EmbedSparseRequest)
         served = models.pick(body.model, SPARSE)
         with served.admitted():
             ids = await served.token_lists(body.inputs, truncate=body.truncate, param="inputs")
             weights = await served.infer(("sparse",), ids, list(map(len, ids)))
-        return JSONResponse([_sparse_values(served.model, row, w) for row, w in zip(ids, weights)])
+        return json_response([_sparse_values(served.model, row, w) for row, w in zip(ids, weights)])
 
     @app.post("/rerank")
-    async def rerank(request: Request) -> JSONResponse:
+    async def rerank(request: Request) -> Response:
         body = await parse_body(request, RerankRequest)
         served = models.pick(body.model, RERANKING)
         with served.admitted():
             pairs = await served.pair_tokens(body.query, body.texts, truncate=body.truncate)
             scores = await served.infer(("rerank", not body.raw_scores), pairs, [len(ids) for ids, _ in pairs])
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        return JSONResponse([
+        return json_response([
             {"index": i, "score": float(scores[i]), **({"text": body.texts[i]} if body.return_text else {})}
             for i in order
         ])  # fmt: skip
