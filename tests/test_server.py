@@ -572,3 +572,12 @@ def test_metrics_follow_prometheus_conventions():
     assert samples["gte_tokens_total", (("model", "m"),)] == 7
     assert samples["gte_inputs_total", (("model", "m"),)] == 0  # a model's series exist from its start
     assert samples["gte_request_duration_seconds_bucket", (("endpoint", "/embed"), ("le", "0.025"))] == 1
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """`import gte` sets OMP_WAIT_POLICY before torch loads (spinning threads starve the server's event loop)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, gte; print(os.environ['OMP_WAIT_POLICY'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == expected, result.stderr

@@ -39,12 +39,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     add("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU)")
     add("--max-input-length", type=int, default=None, help="tokens per input (default: the model's max length)")
-    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="token budget of one merged batch")
-    add("--max-wait-ms", type=float, default=defaults.max_wait_ms, help="how long a request waits to batch with others")
+    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
+        help="token budget of one merged batch, and of the jobs a big request is cut into (default: %(default)s)")  # fmt: skip
+    add("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+        help="how long a lone request waits for company (default: %(default)s; requests that queue while a batch "
+        "runs merge anyway)")  # fmt: skip
     add("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
-        help="inference requests in flight; beyond it the server answers 429 with Retry-After")  # fmt: skip
+        help="inference requests in flight per model; beyond it the server answers 429 with Retry-After")  # fmt: skip
     add("--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
-        help="inputs per request; beyond it the server answers 413")  # fmt: skip
+        help="inputs per request, cut into batches inside the server; beyond it the server answers 413 "
+        "(default: %(default)s, OpenAI's limit)")  # fmt: skip
     add("--api-key", default=os.environ.get(API_KEY_ENV),
         help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
     add("--served-model-name", action="append",
@@ -68,7 +72,7 @@ def load_model(model: str, *, device: str | None, dtype: str | None, max_length:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests (for at most
+    """Load the models, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests (for at most
     --graceful-shutdown-timeout seconds), return 0. Bad arguments raise ValueError before the model loads."""
     # torch's intra-op threads already use every core for the model: a tokenizer thread pool beside them would
     # only take cores from it (the server tokenizes short requests inline, long ones on one thread)
