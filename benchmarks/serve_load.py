@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gte  # first: it sets torch's OpenMP wait policy, which is read when torch loads (as in the servers)
+import gte  # noqa: F401  (first: it sets the OpenMP wait policy that torch reads as it loads, as in the servers)
 import httpx
 import numpy as np
 import torch
