@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 # kind -> (OpenAI "type", TEI "error_type")
@@ -73,7 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:  # unknown route, wrong method
         path, method = request.url.path, request.method
         if exc.status_code == 404:
-            message = f"there is no route {path}: see GET /info and the README for the routes"
+            routes = ", ".join(f"{'/'.join(sorted(r.methods))} {r.path}" for r in request.app.routes if isinstance(r, APIRoute))
+            message = f"there is no route {path}; this server has {routes}"
         elif exc.status_code == 405:
             message = f"{path} does not take {method}: use {(exc.headers or {}).get('Allow', 'another method')}"
         else:
