@@ -106,9 +106,9 @@ def test_info_names_the_default_model(capsys):
 def test_server_names_the_default_model(embedder):
     from fastapi.testclient import TestClient
 
-    from gte.server import ServerSettings, create_app
+    from gte.server import create_app, served_name
 
-    with TestClient(create_app(embedder, None, ServerSettings())) as client:  # runs the app's lifespan
+    with TestClient(create_app({served_name(embedder.model_name): embedder})) as client:  # runs the app's lifespan
         listed, info = client.get("/v1/models").json(), client.get("/info").json()
         vectors = client.post("/embed", json={"inputs": ["paris"]}).json()
     assert listed["data"][0]["id"] == info["model_id"] == models.DEFAULT_MODEL

@@ -23,10 +23,12 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
+from gte.cli import main
 from gte.embed import Embedder
 from gte.rerank import Reranker
-from gte.server import ServerSettings, create_app
+from gte.server import ServerSettings, create_app, served_name
 from gte.server.batcher import Batcher
 from gte.server.metrics import Metrics
 from gte.server.schemas import parse_inputs
@@ -68,8 +70,10 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live(embedder=None, reranker=None, **settings) -> Iterator[httpx.Client]:
-    app = create_app(embedder, reranker, ServerSettings(**settings))
+def live(*models, names: list[str] | None = None, **settings) -> Iterator[httpx.Client]:
+    """A client of a live server of `models` (served as `names`, default: their directory names)."""
+    names = names or [served_name(model.model_name) for model in models]
+    app = create_app(dict(zip(names, models)), ServerSettings(**settings))
     with LiveServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
@@ -82,7 +86,7 @@ def embedder(tiny_model_dir) -> Embedder:
 @pytest.fixture(scope="module")
 def server(embedder) -> Iterator[httpx.Client]:
     """The tiny English embedder behind an API key; the client sends the key."""
-    with live(embedder, model_name="tiny-gte", api_key=KEY, max_client_batch_size=8) as client:
+    with live(embedder, names=["tiny-gte"], api_key=KEY, max_client_batch_size=8) as client:
         client.headers.update(AUTH)
         yield client
 
@@ -202,7 +206,7 @@ def test_embed_sparse(sparse_model_dir, sparse_embedder):
 
 def test_rerank(reranker):
     query, texts = "chat", ["le chat", "der hund", "casa", "北京 上海"]
-    with live(reranker=reranker, max_client_batch_size=4) as client:
+    with live(reranker, max_client_batch_size=4) as client:
         ranked = client.post("/rerank", json={"query": query, "texts": texts, "return_text": True}).json()
         raw = client.post("/rerank", json={"query": query, "texts": texts, "raw_scores": True}).json()
         too_many = client.post("/rerank", json={"query": query, "texts": texts * 2})
@@ -223,6 +227,57 @@ def test_rerank(reranker):
     assert "texts" in assert_tei_error(empty, 422)
 
 
+# ---------------------------------------------------------------------- big requests, several models
+def test_big_requests_are_split_inside_the_server(embedder):
+    """OpenAI's 2048 inputs per request by default, cut into --max-batch-tokens jobs, each result the Embedder's."""
+    texts = [f"{TEXTS[i % 4]} number {i}" for i in range(300)]
+    with live(embedder, names=["tiny"], max_batch_tokens=256) as client:
+        result = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="-", max_retries=0).embeddings.create(
+            model="tiny", input=texts, encoding_format="float"
+        )
+        stats = metric_values(client)
+        too_many = client.post("/embed", json={"inputs": ["a"] * 2049})
+    np.testing.assert_allclose([d.embedding for d in result.data], embedder.encode(texts), atol=ATOL)
+    tokens = sum(map(len, embedder.tokenize(texts)))
+    assert result.usage.prompt_tokens == tokens
+    assert stats['gte_batch_size_count{model="tiny"}'] >= tokens / 256  # budget-sized batches
+    assert "2048" in assert_tei_error(too_many, 413)
+
+
+def test_several_models_in_one_server(embedder, sparse_embedder, reranker):
+    texts = ["le chat est une maison", "der hund"]
+    with live(embedder, sparse_embedder, reranker, names=["en", "multi", "rerank"]) as client:
+        listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        info = client.get("/info").json()
+        en = vectors(client.post("/embed", json={"inputs": texts, "model": "en"}))
+        multi = client.post("/v1/embeddings", json={"input": texts, "model": "multi"}).json()
+        unnamed = client.post("/embed", json={"inputs": texts})
+        sparse = client.post("/embed_sparse", json={"inputs": texts}).json()  # only "multi" has token weights
+        ranked = client.post("/rerank", json={"query": "chat", "texts": texts}).json()  # the one reranker
+        wrong = client.post("/v1/embeddings", json={"input": texts, "model": "rerank"})
+        stats = metric_values(client)
+    assert listed == ["en", "multi", "rerank"] and [m["model_id"] for m in info["models"]] == listed
+    assert info["model_id"] == "en" and [m["model_type"] for m in info["models"]] == ["embedding"] * 2 + ["reranker"]
+    np.testing.assert_allclose(en, embedder.encode(texts), atol=ATOL)
+    assert multi["model"] == "multi"
+    np.testing.assert_allclose([d["embedding"] for d in multi["data"]], sparse_embedder.encode(texts), atol=ATOL)
+    assert "name one in `model`" in assert_tei_error(unnamed, 400)
+    for row, expected in zip(sparse, sparse_embedder.encode_sparse(texts)):
+        assert {v["token"]: v["value"] for v in row} == pytest.approx(expected, abs=ATOL)
+    assert [r["index"] for r in ranked] == [r["index"] for r in reranker.rank("chat", texts)]
+    assert "/rerank" in assert_openai_error(wrong, 400)
+    for name, inputs in (("en", 2), ("multi", 4), ("rerank", 2)):  # multi: dense and sparse
+        assert stats[f'gte_inputs_total{{model="{name}"}}'] == inputs
+
+
+def test_serve_checks_its_model_names(tiny_model_dir, capsys):
+    model = str(tiny_model_dir)
+    assert main(["serve", "--model", model, "--model", model]) == 2
+    assert "the same name" in capsys.readouterr().err
+    assert main(["serve", "--model", model, "--served-model-name", "a", "--served-model-name", "b"]) == 2
+    assert "one name per model" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- operations
 def test_health_info_metrics(server, embedder):
     assert server.get("/health").json() == {"status": "ok"}
@@ -237,13 +292,15 @@ def test_health_info_metrics(server, embedder):
     after = metric_values(server)
     ok, bad = 'gte_requests_total{endpoint="/embed",status="200"}', 'gte_requests_total{endpoint="/embed",status="422"}'
     assert after[ok] - before.get(ok, 0) == 1 and after[bad] - before.get(bad, 0) == 1
-    assert after["gte_tokens_total"] - before["gte_tokens_total"] == sum(map(len, embedder.tokenize(TEXTS)))
-    assert after["gte_inputs_total"] - before["gte_inputs_total"] == len(TEXTS)
+    tokens, inputs = 'gte_tokens_total{model="tiny-gte"}', 'gte_inputs_total{model="tiny-gte"}'
+    assert after[tokens] - before[tokens] == sum(map(len, embedder.tokenize(TEXTS)))
+    assert after[inputs] - before[inputs] == len(TEXTS)
     count = 'gte_request_duration_seconds_count{endpoint="/embed"}'
     assert after[count] - before.get(count, 0) == 2
     assert after['gte_request_duration_seconds_bucket{endpoint="/embed",le="+Inf"}'] == after[count]
-    assert after["gte_queue_depth"] == 0 and after["gte_requests_in_flight"] == 0
-    assert after["gte_batch_size_count"] >= 1 and "gte_batch_tokens_sum" in after
+    assert after['gte_queue_depth{model="tiny-gte"}'] == 0 and after['gte_requests_in_flight{model="tiny-gte"}'] == 0
+    assert after['gte_batch_size_count{model="tiny-gte"}'] >= 1 and 'gte_batch_tokens_sum{model="tiny-gte"}' in after
+    assert after["process_resident_memory_bytes"] > 0 and 'gte_request_size_bytes_count{endpoint="/embed"}' in after
 
 
 def test_api_key(server):
@@ -335,13 +392,13 @@ class GatedEmbedder(Embedder):
 
 def test_batching_backpressure_and_health_during_a_batch(tiny_model_dir, embedder):
     gated = GatedEmbedder(tiny_model_dir)
-    with live(gated, max_concurrent_requests=3, max_wait_ms=0) as client, ThreadPoolExecutor(3) as pool:
+    with live(gated, names=["gated"], max_concurrent_requests=3, max_wait_ms=0) as client, ThreadPoolExecutor(3) as pool:
         first = pool.submit(client.post, "/embed", json={"inputs": TEXTS[:1]})
         wait_for(gated.entered.is_set, "the first batch")
         assert client.get("/health").status_code == 200  # the event loop is free while the worker computes
         queued = [pool.submit(client.post, "/embed", json={"inputs": [text]}) for text in TEXTS[1:3]]
-        wait_for(lambda: metric_values(client)["gte_queue_depth"] == 2, "two queued requests")
-        assert metric_values(client)["gte_requests_in_flight"] == 3
+        wait_for(lambda: metric_values(client)['gte_queue_depth{model="gated"}'] == 2, "two queued requests")
+        assert metric_values(client)['gte_requests_in_flight{model="gated"}'] == 3
         busy = client.post("/embed", json={"inputs": "one too many"})
         assert "max-concurrent-requests" in assert_tei_error(busy, 429) and busy.headers["retry-after"] == "1"
         busy = client.post("/v1/embeddings", json={"input": "one too many"})
@@ -352,7 +409,7 @@ def test_batching_backpressure_and_health_during_a_batch(tiny_model_dir, embedde
         stats = metric_values(client)
     np.testing.assert_allclose(np.concatenate([*results, after]), embedder.encode(TEXTS), atol=ATOL)
     # batches: [first], [the two queued requests merged], [after]
-    assert (stats["gte_batch_requests_count"], stats["gte_batch_requests_sum"]) == (3, 4)
+    assert (stats['gte_batch_requests_count{model="gated"}'], stats['gte_batch_requests_sum{model="gated"}']) == (3, 4)
     assert stats['gte_requests_total{endpoint="/embed",status="429"}'] == 1
 
 
@@ -368,7 +425,7 @@ def test_cli_serves_and_shuts_down_gracefully_on_sigterm(tiny_model_dir, embedde
         with httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(1) as pool:
             assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
             in_flight = pool.submit(client.post, "/embed", json={"inputs": TEXTS})  # waits 5 s for company
-            wait_for(lambda: metric_values(client)["gte_queue_depth"] == 1, "the request to queue")
+            wait_for(lambda: metric_values(client)['gte_queue_depth{model="tiny"}'] == 1, "the request to queue")
             process.send_signal(signal.SIGTERM)
             wait_for(lambda: _refused(url), "the server to stop accepting connections")
             assert not in_flight.done()
@@ -404,7 +461,7 @@ def run_batcher(run, jobs, **options) -> list:
     """Submit every (key, items) job at once to a fresh Batcher; return the results (or exceptions)."""
 
     async def main():
-        batcher = Batcher(run, metrics=Metrics(), **({"max_batch_tokens": 100, "max_wait_ms": 0} | options))
+        batcher = Batcher(run, metrics=Metrics().for_model("m"), **({"max_batch_tokens": 100, "max_wait_ms": 0} | options))
         batcher.start()
         try:
             return await asyncio.gather(
@@ -437,7 +494,7 @@ def test_batcher_waits_for_company_until_the_budget_is_full():
 
     async def main():
         batcher = Batcher(
-            lambda key, items: calls.append(items) or items, max_batch_tokens=4, max_wait_ms=60_000, metrics=Metrics()
+            lambda key, items: calls.append(items) or items, max_batch_tokens=4, max_wait_ms=60_000, metrics=Metrics().for_model("m")
         )
         batcher.start()
         first = asyncio.ensure_future(batcher.submit("k", [1, 2], 2))
@@ -470,7 +527,7 @@ def test_batcher_drops_jobs_whose_client_left():
         return items
 
     async def main():
-        batcher = Batcher(run, max_batch_tokens=100, max_wait_ms=0, metrics=Metrics())
+        batcher = Batcher(run, max_batch_tokens=100, max_wait_ms=0, metrics=Metrics().for_model("m"))
         batcher.start()
         first = asyncio.ensure_future(batcher.submit("k", ["first"], 1))
         while not calls:
@@ -502,16 +559,25 @@ def test_parse_inputs_rejects(value):
         parse_inputs(value)
 
 
-def test_prometheus_text():
+def test_metrics_follow_prometheus_conventions():
     metrics = Metrics()
-    metrics.requests.inc(endpoint='/e"x', status="200")
-    metrics.latency.observe(0.02, endpoint="/embed")
-    metrics.latency.observe(7.0, endpoint="/embed")
-    text = metrics.render()
-    assert '# TYPE gte_requests_total counter\ngte_requests_total{endpoint="/e\\"x",status="200"} 1\n' in text
-    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="0.01"} 0\n' in text
-    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="0.025"} 1\n' in text
-    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="10"} 2\n' in text
-    assert 'gte_request_duration_seconds_bucket{endpoint="/embed",le="+Inf"} 2\n' in text
-    assert 'gte_request_duration_seconds_sum{endpoint="/embed"} 7.02\n' in text
-    assert "gte_tokens_total 0\n# HELP" in text
+    metrics.requests.labels(endpoint='/e"x', status="200").inc()
+    metrics.for_model("m").tokens.inc(7)
+    metrics.latency.labels(endpoint="/embed").observe(0.02)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    assert families["gte_requests"].type == "counter" and families["gte_request_duration_seconds"].type == "histogram"
+    assert families["gte_request_size_bytes"].type == "histogram" and "process_cpu_seconds" in families
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples["gte_requests_total", (("endpoint", '/e"x'), ("status", "200"))] == 1
+    assert samples["gte_tokens_total", (("model", "m"),)] == 7
+    assert samples["gte_inputs_total", (("model", "m"),)] == 0  # a model's series exist from its start
+    assert samples["gte_request_duration_seconds_bucket", (("endpoint", "/embed"), ("le", "0.025"))] == 1
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """`import gte` sets OMP_WAIT_POLICY before torch loads (spinning threads starve the server's event loop)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, gte; print(os.environ['OMP_WAIT_POLICY'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == expected, result.stderr

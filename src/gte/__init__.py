@@ -3,7 +3,14 @@
 Importing the package registers model_type "new" with the transformers Auto classes.
 """
 
-from transformers import (
+import os
+
+# OpenMP threads that spin while they wait (libgomp's default) take the cores from everything else on the machine,
+# and from the server's event loop: with other load on a 2-core machine, torch on CPU ran 1.7x (offline) to 4x
+# (serving) slower than with sleeping threads (BENCHMARKS.md). Read once, when torch loads; a value set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from transformers import (  # noqa: E402
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,

@@ -28,6 +28,9 @@ from .padding import Packing
 CPU_BATCH_TOKENS = 4096
 GPU_BATCH_TOKENS = 16384
 PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least this many batches
+# Texts are cut to max_length x this many characters before they are tokenized, so a huge text costs what a
+# long one does. Real text averages 3-6 characters per token; 64 leaves room for long words, markup and spaces.
+MAX_CHARS_PER_TOKEN = 64
 
 
 class TruncationWarning(UserWarning):
@@ -67,6 +70,7 @@ def tokenize_texts(
 
     if not texts:
         return [], [] if type_ids else None
+    texts, pairs = cap_chars(texts, max_length, truncate), None if pairs is None else cap_chars(pairs, max_length, truncate)
     encoded = run(texts, pairs, max_length + 1)  # one token more than allowed reveals the over-long ones
     ids, types = encoded["input_ids"], encoded.get("token_type_ids") if type_ids else None
     over = [i for i, row in enumerate(ids) if len(row) > max_length]
@@ -85,6 +89,18 @@ def tokenize_texts(
             if types is not None:
                 types[i] = redo["token_type_ids"][j]
     return ids, types
+
+
+def cap_chars(texts: list[str], max_length: int, truncate: bool) -> list[str]:
+    """Texts cut to max_length x MAX_CHARS_PER_TOKEN characters (ValueError instead when not `truncate`)."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    over = [i for i, text in enumerate(texts) if len(text) > limit]
+    if over and not truncate:
+        raise ValueError(
+            f"{len(over)} of {len(texts)} texts are longer than max_length={max_length} tokens can hold ({limit:,} "
+            f"characters; the first at index {over[0]} has {len(texts[over[0]]):,}); shorten them or allow truncation"
+        )
+    return [text[:limit] for text in texts] if over else texts
 
 
 def cut_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:

@@ -1,9 +1,10 @@
 """`gte serve`: an embedding / reranking server speaking the OpenAI and TEI APIs (FastAPI + uvicorn).
 
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
+    gte serve --model Alibaba-NLP/gte-base-en-v1.5 --model Alibaba-NLP/gte-multilingual-reranker-base
 
-The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app(embedder,
-reranker, settings)` builds the same app for tests and for embedding the server elsewhere.
+The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app({name: model},
+settings)` builds the same app for tests and for embedding the server elsewhere.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import uvicorn
 from .. import hub
 from ..embed import Embedder
 from ..rerank import Reranker
-from .app import ServerSettings, create_app
+from .app import create_app, served_name
+from .served import Model
+from .settings import ServerSettings
 
-__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve"]
+__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve", "served_name"]
 
 API_KEY_ENV = "GTE_API_KEY"
 RERANKER_ARCHITECTURE = "NewForSequenceClassification"
@@ -28,50 +31,88 @@ RERANKER_ARCHITECTURE = "NewForSequenceClassification"
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerSettings()
     add = parser.add_argument
-    add("--model", default=hub.DEFAULT_MODEL, help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
-        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes")  # fmt: skip
+    add("--model", action="append", help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
+        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes; repeat it to "
+        "serve several models (requests name theirs in `model`)")  # fmt: skip
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    add("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: 8080; 0 picks a free one)")
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     add("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU)")
     add("--max-input-length", type=int, default=None, help="tokens per input (default: the model's max length)")
-    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="token budget of one merged batch")
-    add("--max-wait-ms", type=float, default=defaults.max_wait_ms, help="how long a request waits to batch with others")
+    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
+        help="token budget of one merged batch, and of the jobs a big request is cut into (default: %(default)s)")  # fmt: skip
+    add("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+        help="how long a lone request waits for company (default: %(default)s; requests that queue while a batch "
+        "runs merge anyway)")  # fmt: skip
     add("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
-        help="inference requests in flight; beyond it the server answers 429 with Retry-After")  # fmt: skip
+        help="inference requests in flight per model; beyond it the server answers 429 with Retry-After")  # fmt: skip
     add("--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
-        help="inputs per request; beyond it the server answers 413")  # fmt: skip
+        help="inputs per request, cut into batches inside the server; beyond it the server answers 413 "
+        "(default: %(default)s, OpenAI's limit)")  # fmt: skip
     add("--api-key", default=os.environ.get(API_KEY_ENV),
         help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
-    add("--served-model-name", default=None, help="the name clients send as `model` (default: --model as given)")
+    add("--served-model-name", action="append",
+        help="the name clients send as `model`, one per --model (default: the checkpoint directory's name, "
+        "or the hub id)")  # fmt: skip
+    add("--payload-limit", type=int, default=defaults.payload_limit,
+        help="bytes per request body; larger bodies get 413 before they are read (default: %(default)s)")  # fmt: skip
+    add("--body-timeout", type=float, default=defaults.body_timeout_s,
+        help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
+    add("--graceful-shutdown-timeout", type=float, default=30.0,
+        help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
     add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None):
-    """(embedder, None) or (None, reranker), by the checkpoint's architecture."""
+def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None) -> Model:
+    """An Embedder or a Reranker, by the checkpoint's architecture."""
     name, _ = hub.architecture(hub.resolve(model))
     cls = Reranker if name == RERANKER_ARCHITECTURE else Embedder
-    loaded = cls(model, device=device, dtype=dtype, max_length=max_length)
-    return (None, loaded) if cls is Reranker else (loaded, None)
+    return cls(model, device=device, dtype=dtype, max_length=max_length)
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the model, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests, return 0."""
-    embedder, reranker = load_model(args.model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
+    """Load the models, then serve until SIGTERM / SIGINT: stop accepting, finish in-flight requests (for at most
+    --graceful-shutdown-timeout seconds), return 0. Bad arguments raise ValueError before the model loads."""
+    # torch's intra-op threads already use every core for the model: a tokenizer thread pool beside them would
+    # only take cores from it (the server tokenizes short requests inline, long ones on one thread)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a port number: give one from 0 to 65535 (0 picks a free one)")
+    if args.graceful_shutdown_timeout < 0:
+        raise ValueError(f"--graceful-shutdown-timeout must be >= 0, got {args.graceful_shutdown_timeout}")
     settings = ServerSettings(
-        model_name=args.served_model_name,
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_concurrent_requests=args.max_concurrent_requests,
         max_client_batch_size=args.max_client_batch_size,
         api_key=args.api_key,
         batching=not args.no_batching,
+        payload_limit=args.payload_limit,
+        body_timeout_s=args.body_timeout,
     )
-    app = create_app(embedder, reranker, settings)
+    names = _served_names(args.model or [hub.DEFAULT_MODEL], args.served_model_name)
+    models = {
+        name: load_model(model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
+        for name, model in names.items()
+    }
+    app = create_app(models, settings)
     _exit_cleanly_after_shutdown()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_shutdown_timeout,  # type: ignore[arg-type]  (a float works)
+    )  # fmt: skip
     return 0
+
+
+def _served_names(models: list[str], names: list[str] | None) -> dict[str, str]:
+    """{served name: --model}, the names from --served-model-name or the checkpoints' own."""
+    if names is not None and len(names) != len(models):
+        raise ValueError(f"{len(names)} --served-model-name for {len(models)} --model: give one name per model")
+    chosen = names or [served_name(model) for model in models]
+    if len(set(chosen)) < len(chosen):
+        raise ValueError(f"two models would be served as the same name ({', '.join(chosen)}): set --served-model-name")
+    return dict(zip(chosen, models))
 
 
 def _exit_cleanly_after_shutdown() -> None:

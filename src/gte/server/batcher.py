@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from .metrics import Metrics
+from .metrics import ModelMetrics
 
 # run(key, items) -> one result per item, in order (a numpy array [n, d] or a list of length n)
 RunBatch = Callable[[Hashable, list], Sequence]
@@ -34,7 +34,7 @@ class Job:
 
 class Batcher:
     def __init__(
-        self, run: RunBatch, *, max_batch_tokens: int, max_wait_ms: float, batching: bool = True, metrics: Metrics
+        self, run: RunBatch, *, max_batch_tokens: int, max_wait_ms: float, batching: bool = True, metrics: ModelMetrics
     ) -> None:
         self.run = run
         self.max_batch_tokens = max_batch_tokens

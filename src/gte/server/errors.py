@@ -6,9 +6,12 @@ The TEI routes answer in TEI's: {"error": message, "error_type": type}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 # kind -> (OpenAI "type", TEI "error_type")
 KINDS = {
@@ -44,16 +47,16 @@ def error_response(path: str, error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
-    """(message, param) for a request body that is not valid JSON or does not fit the schema."""
+def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """(message, param) for a request body that is not valid JSON or does not fit the schema
+    (`errors`: pydantic's ValidationError.errors())."""
     messages, params = [], []
-    for err in exc.errors():
-        where = ".".join(map(str, err["loc"][1:])) or "body"  # loc[0] is "body"
+    for err in errors:
+        where = ".".join(map(str, err["loc"])) or "body"
         if err["type"] == "json_invalid":
-            detail = err.get("ctx", {}).get("error", "")
-            messages.append(f"the request body is not valid JSON ({detail} at character {err['loc'][-1]})")
-        elif err["type"] == "missing" and where == "body":
-            messages.append("the request body is missing: send a JSON object")
+            detail = err.get("ctx", {}).get("error", err["msg"])
+            hint = "; a lone UTF-16 surrogate (\\ud800-\\udfff without its pair) is not text" if "escape" in detail else ""
+            messages.append(f"the request body is not valid JSON ({detail}{hint})")
         else:
             messages.append(f"{where}: {err['msg']}")
             params.append(where)
@@ -61,11 +64,24 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers, in the shape of the API its path belongs to."""
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request.url.path, exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = describe_validation_error(exc)
-        return error_response(request.url.path, ApiError(422, message, param=param))
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:  # unknown route, wrong method
+        path, method = request.url.path, request.method
+        if exc.status_code == 404:
+            routes = ", ".join(f"{'/'.join(sorted(r.methods))} {r.path}" for r in request.app.routes if isinstance(r, APIRoute))
+            message = f"there is no route {path}; this server has {routes}"
+        elif exc.status_code == 405:
+            message = f"{path} does not take {method}: use {(exc.headers or {}).get('Allow', 'another method')}"
+        else:
+            message = str(exc.detail)
+        return error_response(path, ApiError(exc.status_code, message, headers=exc.headers))
+
+    @app.exception_handler(Exception)
+    async def server_fault(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged with its traceback
+        return error_response(request.url.path, ApiError(500, f"internal error ({type(exc).__name__})", kind="backend"))

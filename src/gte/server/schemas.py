@@ -65,6 +65,7 @@ class OpenAIEmbeddingRequest(BaseModel):
 
 class EmbedRequest(BaseModel):
     inputs: Inputs
+    model: str | None = None  # extension: which served model, when there are several
     normalize: bool = True
     truncate: bool = True
     dimensions: Dimensions = None
@@ -72,11 +73,13 @@ class EmbedRequest(BaseModel):
 
 class EmbedSparseRequest(BaseModel):
     inputs: Inputs
+    model: str | None = None
     truncate: bool = True
 
 
 class RerankRequest(BaseModel):
     query: str
+    model: str | None = None
     texts: Annotated[list[str], Field(min_length=1)]
     raw_scores: bool = False
     return_text: bool = False

@@ -1,0 +1,235 @@
+"""The models one server serves: each with its own batcher, limits and metrics (`ServedModel`), and
+the routing of a request to one of them, by the `model` it names or by what its route needs (`Models`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from ..embed import Embedder
+from ..rerank import Reranker
+from .batcher import Batcher
+from .errors import ApiError
+from .metrics import Metrics
+from .settings import ServerSettings
+
+Model = Embedder | Reranker
+RETRY_AFTER_S = 1
+# Requests with up to this many characters are tokenized on the event loop (well under a millisecond); larger
+# ones in a worker thread, so that the loop stays responsive. A thread hop costs more than a short text does.
+INLINE_TOKENIZE_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a route needs from a model, and what to say about one that cannot give it."""
+
+    what: str
+    fits: Callable[[Model], bool]
+    why_not: Callable[[str], str]  # served name -> message
+
+
+EMBEDDINGS = Need(
+    "embeddings", lambda m: isinstance(m, Embedder), lambda name: f"{name} is a reranker: it has no embeddings; use POST /rerank"
+)
+SPARSE = Need(
+    "sparse embeddings",
+    lambda m: isinstance(m, Embedder) and m.has_sparse,
+    lambda name: f"{name} has no token-weight head, so no sparse embeddings: serve a NewForTokenClassification "
+    "checkpoint with one label (like gte-multilingual-base)",
+)
+RERANKING = Need(
+    "reranking", lambda m: isinstance(m, Reranker), lambda name: f"{name} is an embedding model, not a reranker: use POST /embed"
+)
+
+
+class ServedModel:
+    """One model behind the routes: its limits, tokenization, batcher and worker calls."""
+
+    def __init__(self, name: str, model: Model, settings: ServerSettings, metrics: Metrics) -> None:
+        self.name, self.model, self.settings = name, model, settings
+        self.max_input_length = model.max_length  # tokens per input: the model object's own limit
+        self.metrics = metrics.for_model(name)
+        self.batcher = Batcher(
+            self.run_batch,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            batching=settings.batching,
+            metrics=self.metrics,
+        )
+        self.in_flight = 0
+
+    # ------------------------------------------------------------------ worker thread
+    def run_batch(self, key: Hashable, items: list) -> Sequence:
+        """One merged batch, on the inference thread: the library's own calls, at the model's own compute budget."""
+        kind, *options = key
+        if kind == "embed":
+            normalize, dim = options
+            return self.model.encode_tokens(items, normalize=normalize, dim=dim, show_progress=False)
+        if kind == "sparse":
+            return self.model.sparse_tokens(items, show_progress=False)
+        (normalize,) = options
+        ids, types = zip(*items)
+        return self.model.score_tokens(ids, None if types[0] is None else types, normalize=normalize)
+
+    async def infer(self, key: Hashable, items: list, lengths: list[int]) -> Sequence:
+        """Results for `items` (of `lengths` tokens), one per item: the request is cut into jobs of at most
+        --max-batch-tokens tokens, which the batcher merges with other requests' jobs."""
+        parts = split(lengths, self.settings.max_batch_tokens)
+        try:
+            results = await asyncio.gather(*(self.batcher.submit(key, items[s], sum(lengths[s])) for s in parts))
+        except Exception as error:  # the model failed on input that passed validation: a server fault
+            raise ApiError(500, f"inference failed: {type(error).__name__}: {error}", kind="backend") from error
+        if isinstance(results[0], np.ndarray):
+            return np.concatenate(results)
+        return [result for part in results for result in part]
+
+    # ------------------------------------------------------------------ validation at the boundary
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """One inference request in flight (counted once its body is parsed), or 429 at the limit."""
+        limit = self.settings.max_concurrent_requests
+        if self.in_flight >= limit:
+            raise ApiError(
+                429, f"{self.name} is at --max-concurrent-requests {limit}: retry after {RETRY_AFTER_S} s",
+                kind="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    def check_dimensions(self, dim: int | None) -> None:
+        if dim is not None and dim > self.model.hidden_size:
+            raise ApiError(422, f"dimensions {dim} is more than the model's {self.model.hidden_size}", param="dimensions")
+
+    def check_count(self, n: int, param: str) -> None:
+        if n > self.settings.max_client_batch_size:
+            raise ApiError(
+                413,
+                f"{n} inputs is more than --max-client-batch-size {self.settings.max_client_batch_size}: "
+                "split them over several requests",
+                param=param,
+            )
+
+    async def token_lists(self, inputs: list, *, truncate: bool, param: str) -> list[list[int]]:
+        """Texts tokenized (cut to the input limit when `truncate`), or token-id lists checked."""
+        self.check_count(len(inputs), param)
+        if isinstance(inputs[0], list):
+            return self._check_token_ids(inputs, param)
+        with _too_long(param):
+            return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, truncate=truncate)
+
+    async def pair_tokens(self, query: str, texts: list[str], *, truncate: bool) -> list[tuple]:
+        """(token ids, token type ids or None) per (query, text) pair."""
+        self.check_count(len(texts), "texts")
+        with _too_long("texts"):
+            chars = len(query) * len(texts) + sum(map(len, texts))
+            ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate)
+        return list(zip(ids, types or [None] * len(ids)))
+
+    def _check_token_ids(self, lists: list[list[int]], param: str) -> list[list[int]]:
+        vocab_size = self.model.vocab_size
+        for i, ids in enumerate(lists):
+            if len(ids) > self.max_input_length:
+                raise ApiError(
+                    413,
+                    f"{param}[{i}] has {len(ids)} token ids, more than --max-input-length {self.max_input_length}; "
+                    "token ids are never truncated: shorten the list",
+                    param=param,
+                )
+            if bad := [t for t in ids if not 0 <= t < vocab_size]:
+                raise ApiError(
+                    422,
+                    f"{param}[{i}] holds token id {bad[0]}, outside the vocabulary (0 to {vocab_size - 1})",
+                    param=param,
+                )
+        return lists
+
+    def info(self) -> dict:
+        model = self.model
+        return {
+            "model_id": self.name,
+            "model_type": "reranker" if isinstance(model, Reranker) else "embedding",
+            "sparse": SPARSE.fits(model),
+            "hidden_size": model.model.config.hidden_size,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "device": str(model.device),
+            "backend": model.backend,
+            "max_input_length": self.max_input_length,
+        }
+
+
+class Models:
+    """The served models, by name, in the order given (the first is the default one /info describes)."""
+
+    def __init__(self, models: Mapping[str, Model], settings: ServerSettings, metrics: Metrics) -> None:
+        if not models:
+            raise ValueError("create_app needs at least one Embedder or Reranker to serve")
+        self.served = [ServedModel(name, model, settings, metrics) for name, model in models.items()]
+        self.by_name = {served.name: served for served in self.served}
+        self.started = int(time.time())
+
+    def pick(self, name: str | None, need: Need) -> ServedModel:
+        """The model named `name`, or, without a name, the one served model that fits `need`."""
+        names = ", ".join(f"`{served.name}`" for served in self.served)
+        if name is not None and name not in self.by_name:
+            raise ApiError(
+                404, f"The model `{name}` does not exist: this server serves {names} (see GET /v1/models)",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        candidates = [self.by_name[name]] if name is not None else self.served
+        fitting = [served for served in candidates if need.fits(served.model)]
+        if len(fitting) == 1:
+            return fitting[0]
+        if fitting:
+            choices = ", ".join(f"`{served.name}`" for served in fitting)
+            raise ApiError(400, f"several served models give {need.what} ({choices}): name one in `model`", param="model")
+        raise ApiError(400, "; ".join(need.why_not(served.name) for served in candidates))
+
+    def start(self) -> None:
+        for served in self.served:
+            served.batcher.start()
+
+    async def stop(self) -> None:
+        for served in self.served:
+            await served.batcher.stop()
+
+
+def split(lengths: list[int], budget: int) -> list[slice]:
+    """Consecutive slices of `lengths` holding at most `budget` tokens each (an input over it alone)."""
+    parts, start, used = [], 0, 0
+    for i, n in enumerate(lengths):
+        if used + n > budget and i > start:
+            parts.append(slice(start, i))
+            start, used = i, 0
+        used += n
+    parts.append(slice(start, len(lengths)))
+    return parts
+
+
+async def _call(chars: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` (a tokenizer call on `chars` characters) inline when short, else in a thread."""
+    if chars <= INLINE_TOKENIZE_CHARS:
+        return function(*args, **kwargs)
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
+@contextmanager
+def _too_long(param: str) -> Iterator[None]:
+    """The library's ValueError for an over-long input with truncation off, as a 413."""
+    try:
+        yield
+    except ValueError as error:
+        hint = 'max_length is this server\'s --max-input-length; send "truncate": true to cut inputs to it'
+        raise ApiError(413, f"{error} ({hint})", param=param) from error

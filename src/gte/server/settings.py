@@ -1,0 +1,27 @@
+"""`ServerSettings`: the limits and options of one server (the same for every model it serves)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_batch_tokens: int = 16384  # token budget of one merged batch (and of the jobs a big request is cut into)
+    max_wait_ms: float = 0.0  # how long the oldest queued job waits for company (jobs queued meanwhile merge anyway)
+    max_concurrent_requests: int = 512  # inference requests in flight per model; more get 429
+    max_client_batch_size: int = 2048  # inputs per request (OpenAI's limit); more get 413
+    api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
+    batching: bool = True  # False: every job is its own batch (a baseline for benchmarks)
+    payload_limit: int = 2_000_000  # bytes of one request body (TEI's default); more get 413 before they are read
+    body_timeout_s: float = 30.0  # a request body must arrive within this time; else 408
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "body_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty: give a key, or none to serve without authentication")
