@@ -130,8 +130,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, h
     parser.add_argument("--model", "-m", default=default, help=help)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
-    parser.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: from the checkpoint)")
-    parser.add_argument("--batch-tokens", type=int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
+    parser.add_argument("--max-length", type=positive_int, help="truncate inputs to this many tokens (default: from the checkpoint)")
+    parser.add_argument("--batch-tokens", type=positive_int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
                         f"{GPU_BATCH_TOKENS} on GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
 

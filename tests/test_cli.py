@@ -264,6 +264,7 @@ def test_argument_errors_are_one_line(capsys):
     assert error_of(capsys, "embed", "--dim", "x") == "gte embed: error: argument --dim: invalid int value: 'x' (see `gte embed --help`)"
     assert "required: --query/-q" in error_of(capsys, "rerank", "d")
     assert "required: COMMAND" in error_of(capsys)
+    assert "argument --batch-tokens: must be at least 1, got 0" in error_of(capsys, "embed", "--batch-tokens", 0, "x")
 
 
 def test_non_utf8_arguments(capsys, tiny_model_dir):
