@@ -170,3 +170,11 @@ def test_golden_cases_pass_with_the_per_token_work_in_small_chunks(unpad, monkey
         expected = load_file(str(case_dir / "expected.safetensors"))
         report = checker.compare(expected, got, case, inputs["attention_mask"], golden_manifest()["tolerance"]["atol"])
         assert report["pass"], (case["name"], report)
+
+
+def test_cli_startup_benchmark_runs(monkeypatch):
+    import cli_startup
+
+    monkeypatch.setattr(cli_startup, "CASES", {"gte --help": ["--help"]})
+    rows = cli_startup.table(cli_startup.measure(repeats=1)).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| gte --help | ") and rows[2].endswith("x |")

@@ -1,5 +1,6 @@
 """`gte embed | rerank | info` end to end: every input and output format, sparse output, reranking,
-the user errors (exit code 2, one line) and atomic output files."""
+the user errors (exit code 2, one line), atomic output files, start-up without torch, signals and a
+closed stdout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import csv
 import io as stdio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import gte
-from gte import sinks, sources
+import gte_cli
+from gte import cli, embed, hub, job, models, sinks, sources
 from gte.cli import main
 
 TEXTS = ["the quick brown fox", "", "paris london berlin", "deep neural network for search", "北京 hund"]
@@ -29,7 +34,10 @@ def embedder(tiny_model_dir) -> gte.Embedder:
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_info:  # argparse: --help, argument errors
+        code = exit_info.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -115,7 +123,7 @@ def error_of(capsys, *argv) -> str:
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("gte ")
+    assert lines[0].startswith(("gte ", "gte: "))
     return lines[0]
 
 
@@ -219,3 +227,160 @@ def test_serve_is_a_subcommand(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert all(command in usage for command in ("embed", "rerank", "info", "serve"))
+
+
+# ------------------------------------------------------------------------------ start-up
+def test_help_and_argument_errors_import_neither_torch_nor_transformers():
+    """`gte` starts in gte_cli, which imports no part of gte: help and argument errors need no torch."""
+    probe = """
+import sys, gte_cli
+for argv in (["--help"], ["embed", "--help"], ["rerank", "-q", "q", "--top-k", "0"], ["embed", "--dim", "x"], []):
+    try:
+        gte_cli.main(argv)
+    except SystemExit as exit_info:
+        print("exit", exit_info.code, file=sys.stderr)
+print(sorted(name for name in ("torch", "transformers", "gte") if name in sys.modules), file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert lines[-1] == "[]", done.stderr
+    assert [line for line in lines if line.startswith("exit")] == ["exit 0", "exit 0", "exit 2", "exit 2", "exit 2"]
+    assert "usage: gte embed" in done.stdout
+
+
+def test_the_command_starts_in_gte_cli():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="gte")
+    assert script.value == "gte_cli:main"
+
+
+def test_cli_defaults_are_the_librarys():
+    assert gte_cli.DEFAULT_MODEL == models.DEFAULT_MODEL and gte_cli.DEFAULT_FIELD == sources.DEFAULT_FIELD
+    assert gte_cli.WINDOW_ROWS == job.WINDOW_ROWS
+    assert (gte_cli.CPU_BATCH_TOKENS, gte_cli.GPU_BATCH_TOKENS) == (embed.CPU_BATCH_TOKENS, embed.GPU_BATCH_TOKENS)
+
+
+def test_argument_errors_are_one_line(capsys):
+    assert error_of(capsys, "embed", "--dim", "x") == "gte embed: error: argument --dim: invalid int value: 'x' (see `gte embed --help`)"
+    assert "required: --query/-q" in error_of(capsys, "rerank", "d")
+    assert "required: COMMAND" in error_of(capsys)
+    assert "argument --batch-tokens: must be at least 1, got 0" in error_of(capsys, "embed", "--batch-tokens", 0, "x")
+
+
+def test_non_utf8_arguments(capsys, tiny_model_dir):
+    """Bytes that are not UTF-8 reach sys.argv as lone surrogates (surrogateescape)."""
+    not_utf8 = os.fsdecode(b"caf\xe9")
+    assert "argument TEXT: not UTF-8" in error_of(capsys, "embed", "-m", tiny_model_dir, "ok", not_utf8)
+    assert "argument --query/-q: not UTF-8" in error_of(capsys, "rerank", "-q", not_utf8, "d")
+    assert "argument DOC: not UTF-8" in error_of(capsys, "rerank", "-q", "q", not_utf8)
+
+
+# ------------------------------------------------------------------------------ signals and a closed stdout
+def test_closed_stdout_ends_quietly(tiny_model_dir):
+    """`gte embed ... | head -1`: the reader is gone; no traceback, the exit status of a SIGPIPE (141)."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails: EPIPE
+    command = [sys.executable, "-c", "import sys, gte_cli; sys.exit(gte_cli.main())", "embed", "-m", str(tiny_model_dir)]
+    with os.fdopen(write, "wb") as stdout:
+        done = subprocess.run([*command, *TEXTS], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
+
+
+@pytest.mark.parametrize("message", ["", "interrupted; resume with: gte embed --resume job"])
+def test_ctrl_c_is_one_line(capsys, monkeypatch, tiny_model_dir, message):
+    def interrupted(args):
+        raise KeyboardInterrupt(*[message] * bool(message))
+
+    monkeypatch.setattr(cli, "run_embed", interrupted)
+    code, out, err = run(capsys, "embed", "-m", tiny_model_dir, "x")
+    assert (code, out, err) == (130, "", f"gte embed: {message or 'interrupted'}\n")
+
+
+def test_sigterm_removes_the_temporary_output(capsys, monkeypatch, tmp_path, tiny_model_dir):
+    """SIGTERM while the output is written: `finally` blocks run, no temporary file stays, the finished parts
+    stay for --resume, exit 143."""
+    def write_half_then_terminated(parts, target):
+        target.write_bytes(b"PAR1 partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the handler raises in here
+
+    monkeypatch.setattr(sinks, "_concat_parquet", write_half_then_terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    code, out, err = run(capsys, "embed", "-m", tiny_model_dir, "-o", tmp_path / "v.parquet", "x", "y")
+    assert (code, out) == (143, "") and err.startswith("gte embed: stopped after 2 of 2 rows;") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["v.parquet.partial"]
+    assert signal.getsignal(signal.SIGTERM) == handler  # main leaves the process's handler as it found it
+    monkeypatch.undo()
+    code, _, err = run(capsys, "embed", "-m", tiny_model_dir, "-o", tmp_path / "v.parquet", "x", "y", "--resume")
+    assert code == 0 and pq.read_table(tmp_path / "v.parquet").num_rows == 2, err
+
+
+# ------------------------------------------------------------------------------ broken checkpoints, devices
+def test_broken_checkpoints(capsys, tmp_path, tiny_model_dir):
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        target.mkdir()
+        for file in tiny_model_dir.iterdir():
+            if file.is_file():
+                (target / file.name).write_bytes(file.read_bytes())
+        return target
+
+    (copy("no-weights") / "model.safetensors").unlink()
+    (copy("list-config") / "config.json").write_text("[1, 2]")
+    (copy("bad-config") / "config.json").write_text('{"model_type": ')
+    errors = {
+        "no-weights": "no-weights has no model.safetensors",
+        "list-config": "list-config/config.json holds an array, not an object",
+        "bad-config": "bad-config/config.json is not valid JSON",
+    }
+    for name, expected in errors.items():
+        for command in ("embed -m {} d", "info {}", "rerank -q q -m {} d"):
+            assert expected in error_of(capsys, *command.format(tmp_path / name).split())
+
+
+def test_unusable_devices_fail_before_any_work(capsys, tmp_path, tiny_model_dir):
+    missing = tmp_path / "missing.txt"  # the device is checked first: no "no such file"
+    assert error_of(capsys, "embed", "-m", tiny_model_dir, "--device", "bogus", "-i", missing).endswith(
+        "unknown device 'bogus': devices here are cpu" + ", cuda, cuda:1, ..." * torch_cuda()
+    )
+    if not torch_cuda():
+        message = error_of(capsys, "rerank", "-q", "q", "--device", "cuda", "-i", missing)
+        assert "device 'cuda' is not available here" in message
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        hub.resolve_device("bogus")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------ rerank output
+def test_rerank_top_k_and_output_formats(capsys, reranker_model_dir):
+    docs = ["a\ttab", "two\nlines\r\n", "back\\slash", "the panda is a bear"]
+    expected = gte.Reranker(reranker_model_dir).rank("panda", docs)
+    common = ["rerank", "-m", reranker_model_dir, "-q", "panda", *docs]
+    code, out, err = run(capsys, *common)
+    assert code == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [len(fields) for fields in lines] == [3] * len(docs)  # one line, three fields per document
+    unescape = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\\\": "\\"}
+    texts = [re_unescape(text, unescape) for _, _, text in lines]
+    assert texts == [hit["text"] for hit in expected]
+
+    code, out, _ = run(capsys, *common, "--format", "jsonl", "--top-k", 2)
+    hits = read_jsonl(out)
+    assert code == 0 and [list(hit) for hit in hits] == [["index", "score", "text"]] * 2
+    assert [(hit["index"], hit["text"]) for hit in hits] == [(hit["index"], hit["text"]) for hit in expected[:2]]
+    np.testing.assert_allclose([hit["score"] for hit in hits], [hit["score"] for hit in expected[:2]], rtol=1e-6)
+
+    for top_k in (0, -1):
+        assert f"argument --top-k: must be at least 1, got {top_k}" in error_of(capsys, *common, "--top-k", top_k)
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        gte.Reranker(reranker_model_dir).rank("panda", docs, top_k=-1)
+
+
+def re_unescape(text: str, escapes: dict[str, str]) -> str:
+    return re.sub(r"\\[tnr\\]", lambda match: escapes[match.group()], text)

@@ -148,7 +148,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(capsys, monkeypatch, 
     monkeypatch.setattr(job, "embed_texts", interrupted_at_the_fourth_window)
     code, _, err = run(capsys, *common, "-o", output)
     assert code == 130 and len(err.strip().splitlines()) == 1, err
-    assert "interrupted after 150 of 400 rows" in err and "resume with: gte embed" in err and err.strip().endswith("--resume")
+    assert "stopped after 150 of 400 rows" in err and "resume with: gte embed" in err and err.strip().endswith("--resume")
     assert not output.exists() and (tmp_path / "out.parquet.partial" / "manifest.json").is_file()
     assert "pass --resume" in error_of(capsys, *common, "-o", output)  # a rerun without --resume is refused
 

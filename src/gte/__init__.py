@@ -1,6 +1,8 @@
 """gte: the GTE v1.5 "new" encoder family, exact and fast on CPU and GPU, no trust_remote_code.
 
-Importing the package registers model_type "new" with the transformers Auto classes.
+Importing the package registers model_type "new" with the transformers Auto classes, which needs torch
+and transformers (seconds): so the `gte` command starts in the module gte_cli, beside this package, and
+imports it only for the command it runs.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""`gte embed | rerank | info | serve`.
+"""The commands of `gte embed | rerank | info` (`gte_cli` parses their arguments, then calls `run_command`).
 
 User errors (a missing model, an unreadable or malformed input, a missing field) end with one line
 on stderr and exit code 2.
@@ -11,125 +11,40 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging as hf_logging
 
+from gte_cli import DEFAULT_RERANKER, load, main  # noqa: F401 (main: `python -m gte.cli` and tests)
+
 from . import convert, hub, sources
-from .embed import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, Embedder
-from .job import WINDOW_ROWS, EmbedJob, Options
+from .embed import Embedder
+from .job import EmbedJob, Options
 from .models import EmbeddedModelError
 from .rerank import Reranker
-from .server import add_serve_arguments, serve
 
-DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"  # from the hub: no reranker ships with gte
 RERANKER_HINT = (
     "pass --model with a reranker checkpoint directory (`hf download BAAI/bge-reranker-base --local-dir "
     "./bge-reranker-base` makes one where there is network) or the hub id of a reranker in your Hugging Face cache "
     "(Alibaba-NLP/gte-multilingual-reranker-base, BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L-6-v2)"
 )
 USER_ERRORS = (hub.ModelNotFoundError, sources.InputError, ValueError, EmbeddedModelError)
+RERANK_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command `gte_cli` parsed (args.run names its function): a user error is one line, exit 2."""
     hf_logging.disable_progress_bar()  # the CLI's own progress bar is the one that counts
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.run(args) or 0
+            if getattr(args, "device", None) is not None:
+                hub.resolve_device(args.device)  # a bad --device stops the command before any work
+            return load(args.run)(args) or 0
         except USER_ERRORS as error:
             print(f"gte {args.command}: error: {error}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt as error:
-            print(f"gte {args.command}: {error or 'interrupted'}", file=sys.stderr)
-            return 130
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gte", description="GTE v1.5 embeddings and reranking, fast and exact.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    embed = commands.add_parser("embed", help="embed texts (arguments, stdin or a file)", description=EMBED_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: --input, else stdin lines)")
-    _add_model_arguments(embed, hub.DEFAULT_MODEL)
-    _add_input_arguments(embed)
-    embed.add_argument("--output", "-o", type=Path, help="output file: .parquet, .jsonl or .npy (default: JSON lines on stdout)")
-    embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
-    embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
-    embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
-    job = embed.add_argument_group("corpus jobs")
-    job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
-    job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")
-    job.add_argument("--resume", action="store_true", help="continue an interrupted job from its last finished part")
-    job.add_argument("--overwrite", action="store_true", help="replace an existing output (and drop an unfinished job)")
-    job.add_argument("--window", type=int, default=WINDOW_ROWS, metavar="ROWS",
-                     help="rows sorted by length and embedded together; each is one resumable part (default: %(default)s)")
-    ray = embed.add_argument_group("Ray Data (pip install 'gte[ray]')")
-    ray.add_argument("--ray", action="store_true", help="run on a Ray cluster: --input a dataset, --output a directory of parquet files")
-    ray.add_argument("--ray-address", metavar="ADDR", help="the cluster to join (default: start a local one)")
-    ray.add_argument("--ray-workers", type=int, metavar="N", help="model actors (default: from the cluster's CPUs and GPUs)")
-    ray.add_argument("--ray-cpus-per-worker", type=float, metavar="C", help="CPUs per actor (default: up to 4, one in eight kept for I/O)")
-    ray.add_argument("--ray-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default: 1 when the cluster has GPUs)")
-    embed.set_defaults(run=run_embed)
-
-    rerank = commands.add_parser("rerank", help="score documents against a query, best first")
-    rerank.add_argument("documents", nargs="*", metavar="DOC", help="documents (default: --input, else stdin lines)")
-    rerank.add_argument("--query", "-q", required=True, help="the query")
-    _add_model_arguments(rerank, None, f"reranker checkpoint directory or hub id (default: {DEFAULT_RERANKER}, "
-                         "from the Hugging Face cache or the hub)")
-    _add_input_arguments(rerank)
-    rerank.add_argument("--top-k", type=int, help="print only the best K documents")
-    rerank.add_argument("--normalize", action="store_true", help="sigmoid of the logit (a score in 0..1)")
-    rerank.set_defaults(run=run_rerank)
-
-    info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
-    info.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help=f"directory or hub id (default: {hub.DEFAULT_MODEL}, embedded)")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.set_defaults(run=run_info)
-
-    server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)")
-    add_serve_arguments(server)
-    server.set_defaults(run=serve)
-    return parser
-
-
-EMBED_HELP = f"""Embed texts with a GTE v1.5 or BERT-family checkpoint (default: {hub.DEFAULT_MODEL}, which ships
-with gte and works offline).
-
-examples:
-  gte embed "what is the capital of China?" "how to implement quick sort in python?"
-  gte embed --model Alibaba-NLP/gte-base-en-v1.5 "what is the capital of China?"
-  gte embed --input docs.jsonl --field body --output vectors.parquet
-  gte embed --model ./gte-base-en-v1.5 --input lines.txt --output vectors.npy --dim 256
-  cat lines.txt | gte embed > vectors.jsonl
-"""
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
-    help = help or f"checkpoint directory or hub id (default: {default}, embedded: works offline)"
-    parser.add_argument("--model", "-m", default=default, help=help)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
-    parser.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: from the checkpoint)")
-    parser.add_argument("--batch-tokens", type=int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
-                        f"{GPU_BATCH_TOKENS} on GPU)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
-
-
-def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", help="a .txt (one text a line), .jsonl, .csv or .parquet file; or a directory, "
-                        "glob or URI (s3://, gs://) of parquet files")  # fmt: skip
-    parser.add_argument("--field", default=sources.DEFAULT_FIELD, help="JSON field or column holding the text (default: %(default)s)")
-
-
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 def _source(given: list[str], args: argparse.Namespace) -> sources.Source:
@@ -198,7 +113,10 @@ def run_rerank(args: argparse.Namespace) -> None:
             f"Hugging Face cache and cannot be downloaded now: {RERANKER_HINT}"
         ) from error
     for hit in reranker.rank(args.query, documents, top_k=args.top_k, normalize=args.normalize):
-        print(f"{hit['score']:.6f}\t{hit['index']}\t{hit['text']}")
+        if args.format == "jsonl":
+            print(json.dumps(hit, ensure_ascii=False))
+        else:
+            print(f"{hit['score']:.6f}\t{hit['index']}\t{hit['text'].translate(RERANK_TEXT_ESCAPES)}")
 
 
 def run_info(args: argparse.Namespace) -> None:

@@ -17,6 +17,9 @@ from .models import DEFAULT_MODEL, embedded_path
 
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}  # fmt: skip
 POOLING_MODES = ("cls", "mean")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -29,6 +32,10 @@ class ModelNotFoundError(FileNotFoundError):
     """The model is neither a checkpoint directory nor a hub id that can be found or downloaded."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what it should be (JSON that does not parse, or of the wrong kind)."""
+
+
 def resolve(model: str | os.PathLike) -> Path:
     """A checkpoint directory for the embedded model's id (never downloaded), a local path, or a hub id
     (downloaded into, or read from, the HF cache)."""
@@ -37,15 +44,25 @@ def resolve(model: str | os.PathLike) -> Path:
         return embedded
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{path} has no config.json: pass a checkpoint directory (config.json, model.safetensors, tokenizer files)"
-            )
-        return path
+        return check_checkpoint(path)
     name = str(model)
     if path.exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(f"model {name!r} is not a checkpoint directory (and not a hub id like {DEFAULT_MODEL!r})")
-    return _download(name)
+    return check_checkpoint(_download(name))
+
+
+def check_checkpoint(path: Path) -> Path:
+    """`path`, when it holds a config.json and safetensors weights; else ModelNotFoundError saying what is missing."""
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} has no config.json: pass a checkpoint directory (config.json, model.safetensors, tokenizer files)"
+        )
+    if not any((path / name).is_file() for name in WEIGHTS_FILES):
+        raise ModelNotFoundError(
+            f"{path} has no model.safetensors (nor model.safetensors.index.json): gte reads safetensors weights (a "
+            "pytorch_model.bin converts with transformers: from_pretrained(...).save_pretrained(dir))"
+        )
+    return path
 
 
 def _download(repo_id: str) -> Path:
@@ -68,8 +85,18 @@ def _download(repo_id: str) -> Path:
         ) from error
 
 
-def read_json(path: Path) -> dict[str, Any] | list[Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_json(path: Path, kind: type[dict] | type[list] = dict) -> Any:
+    """A checkpoint's JSON file, which must hold a `kind` (an object, or a list); None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}): repair or replace the checkpoint's file") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path} holds {JSON_KINDS.get(type(value), 'a value')}, not {JSON_KINDS[kind]}: repair or "
+                              "replace the checkpoint's file")  # fmt: skip
+    return value
 
 
 def architecture(path: Path) -> tuple[str, int]:
@@ -84,9 +111,20 @@ def architecture(path: Path) -> tuple[str, int]:
 
 # ------------------------------------------------------------------------------ device and dtype
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None: cuda when present, else cpu. A device named must exist here (ValueError otherwise)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    here = "cpu" + ", cuda, cuda:1, ..." * torch.cuda.is_available()
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: devices here are {here}") from None
+    try:
+        torch.empty(0, device=target)
+    except (RuntimeError, AssertionError) as error:  # torch built without CUDA, no GPU, no such GPU, ...
+        reason = str(error).strip().split("\n")[0]
+        raise ValueError(f"device {str(target)!r} is not available here ({reason}); devices here are {here}") from None
+    return target
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -118,7 +156,7 @@ class SentenceTransformersSettings:
 
 def sentence_transformers_settings(path: Path) -> SentenceTransformersSettings:
     """Pooling mode and max_seq_length from modules.json, 1_Pooling/config.json, sentence_bert_config.json."""
-    modules = read_json(path / "modules.json") or []
+    modules = read_json(path / "modules.json", list) or []
     pooling = None
     for module in modules:
         if module.get("type", "").endswith("Pooling"):
@@ -167,9 +205,9 @@ def load(
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
         return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, SentenceTransformersSettings())
+    target = resolve_device(device)
     path = resolve(model)
     cls = choose_class(*architecture(path))
-    target = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, target)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation

@@ -230,11 +230,11 @@ class EmbedJob:
                     summary.add(window.num_rows, result, time.perf_counter() - started)
                     bar.update(window.num_rows)
                     bar.set_postfix_str(f"{summary.tokens / summary.seconds:,.0f} tokens/s", refresh=False)
+                if not manifest.parts and isinstance(sink, PartFiles):  # an empty input: an empty output, with its columns
+                    self._write(sink, manifest, 0, 0, self._empty(embedder))
+                self._finish(sink, manifest)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(self._interrupted(manifest)) from None
-        if not manifest.parts and isinstance(sink, PartFiles):  # an empty input: an empty output, with its columns
-            self._write(sink, manifest, 0, 0, self._empty(embedder))
-        self._finish(sink, manifest)
         if summary.truncated:
             warnings.warn(f"{summary.truncated} of {summary.embedded} texts were longer than max_length="
                           f"{embedder.max_length} tokens and were truncated", TruncationWarning, stacklevel=2)  # fmt: skip
@@ -334,8 +334,8 @@ class EmbedJob:
     def _interrupted(self, manifest: Manifest) -> str:
         of = f" of {manifest.rows}" if manifest.rows is not None else ""
         if self.output is None:
-            return f"interrupted after {manifest.done}{of} rows"
-        return f"interrupted after {manifest.done}{of} rows; the finished parts are kept in {self.work}; resume with: {self.resume_hint}"
+            return f"stopped after {manifest.done}{of} rows"
+        return f"stopped after {manifest.done}{of} rows; the finished parts are kept in {self.work}; resume with: {self.resume_hint}"
 
 
 def _remove_strays(work: Path, parts: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""Ray Data: embed a dataset across a cluster, one model per actor (`pip install 'gte[ray]'`).
+"""Ray Data: embed a dataset across a cluster, one model per actor (`pip install 'gte-engine[ray]'`).
 
     import ray, gte.ray
     ds = ray.data.read_parquet("s3://bucket/docs/")

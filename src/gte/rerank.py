@@ -68,6 +68,8 @@ class Reranker:
         self, query: str, documents: Sequence[str], *, top_k: int | None = None, normalize: bool = False
     ) -> list[dict[str, Any]]:
         """[{"index", "score", "text"}], best first (the first top_k)."""
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         documents = check_texts(documents, "documents")
         scores = self.score(query, documents, normalize=normalize)
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]

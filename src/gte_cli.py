@@ -1,0 +1,228 @@
+"""The `gte` command's entry point: arguments, help and the process's end (signals, a closed stdout).
+
+It sits beside the `gte` package, not in it: importing anything under `gte` runs the package's __init__,
+which imports torch and transformers (seconds) to register model_type "new" with the transformers Auto
+classes. `gte --help`, `gte embed --help` and argument errors need neither, so this module imports no
+part of `gte`; a command's code (`gte.cli`) is imported once its arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+# The library's defaults, repeated here so that help needs no import of gte (tests/test_cli.py pins them).
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # gte.models.DEFAULT_MODEL: embedded, works offline
+DEFAULT_FIELD = "text"  # gte.sources.DEFAULT_FIELD
+WINDOW_ROWS = 8192  # gte.job.WINDOW_ROWS
+CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 4096, 16384  # gte.embed.CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
+DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"  # from the hub: no reranker ships with gte
+RERANK_FORMATS = ("text", "jsonl")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; Ctrl-C and SIGTERM end it through `finally` blocks (exit 130 / 143), a closed
+    stdout (`gte embed ... | head -1`) quietly (exit 141)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # a corpus job prints the command that resumes it
+    with _terminate_as_interrupt() as received:
+        try:
+            from gte.cli import run_command  # torch and transformers: seconds
+
+            code = run_command(args)
+            sys.stdout.flush()  # a reader that went away shows here, not at exit
+            return code
+        except KeyboardInterrupt as interrupt:
+            print(f"gte {args.command}: {str(interrupt) or _SIGNAL_WORDS[received.signum]}", file=sys.stderr)
+            return 128 + received.signum
+        except BrokenPipeError:
+            _discard_stdout()
+            return 128 + signal.SIGPIPE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(prog="gte", description="GTE v1.5 embeddings and reranking, fast and exact.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", help="embed texts (arguments, stdin or a file)", description=EMBED_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: --input, else stdin lines)")
+    _add_model_arguments(embed, DEFAULT_MODEL)
+    _add_input_arguments(embed)
+    embed.add_argument("--output", "-o", type=Path, help="output file: .parquet, .jsonl or .npy (default: JSON lines on stdout)")
+    embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
+    embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
+    embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    job = embed.add_argument_group("corpus jobs")
+    job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
+    job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")
+    job.add_argument("--resume", action="store_true", help="continue an interrupted job from its last finished part")
+    job.add_argument("--overwrite", action="store_true", help="replace an existing output (and drop an unfinished job)")
+    job.add_argument("--window", type=positive_int, default=WINDOW_ROWS, metavar="ROWS",
+                     help="rows sorted by length and embedded together; each is one resumable part (default: %(default)s)")
+    ray = embed.add_argument_group("Ray Data (pip install 'gte-engine[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run on a Ray cluster: --input a dataset, --output a directory of parquet files")
+    ray.add_argument("--ray-address", metavar="ADDR", help="the cluster to join (default: start a local one)")
+    ray.add_argument("--ray-workers", type=positive_int, metavar="N", help="model actors (default: from the cluster's CPUs and GPUs)")
+    ray.add_argument("--ray-cpus-per-worker", type=float, metavar="C", help="CPUs per actor (default: up to 4, one in eight kept for I/O)")
+    ray.add_argument("--ray-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default: 1 when the cluster has GPUs)")
+    embed.set_defaults(run="gte.cli:run_embed")
+
+    rerank = commands.add_parser("rerank", help="score documents against a query, best first")
+    rerank.add_argument("documents", nargs="*", metavar="DOC", help="documents (default: --input, else stdin lines)")
+    rerank.add_argument("--query", "-q", required=True, help="the query")
+    _add_model_arguments(rerank, None, f"reranker checkpoint directory or hub id (default: {DEFAULT_RERANKER}, "
+                         "from the Hugging Face cache or the hub)")
+    _add_input_arguments(rerank)
+    rerank.add_argument("--top-k", type=positive_int, help="print only the best K documents (K >= 1)")
+    rerank.add_argument("--normalize", action="store_true", help="sigmoid of the logit (a score in 0..1)")
+    rerank.add_argument("--format", choices=RERANK_FORMATS, default="text", help="text: score<TAB>index<TAB>document "
+                        "per line, tabs, line breaks and backslashes in documents escaped as \\t \\n \\r \\\\; jsonl: "
+                        '{"index", "score", "text"} per line (default: %(default)s)')  # fmt: skip
+    rerank.set_defaults(run="gte.cli:run_rerank")
+
+    info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
+    info.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"directory or hub id (default: {DEFAULT_MODEL}, embedded)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run="gte.cli:run_info")
+
+    server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)",
+                                 arguments=lambda parser: load("gte.server:add_serve_arguments")(parser))  # fmt: skip
+    server.set_defaults(run="gte.server:serve")
+    return parser
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, with errors as one line (exit 2), arguments checked to be UTF-8 text, and `arguments`: a
+    function that adds the parser's arguments when it is first used (for those whose module is heavy)."""
+
+    def __init__(self, *args, arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = arguments
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+        namespace, extras = super().parse_known_args(args, namespace)
+        self._check_utf8(namespace)
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def _check_utf8(self, namespace: argparse.Namespace) -> None:
+        """Bytes that are not UTF-8 reach sys.argv as lone surrogates (surrogateescape): refuse them here."""
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if any(isinstance(v, str) and not _is_utf8(v) for v in (value if isinstance(value, list) else [value])):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: not UTF-8 text (pass UTF-8; iconv converts other encodings)")
+
+
+EMBED_HELP = f"""Embed texts with a GTE v1.5 or BERT-family checkpoint (default: {DEFAULT_MODEL}, which ships
+with gte and works offline).
+
+examples:
+  gte embed "what is the capital of China?" "how to implement quick sort in python?"
+  gte embed --model Alibaba-NLP/gte-base-en-v1.5 "what is the capital of China?"
+  gte embed --input docs.jsonl --field body --id-field doc_id --output vectors.parquet
+  gte embed --input docs/ --output vectors.parquet --resume      (a parquet dataset; continue where it stopped)
+  gte embed --model ./gte-base-en-v1.5 --input lines.txt --output vectors.npy --dim 256
+  cat lines.txt | gte embed > vectors.jsonl
+"""
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    help = help or f"checkpoint directory or hub id (default: {default}, embedded: works offline)"
+    parser.add_argument("--model", "-m", default=default, help=help)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--max-length", type=positive_int, help="truncate inputs to this many tokens (default: from the checkpoint)")
+    parser.add_argument("--batch-tokens", type=positive_int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
+                        f"{GPU_BATCH_TOKENS} on GPU)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", "-i", help="a .txt (one text a line), .jsonl, .csv or .parquet file; or a directory, "
+                        "glob or URI (s3://, gs://) of parquet files")  # fmt: skip
+    parser.add_argument("--field", default=DEFAULT_FIELD, help="JSON field or column holding the text (default: %(default)s)")
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load(reference: str) -> Callable:
+    """The function a "module:name" reference names (imported now)."""
+    module, name = reference.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ the process's end
+_SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+class _Received:
+    signum: int = signal.SIGINT
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[_Received]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that `finally` blocks run (temporary files go)
+    and a job can save where it was; `received.signum` says which signal it was. Only in the main thread."""
+    received = _Received()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum: int, frame) -> None:
+        received.signum = signum
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
