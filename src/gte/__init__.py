@@ -16,6 +16,7 @@ from transformers import (
 from .attention import available_backends
 from .configuration import NewConfig
 from .embed import Embedder
+from .export import export_onnx
 from .modeling import (
     NewForMaskedLM,
     NewForMultipleChoice,
@@ -52,4 +53,5 @@ __all__ = [
     "NewForMultipleChoice",
     "NewForQuestionAnswering",
     "available_backends",
+    "export_onnx",
 ]

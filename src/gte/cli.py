@@ -1,4 +1,4 @@
-"""`gte embed | rerank | info | serve`.
+"""`gte embed | rerank | info | serve | export`.
 
 User errors (a missing model, an unreadable or malformed input, a missing field) end with one line
 on stderr and exit code 2.
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)")
     add_serve_arguments(server)
     server.set_defaults(run=serve)
+
+    _add_export_parser(commands)
     return parser
 
 
@@ -217,6 +219,42 @@ def parameter_count(path: Path) -> int:
             for key in f.keys():
                 total += math.prod(f.get_slice(key).get_shape())
     return total
+
+
+# ------------------------------------------------------------------------------ gte export
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="export a checkpoint to another format (ONNX)")
+    formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx = formats.add_parser("onnx", help="ONNX graph + config, tokenizer and sentence-transformers files",
+                              description=EXPORT_ONNX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    onnx.add_argument("model", help="checkpoint directory or hub id (any gte head, BERT, XLM-R)")
+    onnx.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output directory (the graph goes to OUT_DIR/onnx/model.onnx)")
+    onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18 to 22 (default: %(default)s)")
+    onnx.add_argument("--quantize", choices=("int8",), help="also write onnx/model_quantized.onnx (int8 weights)")
+    onnx.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    onnx.set_defaults(run=run_export_onnx)
+
+
+EXPORT_ONNX_HELP = """Export a checkpoint to ONNX: OUT_DIR/onnx/model.onnx (inputs input_ids, attention_mask [+ token_type_ids];
+outputs last_hidden_state [+ the head's]) with the checkpoint's config, tokenizer and sentence-transformers files,
+the layout fastembed, TEI's ORT backend, transformers.js and optimum read. The graph is checked against PyTorch
+with ONNX Runtime. Needs the onnx extra: pip install '.[onnx]'.
+
+examples:
+  gte export onnx Alibaba-NLP/gte-base-en-v1.5 ./gte-base-onnx
+  gte export onnx ./my-checkpoint ./my-onnx --quantize int8 --force
+"""
+
+
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from .export import export_onnx  # torch.onnx and ONNX Runtime load only for this command
+
+    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force)
+    print(f"gte export: wrote {report.model_file} (opset {report.opset}; inputs {', '.join(report.inputs)}; outputs "
+          f"{', '.join(report.outputs)}); ONNX Runtime vs PyTorch: max abs diff {report.max_abs_diff:.1e}", file=sys.stderr)  # fmt: skip
+    if report.quantized_file is not None:
+        print(f"gte export: wrote {report.quantized_file}; int8 vs float32 sentence vectors: lowest cosine "
+              f"{report.int8_cosine:.4f}", file=sys.stderr)  # fmt: skip
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
