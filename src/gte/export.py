@@ -171,6 +171,8 @@ def _check_requirements() -> None:
     missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}, not installed here: {EXTRA_HINT}")
+    if not hasattr(torch.compiler, "is_exporting"):
+        raise ExportError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__}): {EXTRA_HINT}")
 
 
 def _check_options(opset: int, quantize: str | None) -> None:

@@ -14,6 +14,7 @@ from .attention.eager import attention_with_probs
 from .configuration import NewConfig
 from .padding import Packing
 from .rope import RotaryEmbedding, apply_rotary
+from .tracing import is_exporting
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [T, 1, 1, head_dim]
 
@@ -26,7 +27,7 @@ def by_chunks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.
     """fn(*tensors) on [N, ...] tensors, row chunk by row chunk on CPU (one call on other devices, and in exported
     graphs, whose row count is symbolic)."""
     rows = tensors[0].shape[0]
-    if tensors[0].device.type != "cpu" or torch.compiler.is_exporting() or rows <= CPU_CHUNK_TOKENS:
+    if tensors[0].device.type != "cpu" or is_exporting() or rows <= CPU_CHUNK_TOKENS:
         return fn(*tensors)
     return torch.cat([fn(*parts) for parts in zip(*(t.split(CPU_CHUNK_TOKENS) for t in tensors))])
 

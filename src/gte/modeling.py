@@ -29,6 +29,7 @@ from . import attention
 from .configuration import NewConfig
 from .layers import NewEmbeddings, NewEncoder
 from .padding import Packing, pad, unpad_index
+from .tracing import is_exporting
 
 logger = logging.get_logger(__name__)
 
@@ -299,7 +300,7 @@ class NewModel(NewPreTrainedModel):
 
 # The value checks read the data, which a graph being exported (torch.export, ONNX) cannot: they are skipped there.
 def _check_rows(lengths: torch.Tensor) -> None:
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return
     empty = (lengths == 0).nonzero().flatten().tolist()
     if empty:
@@ -307,7 +308,7 @@ def _check_rows(lengths: torch.Tensor) -> None:
 
 
 def _check_range(name: str, values: torch.Tensor, limit: int, key: str) -> None:
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= limit:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .configuration import NewConfig
+from .tracing import is_exporting
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
@@ -61,7 +62,7 @@ class RotaryEmbedding(nn.Module):
 
         An exported graph (torch.export, ONNX) computes them from the positions, so it takes any length;
         eager runs read them from the table."""
-        if torch.compiler.is_exporting():
+        if is_exporting():
             cos_sin = self.cos_sin(positions)
         else:
             cos_sin = self.table(int(positions.max()) + 1, positions.device)[positions]
