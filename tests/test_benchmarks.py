@@ -157,3 +157,16 @@ def test_golden_cases_pass_with_the_per_token_work_in_small_chunks(unpad, monkey
         expected = load_file(str(case_dir / "expected.safetensors"))
         report = checker.compare(expected, got, case, inputs["attention_mask"], golden_manifest()["tolerance"]["atol"])
         assert report["pass"], (case["name"], report)
+
+
+def test_onnx_bench_tiny_produces_every_table(capsys):
+    """benchmarks/onnx_bench.py end to end on the tiny shape: every table, and ONNX Runtime fp32 gives our vectors."""
+    import onnx_bench
+
+    onnx_bench.main(["--tiny", "--repeats", "1", "--latency-repeats", "2"])
+    out = capsys.readouterr().out
+    contenders = {"ours", "ONNX Runtime fp32", "ONNX Runtime int8"}
+    for title in ("mixed: 48 docs", "short: 64 docs", "batch 1: one 24-token query"):
+        assert set(table_rows(out, title)) == contenders, title
+    for title in ("mixed: 48 docs", "short: 64 docs"):
+        assert float(table_rows(out, title)["ONNX Runtime fp32"][-1]) >= 0.9999
