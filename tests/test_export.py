@@ -210,6 +210,13 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
     assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    assert cli.main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "is not a checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_non_empty_output_needs_force(tiny_model_dir, tmp_path, capsys):

@@ -227,7 +227,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
     formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
     onnx = formats.add_parser("onnx", help="ONNX graph + config, tokenizer and sentence-transformers files",
                               description=EXPORT_ONNX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    onnx.add_argument("model", help="checkpoint directory or hub id (any gte head, BERT, XLM-R)")
+    onnx.add_argument("model", metavar="MODEL", help="checkpoint directory or hub id (any gte head, BERT, XLM-R)")
     onnx.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output directory (the graph goes to OUT_DIR/onnx/model.onnx)")
     onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18 to 22 (default: %(default)s)")
     onnx.add_argument("--quantize", choices=("int8",), help="also write onnx/model_quantized.onnx (int8 weights)")

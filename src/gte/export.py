@@ -139,7 +139,7 @@ def export_onnx(
     _check_requirements()
     _check_options(opset, quantize)
     out = _check_out_dir(Path(out_dir), force)
-    path = hub.resolve(model)
+    path = hub.resolve(model)  # OUT_DIR is made once the model is found
     loaded = _load(path)
     tokenizer = _tokenizer(path)
     graph = OnnxGraph(loaded).eval()
@@ -187,7 +187,6 @@ def _check_out_dir(out: Path, force: bool) -> Path:
         raise ExportError(f"{out} exists and is not a directory: choose another output directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} exists and is not empty: pass --force (force=True) to write into it, or choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
