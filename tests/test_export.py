@@ -161,6 +161,14 @@ def test_default_model(default_export):
     np.testing.assert_allclose(vectors, embedder.encode(TEXTS), rtol=0, atol=TOLERANCE)
 
 
+def test_no_cumsum_over_booleans(default_export):
+    """The legacy exporter's graph failed in ONNX Runtime on a CumSum over the bool mask."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(default_export[0].model_file)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    cumsums = [node for node in model.graph.node if node.op_type == "CumSum"]
+    assert cumsums and all(types[node.input[0]] == onnx.TensorProto.INT64 for node in cumsums)
+
+
 def test_int8_reports_its_cosine(default_export):
     report, messages = default_export
     assert report.quantized_file == report.model_file.with_name("model_quantized.onnx")
