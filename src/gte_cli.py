@@ -98,7 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)",
                                  arguments=lambda parser: load("gte.server:add_serve_arguments")(parser))  # fmt: skip
     server.set_defaults(run="gte.server:serve")
+
+    _add_export_parser(commands)
     return parser
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="export a checkpoint to another format (ONNX)")
+    formats = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx = formats.add_parser("onnx", help="ONNX graph + config, tokenizer and sentence-transformers files",
+                              description=EXPORT_ONNX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    onnx.add_argument("model", metavar="MODEL", help="checkpoint directory or hub id (any gte head, BERT, XLM-R)")
+    onnx.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output directory (the graph goes to OUT_DIR/onnx/model.onnx)")
+    onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18 to 22 (default: %(default)s)")
+    onnx.add_argument("--quantize", choices=("int8",), help="also write onnx/model_quantized.onnx (int8 weights)")
+    onnx.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    onnx.set_defaults(run="gte.cli:run_export_onnx")
+
+
+EXPORT_ONNX_HELP = """Export a checkpoint to ONNX: OUT_DIR/onnx/model.onnx (inputs input_ids, attention_mask [+ token_type_ids];
+outputs last_hidden_state [+ the head's]) with the checkpoint's config, tokenizer and sentence-transformers files,
+the layout fastembed, TEI's ORT backend, transformers.js and optimum read. The graph is checked against PyTorch
+with ONNX Runtime. Needs the onnx extra: pip install '.[onnx]'.
+
+examples:
+  gte export onnx Alibaba-NLP/gte-base-en-v1.5 ./gte-base-onnx
+  gte export onnx ./my-checkpoint ./my-onnx --quantize int8 --force
+"""
 
 
 class CommandParser(argparse.ArgumentParser):

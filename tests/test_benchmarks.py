@@ -178,3 +178,16 @@ def test_cli_startup_benchmark_runs(monkeypatch):
     monkeypatch.setattr(cli_startup, "CASES", {"gte --help": ["--help"]})
     rows = cli_startup.table(cli_startup.measure(repeats=1)).splitlines()
     assert len(rows) == 3 and rows[2].startswith("| gte --help | ") and rows[2].endswith("x |")
+
+
+def test_onnx_bench_tiny_produces_every_table(capsys):
+    """benchmarks/onnx_bench.py end to end on the tiny shape: every table, and ONNX Runtime fp32 gives our vectors."""
+    import onnx_bench
+
+    onnx_bench.main(["--tiny", "--repeats", "1", "--latency-repeats", "2"])
+    out = capsys.readouterr().out
+    contenders = {"ours", "ONNX Runtime fp32", "ONNX Runtime int8"}
+    for title in ("mixed: 48 docs", "short: 64 docs", "batch 1: one 24-token query"):
+        assert set(table_rows(out, title)) == contenders, title
+    for title in ("mixed: 48 docs", "short: 64 docs"):
+        assert float(table_rows(out, title)["ONNX Runtime fp32"][-1]) >= 0.9999

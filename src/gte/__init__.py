@@ -25,6 +25,7 @@ from transformers import (  # noqa: E402
 from .attention import available_backends
 from .configuration import NewConfig
 from .embed import Embedder
+from .export import export_onnx
 from .job import embed_corpus
 from .modeling import (
     NewForMaskedLM,
@@ -63,4 +64,5 @@ __all__ = [
     "NewForMultipleChoice",
     "NewForQuestionAnswering",
     "available_backends",
+    "export_onnx",
 ]

@@ -1,4 +1,4 @@
-"""The commands of `gte embed | rerank | info` (`gte_cli` parses their arguments, then calls `run_command`).
+"""The commands of `gte embed | rerank | info | export` (`gte_cli` parses their arguments, then calls `run_command`).
 
 User errors (a missing model, an unreadable or malformed input, a missing field) end with one line
 on stderr and exit code 2.
@@ -179,6 +179,18 @@ def parameter_count(path: Path) -> int:
             for key in f.keys():
                 total += math.prod(f.get_slice(key).get_shape())
     return total
+
+
+# ------------------------------------------------------------------------------ gte export
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from .export import export_onnx  # torch.onnx and ONNX Runtime load only for this command
+
+    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force)
+    print(f"gte export: wrote {report.model_file} (opset {report.opset}; inputs {', '.join(report.inputs)}; outputs "
+          f"{', '.join(report.outputs)}); ONNX Runtime vs PyTorch: max abs diff {report.max_abs_diff:.1e}", file=sys.stderr)  # fmt: skip
+    if report.quantized_file is not None:
+        print(f"gte export: wrote {report.quantized_file}; int8 vs float32 sentence vectors: lowest cosine "
+              f"{report.int8_cosine:.4f}", file=sys.stderr)  # fmt: skip
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

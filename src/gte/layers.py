@@ -14,6 +14,7 @@ from .attention.eager import attention_with_probs
 from .configuration import NewConfig
 from .padding import Packing
 from .rope import RotaryEmbedding, apply_rotary
+from .tracing import is_exporting
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [T, 1, 1, head_dim]
 
@@ -23,9 +24,10 @@ CPU_CHUNK_TOKENS = 1024
 
 
 def by_chunks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
-    """fn(*tensors) on [N, ...] tensors, row chunk by row chunk on CPU (one call on other devices)."""
+    """fn(*tensors) on [N, ...] tensors, row chunk by row chunk on CPU (one call on other devices, and in exported
+    graphs, whose row count is symbolic)."""
     rows = tensors[0].shape[0]
-    if tensors[0].device.type != "cpu" or rows <= CPU_CHUNK_TOKENS:
+    if tensors[0].device.type != "cpu" or is_exporting() or rows <= CPU_CHUNK_TOKENS:
         return fn(*tensors)
     return torch.cat([fn(*parts) for parts in zip(*(t.split(CPU_CHUNK_TOKENS) for t in tensors))])
 
@@ -70,7 +72,7 @@ class NewEmbeddings(nn.Module):
         if self.position_embedding_type == "absolute":
             x = x + self.position_embeddings(positions)
         elif positions.numel():
-            rope = self.rotary_emb(positions, int(positions.max()), x.dtype)
+            rope = self.rotary_emb(positions, x.dtype)
         return self.dropout(self.LayerNorm(x)), rope
 
 

@@ -29,6 +29,7 @@ from . import attention
 from .configuration import NewConfig
 from .layers import NewEmbeddings, NewEncoder
 from .padding import Packing, pad, unpad_index
+from .tracing import is_exporting
 
 logger = logging.get_logger(__name__)
 
@@ -176,7 +177,7 @@ class NewModel(NewPreTrainedModel):
         scale = lengths.float().log() / math.log(self.config.max_position_embeddings)
         if self.config.logn_attention_clip1:
             scale = scale.clamp(min=1)
-        return scale.to(dtype).repeat_interleave(packing.seqlens)
+        return packing.per_token(scale.to(dtype))
 
     # ------------------------------------------------------------------ the padded interface
     def prepare(
@@ -215,9 +216,7 @@ class NewModel(NewPreTrainedModel):
             )
         mask = attention_mask.bool()
         lengths = mask.sum(1)
-        empty = (lengths == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"rows {empty} of attention_mask have no valid token; every sequence needs at least one")
+        _check_rows(lengths)
         if input_ids is not None:
             _check_range("input_ids", input_ids, config.vocab_size, "vocab_size")
         if token_type_ids is not None:
@@ -299,7 +298,18 @@ class NewModel(NewPreTrainedModel):
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
 
+# The value checks read the data, which a graph being exported (torch.export, ONNX) cannot: they are skipped there.
+def _check_rows(lengths: torch.Tensor) -> None:
+    if is_exporting():
+        return
+    empty = (lengths == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"rows {empty} of attention_mask have no valid token; every sequence needs at least one")
+
+
 def _check_range(name: str, values: torch.Tensor, limit: int, key: str) -> None:
+    if is_exporting():
+        return
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= limit:
         raise ValueError(f"{name} must lie in [0, {limit}) ({key} = {limit}), got values from {low} to {high}")

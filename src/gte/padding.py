@@ -82,6 +82,12 @@ class Packing:
             return None
         return torch.arange(self.max_seqlen, device=self.seqlens.device) < self.seqlens[:, None]
 
+    def per_token(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, ...] per-sequence values -> [T, ...], repeated for each token of the sequence."""
+        if self.is_uniform:  # sizes from the shape alone: exported graphs stay free of data-dependent sizes
+            return values.unsqueeze(1).expand(-1, self.max_seqlen, *values.shape[1:]).flatten(0, 1)
+        return values.repeat_interleave(self.seqlens, dim=0)
+
     def first_token_index(self) -> torch.Tensor:  # [B]: index of each sequence's first token
         return self.cu_seqlens[:-1].long()
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .configuration import NewConfig
+from .tracing import is_exporting
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
@@ -47,15 +48,25 @@ class RotaryEmbedding(nn.Module):
     def table(self, length: int, device: torch.device) -> torch.Tensor:
         if self._table is None or self._table.shape[0] < length or self._table.device != device:
             size = max(length, self.initial_length, self.cached_length)
-            freqs = torch.outer(torch.arange(size, dtype=torch.float64, device="cpu"), self.inv_freq.double())
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._table = torch.stack((emb.cos(), emb.sin()), dim=1).to(device, torch.float32)
+            self._table = self.cos_sin(torch.arange(size, device="cpu")).to(device)
         return self._table
 
-    def forward(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, 1, 1, D]: they broadcast over (q/k, heads) of a [T, 2, heads, D] tensor."""
-        cos_sin = self.table(max_position + 1, positions.device)[positions].to(dtype)  # [T, 2, D]
-        cos, sin = cos_sin[:, None, None].unbind(-2)
+    def cos_sin(self, positions: torch.Tensor) -> torch.Tensor:
+        """[N] positions -> [N, 2 (cos, sin), head_dim] float32, the angles taken in float64."""
+        freqs = positions.double()[:, None] * self.inv_freq.double().to(positions.device)  # [N, head_dim / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return torch.stack((emb.cos(), emb.sin()), dim=1).float()
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, 1, D]: they broadcast over (q/k, heads) of a [T, 2, heads, D] tensor.
+
+        An exported graph (torch.export, ONNX) computes them from the positions, so it takes any length;
+        eager runs read them from the table."""
+        if is_exporting():
+            cos_sin = self.cos_sin(positions)
+        else:
+            cos_sin = self.table(int(positions.max()) + 1, positions.device)[positions]
+        cos, sin = cos_sin.to(dtype)[:, None, None].unbind(-2)  # [T, 2, D] -> 2 x [T, 1, 1, D]
         return cos, sin
 
 

@@ -1,0 +1,118 @@
+"""ONNX Runtime (float32 and int8) on our export against gte.Embedder, on CPU: markdown on stdout.
+
+    python benchmarks/onnx_bench.py             # gte-base shape, random weights (about 15 minutes on 2 cores)
+    python benchmarks/onnx_bench.py --tiny      # a tiny model, in seconds (the smoke test)
+
+The model is saved as a checkpoint and exported with `gte.export_onnx(..., quantize="int8")`. Contenders
+share its weights: ours (`Embedder.encode_tokens`: unpadded token-budget batches), ONNX Runtime float32
+(onnx/model.onnx) and int8 (onnx/model_quantized.onnx) on padded, length-sorted batches of 32 (the
+best case for a padded runtime), CPUExecutionProvider with as many threads as torch. Workloads: bench.py's
+mixed and short corpora (batches interleaved, each batch's best time over the repeats, suite.run_workload),
+and batch-1 latency of one 24-token query (the contenders alternating, best of the repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import suite  # noqa: E402
+from bench import FULL, TINY, machine  # noqa: E402
+
+import gte  # noqa: E402
+
+BATCH_SIZE = 32
+QUERY_TOKENS = 24
+
+
+def ort_contender(model_file: Path, name: str, threads: int) -> suite.Contender:
+    """ONNX Runtime on padded, length-sorted batches; first-token hidden states [B, H]."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+    def embed(docs: suite.Docs) -> torch.Tensor:
+        ids, mask = suite.padded_batch(docs, torch.device("cpu"))
+        hidden = session.run(["last_hidden_state"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        return torch.from_numpy(hidden[:, 0])
+
+    return suite.Contender(name, suite.sorted_by_length(BATCH_SIZE), embed, padded=True)
+
+
+def export(model: suite.NewModel, out: Path) -> gte.export.ExportReport:
+    model.save_pretrained(out / "checkpoint")
+    return gte.export_onnx(out / "checkpoint", out / "onnx-export", quantize="int8")
+
+
+def throughput_table(results: list[suite.Result], workload: suite.Workload) -> str:
+    ours = results[0]
+    lines = [
+        f"### {workload.name}: {workload.description} ({workload.tokens:,} real tokens)",
+        "",
+        "| contender | time s | real tokens/s | vs ours | min cosine vs ours |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cosine = "" if r is ours else f"{suite.min_cosine(r.embeddings, ours.embeddings):.6f}"
+        lines.append(f"| {r.contender} | {r.seconds:.3g} | {workload.tokens / r.seconds:,.0f} | "
+                     f"{ours.seconds / r.seconds:.2f}x | {cosine} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def latency_table(contenders: list[suite.Contender], vocab: int, repeats: int) -> str:
+    """One 24-token query at a time, the contenders alternating; best of `repeats` calls each."""
+    query = suite.random_docs([QUERY_TOKENS], vocab, torch.Generator().manual_seed(3))
+    best = {c.name: np.inf for c in contenders}
+    for c in contenders:
+        c.embed(query)  # warm-up
+    for _ in range(repeats):
+        for c in contenders:
+            start = time.perf_counter()
+            c.embed(query)
+            best[c.name] = min(best[c.name], time.perf_counter() - start)
+    ours = best[contenders[0].name]
+    lines = [f"### batch 1: one {QUERY_TOKENS}-token query, best of {repeats}", "",
+             "| contender | latency ms | vs ours |", "|---|---:|---:|"]  # fmt: skip
+    lines += [f"| {name} | {seconds * 1000:.1f} | {ours / seconds:.2f}x |" for name, seconds in best.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model and small workloads: a smoke run")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over each corpus, best kept (default: 2)")
+    parser.add_argument("--latency-repeats", type=int, default=30, help="batch-1 calls per contender (default: 30)")
+    args = parser.parse_args(argv)
+    plan, shape = (TINY, suite.SHAPES["tiny"]) if args.tiny else (FULL, suite.SHAPES["base"])
+    threads = torch.get_num_threads()
+    model = suite.build_model(shape)
+    print(f"Machine: {machine()}\n\n## {shape.name} shape: ONNX Runtime vs ours\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        suite.log(f"{shape.name}: exporting to ONNX (float32 + int8)")
+        report = export(model, Path(tmp))
+        print(f"Export: opset {report.opset}, ONNX Runtime vs PyTorch max abs diff {report.max_abs_diff:.1e}, "
+              f"int8 lowest cosine to float32 {report.int8_cosine:.4f} (random token ids)\n")  # fmt: skip
+        contenders = [
+            suite.ours(model, plan.batch_tokens),
+            ort_contender(report.model_file, "ONNX Runtime fp32", threads),
+            ort_contender(report.quantized_file, "ONNX Runtime int8", threads),
+        ]
+        for workload in (suite.mixed(*plan.mixed, shape.vocab), suite.short(*plan.short, shape.vocab)):
+            suite.log(f"{shape.name} {workload.name}: {', '.join(c.name for c in contenders)}")
+            print(throughput_table(suite.run_workload(contenders, workload, args.repeats), workload) + "\n")
+        suite.log(f"{shape.name}: batch-1 latency")
+        print(latency_table(contenders, shape.vocab, args.latency_repeats))
+
+
+if __name__ == "__main__":
+    main()

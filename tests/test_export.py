@@ -1,0 +1,252 @@
+"""gte.export / `gte export onnx`: ONNX Runtime runs the exported graph with our PyTorch numbers (fp32, <= 1e-4)
+on every golden case, the embedded default model, rerankers and the sparse head; symbolic batch and sequence
+axes, RoPE past max_position_embeddings; a consumer we did not write (fastembed) loads the export; clear errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gte
+from gte import cli, export
+from gte.export import ExportError, export_onnx, run_onnx
+from gte.models import DEFAULT_MODEL
+from model_helpers import GOLDEN, golden_manifest, random_batch
+from test_convert import convert_case
+
+TOLERANCE = 1e-4
+CASES = golden_manifest()["cases"]
+HEAD_OUTPUTS = {"logits", "start_logits", "end_logits"}
+
+
+def export_to(model: str | Path, out: Path, **kwargs) -> export.ExportReport:
+    report = export_onnx(model, out, **kwargs)
+    assert report.max_abs_diff <= TOLERANCE, report
+    return report
+
+
+def graph_dims(model_file: Path) -> dict[str, list[str | int]]:
+    """Every graph input's and output's dims: a name where the axis is symbolic, else its size."""
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
+
+
+def max_diff_at_valid(got: np.ndarray, expected: torch.Tensor, mask: torch.Tensor) -> float:
+    """Max abs diff at the valid positions of a [B, L, ...] output (got is reshaped to expected's shape)."""
+    got = torch.from_numpy(got).double().reshape(expected.shape)
+    return float((got - expected.double())[mask.reshape(expected.shape[:2]).bool()].abs().max())
+
+
+# ------------------------------------------------------------------------------ golden cases: every config kind
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_golden_case(case, tmp_path):
+    """Checkpoint directories without a tokenizer; RoPE (NTK, mixed_b, past max_position_embeddings), absolute
+    positions, RMSNorm, split qkv, logn scale, token types; every head. ONNX Runtime on the golden inputs equals
+    the original's outputs and our PyTorch path."""
+    case_dir = GOLDEN / case["name"]
+    report = export_to(case_dir, tmp_path)
+    assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "config.json").is_file()
+    inputs = load_file(str(case_dir / "inputs.safetensors"))
+    expected = load_file(str(case_dir / "expected.safetensors"))
+    got = run_onnx(report.model_file, {name: inputs[name] for name in report.inputs})
+    mask = inputs["attention_mask"].reshape(-1, inputs["attention_mask"].shape[-1])  # multiple choice: rows B * C
+
+    model = getattr(gte, case["class"]).from_pretrained(case_dir).eval()
+    base = model if isinstance(model, gte.NewModel) else model.new
+    with torch.no_grad():
+        ours = base(**{k: v.reshape(mask.shape) for k, v in inputs.items()}, unpad_inputs=True).last_hidden_state
+    assert max_diff_at_valid(got["last_hidden_state"], ours, mask) <= TOLERANCE
+    assert max_diff_at_valid(got["last_hidden_state"], expected["last_hidden_state"], mask) <= TOLERANCE
+    for name in HEAD_OUTPUTS & set(got):
+        if got[name].shape[:2] == tuple(mask.shape):  # per token: compare at valid positions
+            assert max_diff_at_valid(got[name], expected[name], mask) <= TOLERANCE, name
+        else:
+            np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=0, atol=TOLERANCE, err_msg=name)
+    assert set(report.outputs) - {"last_hidden_state"} == HEAD_OUTPUTS & set(case["outputs"])
+
+
+def test_native_gte_layout(tmp_path):
+    native_dir = convert_case(next(c for c in CASES if c["name"].startswith("p07")), tmp_path / "native")
+    report = export_to(native_dir, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gte"
+    assert report.outputs == ["last_hidden_state", "logits"]
+
+
+# ------------------------------------------------------------------------------ dims, lengths, heads
+def test_symbolic_dims_and_lengths_past_max_position_embeddings(tiny_model_dir, tmp_path):
+    report = export_to(tiny_model_dir, tmp_path)
+    assert report.inputs == ["input_ids", "attention_mask"]  # type_vocab_size 0: no token types
+    assert graph_dims(report.model_file) == {
+        "input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"],
+        "last_hidden_state": ["batch", "sequence", 32],
+    }  # fmt: skip
+    model = gte.NewModel.from_pretrained(tiny_model_dir).eval()
+    longest = int(1.5 * model.config.max_position_embeddings * model.config.rope_scaling["factor"])  # past the RoPE table
+    for lengths in ([longest, 100, 7], [1], [5, 5, 5, 5, 5, 5, 5, 5, 5]):
+        batch = random_batch(model.config, lengths, seed=len(lengths))
+        with torch.no_grad():
+            ours = model(**batch, unpad_inputs=True).last_hidden_state
+        got = run_onnx(report.model_file, batch)["last_hidden_state"]
+        assert max_diff_at_valid(got, ours, batch["attention_mask"]) <= TOLERANCE
+        assert not got[~batch["attention_mask"].bool().numpy()].any()  # zeros at padding
+
+
+def test_gte_reranker(reranker_model_dir, tmp_path):
+    report = export_to(reranker_model_dir, tmp_path)
+    assert report.outputs == ["last_hidden_state", "logits"]
+    reranker = gte.Reranker(reranker_model_dir)
+    query, documents = "what is a panda?", ["The giant panda is a bear.", "Paris is in France.", "pandas eat bamboo"]
+    batch = reranker.tokenizer([query] * len(documents), documents, padding=True, return_tensors="pt")
+    logits = run_onnx(report.model_file, {k: batch[k] for k in report.inputs})["logits"][:, 0]
+    scores = [hit["score"] for hit in sorted(reranker.rank(query, documents), key=lambda hit: hit["index"])]
+    np.testing.assert_allclose(logits, scores, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("architecture", ["BertForSequenceClassification", "XLMRobertaModel"])
+def test_bert_family(bert_family, architecture, tmp_path):
+    report = export_to(bert_family(architecture), tmp_path)
+    assert ("token_type_ids" in report.inputs) == architecture.startswith("Bert")  # XLM-R has one token type
+    assert ("logits" in report.outputs) == architecture.endswith("Classification")
+
+
+def test_sparse_head_token_weights(sparse_model_dir, tmp_path):
+    report = export_to(sparse_model_dir, tmp_path)
+    assert report.outputs == ["last_hidden_state", "token_weights"]
+    assert graph_dims(report.model_file)["token_weights"] == ["batch", "sequence"]
+    embedder = gte.Embedder(sparse_model_dir)
+    texts = ["der schnelle hund", "le chat est une maison rapide et le chien"]
+    ids = embedder.tokenize(texts)
+    batch = embedder.tokenizer(texts, padding=True, return_tensors="pt")
+    weights = run_onnx(report.model_file, {k: batch[k] for k in report.inputs})["token_weights"]
+    special = set(embedder.tokenizer.all_special_ids)
+    expected = embedder.sparse_tokens(ids)
+    for row, row_ids, want in zip(weights, ids, expected):
+        got = embedder._token_weights(row_ids, row[: len(row_ids)].tolist(), special)
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=0, atol=TOLERANCE)
+
+
+# ------------------------------------------------------------------------------ the default model, a real consumer
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory) -> tuple[export.ExportReport, list[str]]:
+    """The embedded default model exported with int8, and the warnings the export gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_to(DEFAULT_MODEL, tmp_path_factory.mktemp("minilm-onnx"), quantize="int8")
+    return report, [str(w.message) for w in caught]
+
+
+TEXTS = ["what is the capital of China?", "how to implement quick sort in python?", "ok", "The quick brown fox " * 20]
+
+
+def test_default_model(default_export):
+    report, _ = default_export
+    out = report.out_dir
+    assert {"config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "1_Pooling" / "config.json").is_file() and not list(out.glob("*.safetensors"))
+    assert report.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    embedder = gte.Embedder()
+    batch = dict(embedder.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    hidden = run_onnx(report.model_file, batch)["last_hidden_state"]
+    mask = batch["attention_mask"].numpy()[..., None]
+    vectors = (hidden * mask).sum(1) / mask.sum(1)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    np.testing.assert_allclose(vectors, embedder.encode(TEXTS), rtol=0, atol=TOLERANCE)
+
+
+def test_no_cumsum_over_booleans(default_export):
+    """The legacy exporter's graph failed in ONNX Runtime on a CumSum over the bool mask."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(default_export[0].model_file)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    cumsums = [node for node in model.graph.node if node.op_type == "CumSum"]
+    assert cumsums and all(types[node.input[0]] == onnx.TensorProto.INT64 for node in cumsums)
+
+
+def test_int8_reports_its_cosine(default_export):
+    report, messages = default_export
+    assert report.quantized_file == report.model_file.with_name("model_quantized.onnx")
+    assert report.quantized_file.stat().st_size < report.model_file.stat().st_size / 3
+    assert 0.9 < report.int8_cosine <= 1.0
+    warned = [m for m in messages if "int8" in m]
+    assert bool(warned) == (report.int8_cosine < 0.99), messages
+
+
+def test_fastembed_loads_the_export(default_export, monkeypatch):
+    """A consumer we did not write: fastembed's TextEmbedding with a local path, offline, gives our vectors."""
+    import fastembed
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    report, _ = default_export
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "gte-tests/all-MiniLM-L6-v2-onnx"
+    if name not in {m["model"] for m in fastembed.TextEmbedding.list_supported_models()}:
+        fastembed.TextEmbedding.add_custom_model(
+            model=name, pooling=PoolingType.MEAN, normalization=True, sources=ModelSource(hf=name), dim=384,
+            model_file="onnx/model.onnx",
+        )  # fmt: skip
+    model = fastembed.TextEmbedding(name, specific_model_path=str(report.out_dir), threads=1)
+    theirs = np.stack(list(model.embed(TEXTS)))
+    ours = gte.Embedder().encode(TEXTS)
+    assert (theirs * ours).sum(-1).min() >= 0.9999
+
+
+# ------------------------------------------------------------------------------ the command and its errors
+def test_cli_exports(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["export", "onnx", str(tiny_model_dir), str(out), "--opset", "18"]) == 0
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
+    assert onnx.load(str(out / "onnx" / "model.onnx"), load_external_data=False).opset_import[0].version == 18
+    err = capsys.readouterr().err
+    assert "gte export: wrote" in err and "max abs diff" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--opset", "17"], "opset 17 is not supported: choose one from 18 to 22"),
+        (["--opset", "23"], "opset 23 is not supported"),
+    ],
+)
+def test_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
+    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    assert cli.main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "is not a checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_output_needs_force(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path)]) == 2
+    assert "is not empty: pass --force" in capsys.readouterr().err
+    assert not (tmp_path / "onnx").exists()
+    export_to(tiny_model_dir, tmp_path, force=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "onnx" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript", "onnxruntime"])
+def test_missing_packages_name_the_extra(tiny_model_dir, tmp_path, monkeypatch, missing):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    with pytest.raises(ExportError, match=rf"needs {missing}, not installed here: pip install '\.\[onnx\]'"):
+        export_onnx(tiny_model_dir, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_quantization(tiny_model_dir, tmp_path):
+    with pytest.raises(ExportError, match="quantization 'int4' is not supported: choose one of int8"):
+        export_onnx(tiny_model_dir, tmp_path, quantize="int4")
