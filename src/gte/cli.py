@@ -19,7 +19,7 @@ from transformers.utils import logging as hf_logging
 from gte_cli import DEFAULT_RERANKER, load, main  # noqa: F401 (main: `python -m gte.cli` and tests)
 
 from . import convert, hub, sources
-from .embed import Embedder
+from .embed import Embedder, TruncationWarning
 from .job import EmbedJob, Options
 from .models import EmbeddedModelError
 from .rerank import Reranker
@@ -38,6 +38,7 @@ def run_command(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # the CLI's own progress bar is the one that counts
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        warnings.simplefilter("default", TruncationWarning)  # once per command, even when a process runs several
         try:
             if getattr(args, "device", None) is not None:
                 hub.resolve_device(args.device)  # a bad --device stops the command before any work

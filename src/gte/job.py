@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -252,22 +253,30 @@ class EmbedJob:
             start += window.num_rows
 
     def _write(self, sink: Sink, manifest: Manifest, index: int, start: int, table: pa.Table) -> None:
-        try:
+        with self._writing():
             part = sink.write(index, start, table)
             manifest.done = start + table.num_rows
             manifest.parts += [part] if part else []
             if self.work is not None:
                 manifest.save(self.work)
-        except OSError as error:
-            raise InputError(self._write_failed(error)) from error
 
     def _finish(self, sink: Sink, manifest: Manifest) -> None:
-        try:
+        with self._writing():
             sink.finish(manifest.parts)
-        except OSError as error:
-            raise InputError(self._write_failed(error)) from error
         if self.work is not None:
             shutil.rmtree(self.work)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (a full disk, a lost mount) as one user-facing line that says what is kept."""
+        try:
+            yield
+        except BrokenPipeError:
+            raise  # the reader of stdout went away: the command ends quietly
+        except OSError as error:
+            where = "stdout" if self.output is None else str(self.output)
+            kept = f"; the finished parts are kept in {self.work}, pass --resume to continue" if self.work else ""
+            raise InputError(f"cannot write {where} ({error.strerror or error}){kept}") from error
 
     def _start(self, embedder: Embedder, stream: IO[str] | None) -> tuple[Manifest, Sink]:
         identity = {
@@ -320,13 +329,9 @@ class EmbedJob:
         columns = {self.options.id_name: ids, self.options.vector_name: vectors, **{c: window.column(c) for c in kept}}
         return pa.table(columns)
 
-    def _write_failed(self, error: OSError) -> str:
-        where = "stdout" if self.output is None else str(self.output)
-        kept = f"; the finished parts are kept in {self.work}, pass --resume to continue" if self.work else ""
-        return f"cannot write {where} ({error.strerror or error}){kept}"
-
     def _empty(self, embedder: Embedder) -> pa.Table:
-        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.float32(), self.options.dim or embedder.hidden_size)
+        dim = self.options.dim or embedder.hidden_size
+        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.float32(), dim)
         window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
         ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
         return self._table(window, ids, pa.array([], vector))

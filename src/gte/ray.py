@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from . import hub
 from .embed import Embedder
-from .job import WINDOW_ROWS, Options, embed_texts
+from .job import Options, embed_texts
 from .sources import InputError
 
 MAX_CPUS_PER_WORKER = 4  # torch's intra-op threads stop paying off beyond a few cores per model on CPU
