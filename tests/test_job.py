@@ -248,6 +248,7 @@ def test_bad_inputs_and_outputs_exit_2_before_any_work(capsys, tmp_path, tiny_mo
     assert "holds vectors only" in error_of(capsys, *model, "-i", source, "--id-field", "id", "-o", tmp_path / "o.npy")
     assert "no ids or other fields" in error_of(capsys, *model, "x", "--id-field", "id", "-o", tmp_path / "o.jsonl")
     assert "has its own 'embedding' column" in error_of(capsys, *model, "-i", source, "--keep-columns", "embedding")
+    assert "URIs are read as parquet datasets" in error_of(capsys, *model, "-i", "s3://bucket/docs.jsonl")
     monkeypatch.setattr(sys, "stdin", stdio.StringIO("a\nb\n"))
     assert "needs the row count up front" in error_of(capsys, *model, "-o", tmp_path / "o.npy")
 

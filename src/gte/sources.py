@@ -57,8 +57,11 @@ def open_source(location: str | os.PathLike | None, field: str = DEFAULT_FIELD) 
         return StdinSource(field)
     text = str(location)
     suffix = Path(text.rstrip("/")).suffix.lower()
-    if suffix == ".parquet" or _is_directory(text) or (glob.has_magic(text) and text.endswith(".parquet")):
+    dataset = suffix not in INPUT_FORMATS and _is_directory(text)  # a directory or a bucket prefix
+    if suffix == ".parquet" or dataset or (glob.has_magic(text) and text.endswith(".parquet")):
         return ParquetSource(text, field)
+    if "://" in text:
+        raise InputError(f"{text}: URIs are read as parquet datasets; copy a {suffix} file here, or convert it to parquet")
     if suffix not in INPUT_FORMATS:
         raise InputError(f"{text}: unknown input format {suffix or '(no extension)'!r}; use one of {', '.join(INPUT_FORMATS)}")
     path = Path(text)
