@@ -115,7 +115,7 @@ def plan_pool(
             "and the job would hang: give fewer workers or fewer CPUs per worker"
         )
     if gpus_per_worker and size * gpus_per_worker > gpus:
-        raise InputError(f"{size} workers x {gpus_per_worker:g} GPUs need more than the cluster's {gpus:g} GPUs")
+        raise InputError(f"{size} workers x {gpus_per_worker:g} GPUs need more than the cluster's {gpus:g} GPUs: give fewer workers or fewer GPUs per worker")
     return Pool(size, cpus_per_worker, gpus_per_worker)
 
 

@@ -129,7 +129,7 @@ def unify(schemas: list[pa.Schema]) -> pa.Schema:
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise InputError(f"a column changes type along the input, so its rows cannot share one output schema ({error})") from error
+        raise InputError(f"a column changes type along the input, so its rows cannot share one output schema ({error}); give each column one type") from error
 
 
 class NpyFile(Sink):

@@ -130,7 +130,8 @@ class RecordSource(Source):
         try:
             return pa.table({c: [record[c] for _, record in batch] for c in columns})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise InputError(f"{self.name}, lines {batch[0][0]}-{batch[-1][0]}: a field mixes types ({error})") from error
+            raise InputError(f"{self.name}, lines {batch[0][0]}-{batch[-1][0]}: a field mixes types ({error}); give each "
+                             "field one type") from error
 
 
 class TextSource(RecordSource):
@@ -305,7 +306,7 @@ def _parquet_files(location: str) -> tuple[Any, list[str]]:
     except (pa.ArrowException, OSError) as error:
         raise InputError(f"{location}: cannot list it ({error})") from error
     if not files:
-        raise InputError(f"{location}: no .parquet files there")
+        raise InputError(f"{location}: no .parquet files there; pass a .parquet file, a directory or a glob of them")
     return filesystem, files
 
 

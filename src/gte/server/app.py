@@ -105,16 +105,21 @@ def create_app(models: Mapping[str, Model], settings: ServerSettings | None = No
     return app
 
 
+async def _embeddings(models: Models, body: Any, texts: Any, param: str, normalize: bool) -> tuple[Any, list, list[int]]:
+    """(the served model, its dense vectors, token counts) for an OpenAI or TEI embedding request."""
+    served = models.pick(body.model, EMBEDDINGS)
+    served.check_dimensions(body.dimensions)
+    with served.admitted():
+        ids = await served.token_lists(texts, truncate=body.truncate, param=param)
+        lengths = list(map(len, ids))
+        return served, await served.infer(("embed", normalize, body.dimensions), ids, lengths), lengths
+
+
 def _add_openai_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request) -> Response:
         body = await parse_body(request, OpenAIEmbeddingRequest)
-        served = models.pick(body.model, EMBEDDINGS)
-        served.check_dimensions(body.dimensions)
-        with served.admitted():
-            ids = await served.token_lists(body.input, truncate=body.truncate, param="input")
-            lengths = list(map(len, ids))
-            vectors = await served.infer(("embed", True, body.dimensions), ids, lengths)
+        served, vectors, lengths = await _embeddings(models, body, body.input, "input", normalize=True)
         data = [
             {"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(vectors)
@@ -132,11 +137,7 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
     @app.post("/embed")
     async def embed(request: Request) -> Response:
         body = await parse_body(request, EmbedRequest)
-        served = models.pick(body.model, EMBEDDINGS)
-        served.check_dimensions(body.dimensions)
-        with served.admitted():
-            ids = await served.token_lists(body.inputs, truncate=body.truncate, param="inputs")
-            vectors = await served.infer(("embed", body.normalize, body.dimensions), ids, list(map(len, ids)))
+        _, vectors, _ = await _embeddings(models, body, body.inputs, "inputs", normalize=body.normalize)
         return json_response(vectors)
 
     @app.post("/embed_sparse")
