@@ -150,7 +150,7 @@ def run_shape(shape: suite.Shape, plan: Plan, workloads: list[str], profile: boo
         ]
         yield suite.throughput_section(shape, workload, contenders, plan.repeats, rates)
         if profile:
-            yield profile_section(shape, model, ours, workload, plan.profile_sample)
+            yield profile_section(shape, ours, workload, plan.profile_sample)
     fp32 = {"float32": rates["float32"]}
     if "short" in workloads:
         workload = suite.short(*plan.short, shape.vocab)
@@ -163,11 +163,11 @@ def run_shape(shape: suite.Shape, plan: Plan, workloads: list[str], profile: boo
     )
 
 
-def profile_section(shape: suite.Shape, model: suite.NewModel, ours: suite.Contender, workload: suite.Workload, every: int) -> str:
+def profile_section(shape: suite.Shape, ours: suite.Contender, workload: suite.Workload, every: int) -> str:
     """Ours on one in `every` of its batches of the workload, timed op by op."""
     suite.log(f"{shape.name} {workload.name}: profile of ours")
     batches = ours.plan(workload.lengths)[::every]
-    totals = profile_ops.profile(model, lambda: [ours.embed([workload.docs[i] for i in b]) for b in batches])
+    totals = profile_ops.profile(ours.model, lambda: [ours.embed([workload.docs[i] for i in b]) for b in batches])
     tokens = sum(workload.lengths[i] for b in batches for i in b)
     return (
         f"### {shape.name}, {workload.name}: where ours spends its time (one in {every} of its batches, {tokens:,} tokens)\n\n"

@@ -17,6 +17,7 @@ import time
 CASES = {
     "gte --help": ["--help"],
     "gte embed --help": ["embed", "--help"],
+    "gte serve --help": ["serve", "--help"],
     "gte rerank --top-k 0 (an argument error)": ["rerank", "-q", "q", "--top-k", "0"],
 }
 STARTS = {"before: python -m gte.cli": ["-m", "gte.cli"], "now: gte_cli (the gte command)": ["-m", "gte_cli"]}

@@ -21,6 +21,7 @@ import gte.attention
 import gte.layers
 from gte.layers import NewAttention, NewEmbeddings, NewGatedMLP, NewLayer, NewMLP
 from gte.padding import Packing
+from gte.prepack import PackedLinear
 from gte.rope import RotaryEmbedding
 
 GEMM = "GEMMs (qkv, o, up_gate, down)"
@@ -66,7 +67,7 @@ class OpTimer:
 
 
 def module_category(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, PackedLinear)):
         return GEMM
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return NORMS

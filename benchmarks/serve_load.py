@@ -12,10 +12,13 @@ concurrent clients send a fixed number of single-text requests of mixed lengths 
 /v1/embeddings (base64, as the `openai` client asks), starting none after the time cap. Every
 returned vector is checked against the offline `Embedder` for the same text (cosine >= 0.99999);
 both servers are stopped with SIGTERM and must exit 0. The "offline" rows are the `Embedder` in
-this process on the same requests' texts while the servers idle: one call per text for 1 client
-(its latency), one call for all the texts otherwise (its throughput, the ceiling a server can
-reach). Prints a markdown table: throughput, p50 / p99 latency, errors, mismatches, requests merged
-per batch, and each mode's throughput against offline.
+this process on the same requests' texts while the servers idle. For 1 client they measure latency,
+text by text: the offline call and one request to each server back to back, so all three see the same
+background load (every repeat's samples are pooled, and the per-text differences give the server's
+own cost). For more clients they measure throughput: one offline call for all the texts (the ceiling
+a server can reach), then the concurrent clients (the best of the repeats is kept). Prints a
+markdown table: throughput, p50 / p99 latency, errors, mismatches, requests merged per batch, and
+each mode's throughput against offline.
 
 It loads every CPU core for a few minutes.
 """
@@ -157,6 +160,18 @@ class Run:
     def throughput(self) -> float:
         return self.completed / self.elapsed
 
+    def merge(self, other: Run) -> None:
+        """Add another repeat's requests to this run."""
+        self.completed += other.completed
+        self.latencies += other.latencies
+        self.tokens += other.tokens
+        self.errors += other.errors
+        self.mismatches += other.mismatches
+        self.min_cosine = min(self.min_cosine, other.min_cosine)
+        self.elapsed += other.elapsed
+        self.batches += other.batches
+        self.merged += other.merged
+
     def p50_ms(self) -> float:
         return float(np.percentile(self.latencies, 50)) * 1000
 
@@ -191,22 +206,29 @@ async def load(url: str, run: Run, texts: list[str], expected: np.ndarray, n_req
             sent = time.perf_counter()
             try:
                 response = await http.post("/v1/embeddings", content=bodies[i], headers=headers)
-                response.raise_for_status()
             except httpx.HTTPError:
                 run.errors += 1
                 continue
-            run.latencies.append(time.perf_counter() - sent)
-            run.completed += 1
-            body = response.json()
-            run.tokens += body["usage"]["prompt_tokens"]
-            vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
-            cosine = float(vector @ expected[i] / (np.linalg.norm(vector) * np.linalg.norm(expected[i])))
-            run.min_cosine = min(run.min_cosine, cosine)
-            run.mismatches += cosine < MIN_COSINE
+            check(run, response, expected[i], time.perf_counter() - sent)
 
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(run.clients)))
     run.elapsed = time.perf_counter() - start
+
+
+def check(run: Run, response: httpx.Response, expected: np.ndarray, latency: float) -> None:
+    """Count one response: its latency and tokens, or an error; its vector against the offline one."""
+    if response.status_code != 200:
+        run.errors += 1
+        return
+    run.latencies.append(latency)
+    run.completed += 1
+    body = response.json()
+    run.tokens += body["usage"]["prompt_tokens"]
+    vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    cosine = float(vector @ expected / (np.linalg.norm(vector) * np.linalg.norm(expected)))
+    run.min_cosine = min(run.min_cosine, cosine)
+    run.mismatches += cosine < MIN_COSINE
 
 
 def measure(server: Server, mode: str, clients: int, n_requests: int, time_cap: float, texts, expected) -> Run:
@@ -220,21 +242,48 @@ def measure(server: Server, mode: str, clients: int, n_requests: int, time_cap: 
 
 
 def measure_offline(embedder: Embedder, clients: int, n_requests: int, texts: list[str]) -> Run:
-    """The Embedder on the same texts: one call per text for 1 client (latency), else one call for all."""
+    """The Embedder on the same texts in one call: the throughput ceiling a server can reach."""
     run = Run("offline", clients, completed=n_requests)
     chosen = [texts[i] for i in request_order(clients, n_requests, len(texts))]
     run.tokens = sum(map(len, embedder.tokenize(chosen)))
     start = time.perf_counter()
-    if clients == 1:
-        for text in chosen:
-            sent = time.perf_counter()
-            embedder.encode([text])
-            run.latencies.append(time.perf_counter() - sent)
-    else:
-        embedder.encode(chosen)
+    embedder.encode(chosen)
     run.elapsed = time.perf_counter() - start
     print(f"  {'offline':>11} {clients:>2} clients: {n_requests} texts in {run.elapsed:.1f} s", flush=True)
     return run
+
+
+def measure_latency(embedder: Embedder, servers: dict[str, Server], n_requests: int, texts, expected) -> list[Run]:
+    """One client, request by request: each text offline, then to every server, back to back.
+
+    Interleaving per text puts the offline call and the served ones under the same background load, so
+    their difference for the same text is the server's own cost (HTTP, JSON, base64, the event loop).
+    """
+    order = request_order(1, n_requests, len(texts))
+    runs = {mode: Run(mode, 1) for mode in ("offline", *servers)}
+    runs["offline"].tokens = sum(map(len, embedder.tokenize([texts[i] for i in order])))
+    clients = {mode: httpx.Client(base_url=server.url, timeout=600) for mode, server in servers.items()}
+    try:
+        for i in order:
+            sent = time.perf_counter()
+            embedder.encode([texts[i]])
+            runs["offline"].latencies.append(time.perf_counter() - sent)
+            runs["offline"].completed += 1
+            for mode, http in clients.items():
+                sent = time.perf_counter()
+                try:
+                    response = http.post("/v1/embeddings", json={"input": texts[i], "model": MODEL_NAME, "encoding_format": "base64"})
+                except httpx.HTTPError:
+                    runs[mode].errors += 1
+                    continue
+                check(runs[mode], response, expected[i], time.perf_counter() - sent)
+    finally:
+        for http in clients.values():
+            http.close()
+    for run in runs.values():
+        run.elapsed = sum(run.latencies)  # busy time: one request at a time
+        print(f"  {run.mode:>11}  1 clients: {run.completed} ok, {run.errors} errors in {run.elapsed:.1f} s", flush=True)
+    return list(runs.values())
 
 
 # ---------------------------------------------------------------------- main
@@ -242,7 +291,7 @@ HEADER = ["mode", "clients", "requests", "time s", "req/s", "tokens/s", "p50 ms"
           "mismatches", "min cosine", "requests/batch", "of offline"]  # fmt: skip
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, nargs="+", default=[12, 48, 128], help="requests per client count")
@@ -251,7 +300,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of every (mode, clients); the best is kept")
     parser.add_argument("--model", type=Path, help="a checkpoint directory (default: build the base-shaped one)")
     parser.add_argument("serve_options", nargs=argparse.REMAINDER, help="after --: options for both `gte serve`")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(args.requests) != len(args.clients):
         parser.error("give one --requests count per --clients count")
     options = [o for o in args.serve_options if o != "--"]
@@ -272,11 +321,16 @@ def main() -> int:
                 asyncio.run(load(server.url, Run(mode, 2), texts, expected, 4, args.time_cap))  # warm-up
             for _ in range(args.repeats):
                 for clients, n in zip(args.clients, args.requests):  # modes interleaved: all see the same background load
-                    runs = [measure_offline(embedder, clients, n, texts)]
-                    runs += [measure(server, mode, clients, n, args.time_cap, texts, expected) for mode, server in servers.items()]
+                    if clients == 1:
+                        runs = measure_latency(embedder, servers, n, texts, expected)
+                    else:
+                        runs = [measure_offline(embedder, clients, n, texts)]
+                        runs += [measure(server, mode, clients, n, args.time_cap, texts, expected) for mode, server in servers.items()]
                     for run in runs:
                         key = (run.mode, clients)
-                        if key not in best or run.throughput > best[key].throughput:
+                        if clients == 1 and key in best:  # latency: every repeat's samples count, pairs stay aligned
+                            best[key].merge(run)
+                        elif key not in best or run.throughput > best[key].throughput:
                             best[key] = run
         finally:
             exits = {mode: server.stop() for mode, server in servers.items()}
@@ -303,8 +357,10 @@ def report(runs: list[Run], exits: dict[str, int], args: argparse.Namespace, opt
             print(f"{clients} clients: dynamic batching gives {on.throughput / off.throughput:.2f}x the throughput of "
                   "one-request batches")  # fmt: skip
     if (alone := by_mode.get(("offline", 1))) and (served := by_mode.get(("batching", 1))):
-        print(f"1 client: p50 {served.p50_ms():.1f} ms served, {alone.p50_ms():.1f} ms offline "
-              f"(+{served.p50_ms() - alone.p50_ms():.1f} ms)")  # fmt: skip
+        line = f"1 client: p50 {served.p50_ms():.1f} ms served, {alone.p50_ms():.1f} ms offline ({served.p50_ms() - alone.p50_ms():+.1f} ms)"
+        if not served.errors:  # every text has both latencies, in the same order
+            line += f"; median of the per-text differences {np.median(np.subtract(served.latencies, alone.latencies)) * 1000:+.1f} ms"
+        print(line)
     print(f"server exit status after SIGTERM: {exits}")
 
 

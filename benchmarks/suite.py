@@ -9,6 +9,7 @@ first-token (CLS) hidden state, so the suite also checks that they agree.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 import time
@@ -22,6 +23,7 @@ import gte
 from gte import NewConfig, NewModel
 from gte.convert import native_config, native_state_dict
 from gte.embed import cut_batches
+from gte.prepack import prepack
 
 Docs = list[list[int]]  # token ids per document
 ORIGINAL, ST = "original-style", "sentence-transformers-style"
@@ -146,6 +148,7 @@ class Contender:
     embed: Callable[[Docs], torch.Tensor]
     padded: bool  # batches run as padded [B, max_len] grids
     sample: int = 1  # time only every n-th batch, scaling the time by computed tokens (for alike batches)
+    model: torch.nn.Module | None = None  # the model it runs, where one is ours to instrument
 
 
 def padded_batch(docs: Docs, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,14 +212,16 @@ def ours(
 ) -> Contender:
     """`gte.Embedder.encode_tokens`, called once per batch of the Embedder's own plan (`cut_batches`):
     the same batches as one call over the whole workload, split so contenders can interleave.
-    A `dtype` converts `model` in place (the Embedder's dtype option)."""
-    embedder = gte.Embedder(model, dtype=dtype)
+    It runs a copy of `model`, converted to `dtype` and packed as gte packs the models it loads
+    (src/gte/prepack.py: float32 on x86 CPUs), so the contenders that share `model` keep nn.Linear."""
+    embedder = gte.Embedder(copy.deepcopy(model), dtype=dtype)
+    prepack(embedder.model)
 
     def embed(docs: Docs) -> torch.Tensor:
-        with attention_backend(model, backend) if backend else contextlib.nullcontext():
+        with attention_backend(embedder.model, backend) if backend else contextlib.nullcontext():
             return torch.from_numpy(embedder.encode_tokens(docs, batch_tokens=batch_tokens, normalize=False))
 
-    return Contender(name, lambda lengths: cut_batches(lengths, batch_tokens), embed, padded=False)
+    return Contender(name, lambda lengths: cut_batches(lengths, batch_tokens), embed, padded=False, model=embedder.model)
 
 
 # ------------------------------------------------------------------------------------ timing

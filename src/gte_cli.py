@@ -26,6 +26,11 @@ WINDOW_ROWS = 8192  # gte.job.WINDOW_ROWS
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 4096, 16384  # gte.embed.CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"  # from the hub: no reranker ships with gte
 RERANK_FORMATS = ("text", "jsonl")
+SERVER_DEFAULTS = {  # gte.server.ServerSettings'
+    "max_batch_tokens": 16384, "max_wait_ms": 0.0, "max_concurrent_requests": 512, "max_client_batch_size": 2048,
+    "payload_limit": 2_000_000, "body_timeout_s": 30.0,
+}  # fmt: skip
+API_KEY_ENV = "GTE_API_KEY"  # `gte serve --api-key`'s default
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,12 +100,47 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run="gte.cli:run_info")
 
-    server = commands.add_parser("serve", help="HTTP embedding server (OpenAI-compatible)",
-                                 arguments=lambda parser: load("gte.server:add_serve_arguments")(parser))  # fmt: skip
-    server.set_defaults(run="gte.server:serve")
-
+    _add_serve_parser(commands)
     _add_export_parser(commands)
     return parser
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="HTTP embedding and reranking server (OpenAI and TEI APIs)")
+    add = serve.add_argument
+    add("--model", "-m", action="append", help=f"checkpoint directory or hub id (default: {DEFAULT_MODEL}); a "
+        "...ForSequenceClassification checkpoint serves /rerank, any other one the embedding routes; repeat it to "
+        "serve several models (requests name theirs in `model`)")  # fmt: skip
+    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
+    add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: %(default)s; 0 picks a free one)")
+    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    add("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
+    add("--max-input-length", type=positive_int, help="tokens per input (default: the model's max length)")
+    add("--max-batch-tokens", type=positive_int, default=SERVER_DEFAULTS["max_batch_tokens"],
+        help="token budget of one merged batch, and of the jobs a big request is cut into (default: %(default)s)")  # fmt: skip
+    add("--max-wait-ms", type=float, default=SERVER_DEFAULTS["max_wait_ms"],
+        help="how long a lone request waits for company (default: %(default)s; requests that queue while a batch "
+        "runs merge anyway)")  # fmt: skip
+    add("--max-concurrent-requests", type=positive_int, default=SERVER_DEFAULTS["max_concurrent_requests"],
+        help="inference requests in flight per model; beyond it the server answers 429 with Retry-After "
+        "(default: %(default)s)")  # fmt: skip
+    add("--max-client-batch-size", type=positive_int, default=SERVER_DEFAULTS["max_client_batch_size"],
+        help="inputs per request, cut into batches inside the server; beyond it the server answers 413 "
+        "(default: %(default)s, OpenAI's limit)")  # fmt: skip
+    add("--api-key", default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
+    add("--served-model-name", action="append",
+        help="the name clients send as `model`, one per --model (default: the checkpoint directory's name, "
+        "or the hub id)")  # fmt: skip
+    add("--payload-limit", type=positive_int, default=SERVER_DEFAULTS["payload_limit"],
+        help="bytes per request body; larger bodies get 413 before they are read (default: %(default)s)")  # fmt: skip
+    add("--body-timeout", type=float, default=SERVER_DEFAULTS["body_timeout_s"],
+        help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
+    add("--graceful-shutdown-timeout", type=float, default=30.0,
+        help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
+    add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
+    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(run="gte.server:serve")
 
 
 def _add_export_parser(commands: argparse._SubParsersAction) -> None:
@@ -128,17 +168,9 @@ examples:
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse, with errors as one line (exit 2), arguments checked to be UTF-8 text, and `arguments`: a
-    function that adds the parser's arguments when it is first used (for those whose module is heavy)."""
-
-    def __init__(self, *args, arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_arguments = arguments
+    """argparse, with errors as one line (exit 2) and arguments checked to be UTF-8 text."""
 
     def parse_known_args(self, args=None, namespace=None):
-        if self._add_arguments is not None:
-            add, self._add_arguments = self._add_arguments, None
-            add(self)
         namespace, extras = super().parse_known_args(args, namespace)
         self._check_utf8(namespace)
         return namespace, extras

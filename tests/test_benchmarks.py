@@ -130,7 +130,7 @@ def test_profile_accounts_for_the_whole_run():
     model = suite.build_model(shape)
     ours = suite.ours(model, 64)
     docs = suite.mixed(16, 4, 32, shape.vocab).docs
-    totals = profile_ops.profile(model, lambda: ours.embed(docs))
+    totals = profile_ops.profile(ours.model, lambda: ours.embed(docs))
     assert totals[profile_ops.GEMM] > 0 and totals[profile_ops.ATTENTION] > 0
     assert all(seconds >= 0 for seconds in totals.values())
     assert "apply_rotary" in repr(profile_ops.gte.layers.apply_rotary)  # wrappers removed afterwards
@@ -191,3 +191,33 @@ def test_onnx_bench_tiny_produces_every_table(capsys):
         assert set(table_rows(out, title)) == contenders, title
     for title in ("mixed: 48 docs", "short: 64 docs"):
         assert float(table_rows(out, title)["ONNX Runtime fp32"][-1]) >= 0.9999
+
+
+def test_serve_load_runs_on_the_tiny_model(tiny_model_dir, capsys):
+    """serve_load.py end to end: both servers answer every request with the offline vectors and exit 0 on SIGTERM."""
+    import serve_load
+
+    code = serve_load.main(["--model", str(tiny_model_dir), "--clients", "1", "2", "--requests", "3", "4", "--texts", "6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert {(r[0].strip("| "), r[1]) for r in rows} == {(m, c) for m in ("offline", "batching", "no batching") for c in "12"}
+    assert "median of the per-text differences" in out
+
+
+def test_omp_wait_runs_a_policy_in_its_own_process(tiny_model_dir, monkeypatch, capsys):
+    import omp_wait
+
+    monkeypatch.setattr(omp_wait, "POLICIES", {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}})
+    assert omp_wait.main(["--model", str(tiny_model_dir), "--repeats", "1"]) == 0
+    assert re.search(r"\| PASSIVE \| \d+ \| [\d.]+ \|", capsys.readouterr().out)
+
+
+def test_prepack_bench_tiny_produces_every_table(capsys):
+    import prepack_bench
+
+    assert prepack_bench.main(["--tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert len(table_rows(out, "### tiny")) == 3
+    memory = out.split("### memory", 1)[1]
+    assert [line.split(" | ")[1] for line in memory.splitlines() if line.startswith("| tiny |")] == ["nn.Linear", "packed"]

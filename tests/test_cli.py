@@ -24,6 +24,7 @@ import gte
 import gte_cli
 from gte import cli, embed, hub, job, models, sinks, sources
 from gte.cli import main
+from gte.server import ServerSettings
 
 TEXTS = ["the quick brown fox", "", "paris london berlin", "deep neural network for search", "北京 hund"]
 
@@ -234,7 +235,8 @@ def test_help_and_argument_errors_import_neither_torch_nor_transformers():
     """`gte` starts in gte_cli, which imports no part of gte: help and argument errors need no torch."""
     probe = """
 import sys, gte_cli
-for argv in (["--help"], ["embed", "--help"], ["rerank", "-q", "q", "--top-k", "0"], ["embed", "--dim", "x"], []):
+for argv in (["--help"], ["embed", "--help"], ["serve", "--help"], ["rerank", "-q", "q", "--top-k", "0"],
+             ["embed", "--dim", "x"], ["serve", "--port", "x"], []):
     try:
         gte_cli.main(argv)
     except SystemExit as exit_info:
@@ -244,7 +246,7 @@ print(sorted(name for name in ("torch", "transformers", "gte") if name in sys.mo
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     lines = done.stderr.splitlines()
     assert lines[-1] == "[]", done.stderr
-    assert [line for line in lines if line.startswith("exit")] == ["exit 0", "exit 0", "exit 2", "exit 2", "exit 2"]
+    assert [line for line in lines if line.startswith("exit")] == ["exit 0"] * 3 + ["exit 2"] * 4
     assert "usage: gte embed" in done.stdout
 
 
@@ -259,6 +261,10 @@ def test_cli_defaults_are_the_librarys():
     assert gte_cli.DEFAULT_MODEL == models.DEFAULT_MODEL and gte_cli.DEFAULT_FIELD == sources.DEFAULT_FIELD
     assert gte_cli.WINDOW_ROWS == job.WINDOW_ROWS
     assert (gte_cli.CPU_BATCH_TOKENS, gte_cli.GPU_BATCH_TOKENS) == (embed.CPU_BATCH_TOKENS, embed.GPU_BATCH_TOKENS)
+    settings = ServerSettings()
+    assert gte_cli.SERVER_DEFAULTS == {name: getattr(settings, name) for name in gte_cli.SERVER_DEFAULTS}
+    served = gte_cli.build_parser().parse_args(["serve"])
+    assert ServerSettings(**{name: getattr(served, name.removesuffix("_s")) for name in gte_cli.SERVER_DEFAULTS}) == settings
 
 
 def test_argument_errors_are_one_line(capsys):

@@ -14,6 +14,7 @@ import torch
 
 from . import convert
 from .models import DEFAULT_MODEL, embedded_path
+from .prepack import prepack
 
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
@@ -212,5 +213,6 @@ def load(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     loaded = cls.from_pretrained(str(path), **kwargs).to(target).eval()
+    prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     return Loaded(loaded, tokenizer, str(model), sentence_transformers_settings(path))

@@ -3,7 +3,7 @@
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --model Alibaba-NLP/gte-multilingual-reranker-base
 
-The CLI calls `add_serve_arguments(subparser)` and then `serve(args)`. `create_app({name: model},
+The `gte` command (gte_cli) parses the arguments and calls `serve(args)`. `create_app({name: model},
 settings)` builds the same app for tests and for embedding the server elsewhere.
 """
 
@@ -22,46 +22,9 @@ from .app import create_app, served_name
 from .served import Model
 from .settings import ServerSettings
 
-__all__ = ["ServerSettings", "add_serve_arguments", "create_app", "load_model", "serve", "served_name"]
+__all__ = ["ServerSettings", "create_app", "load_model", "serve", "served_name"]
 
-API_KEY_ENV = "GTE_API_KEY"
 RERANKER_ARCHITECTURE = "NewForSequenceClassification"
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = ServerSettings()
-    add = parser.add_argument
-    add("--model", action="append", help=f"checkpoint directory or hub id (default: {hub.DEFAULT_MODEL}); "
-        f"a {RERANKER_ARCHITECTURE} checkpoint serves /rerank, any other one the embedding routes; repeat it to "
-        "serve several models (requests name theirs in `model`)")  # fmt: skip
-    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: 8080; 0 picks a free one)")
-    add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
-    add("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on GPU, float32 on CPU)")
-    add("--max-input-length", type=int, default=None, help="tokens per input (default: the model's max length)")
-    add("--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
-        help="token budget of one merged batch, and of the jobs a big request is cut into (default: %(default)s)")  # fmt: skip
-    add("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-        help="how long a lone request waits for company (default: %(default)s; requests that queue while a batch "
-        "runs merge anyway)")  # fmt: skip
-    add("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
-        help="inference requests in flight per model; beyond it the server answers 429 with Retry-After")  # fmt: skip
-    add("--max-client-batch-size", type=int, default=defaults.max_client_batch_size,
-        help="inputs per request, cut into batches inside the server; beyond it the server answers 413 "
-        "(default: %(default)s, OpenAI's limit)")  # fmt: skip
-    add("--api-key", default=os.environ.get(API_KEY_ENV),
-        help=f"require `Authorization: Bearer <key>` on every route but /health (default: ${API_KEY_ENV})")  # fmt: skip
-    add("--served-model-name", action="append",
-        help="the name clients send as `model`, one per --model (default: the checkpoint directory's name, "
-        "or the hub id)")  # fmt: skip
-    add("--payload-limit", type=int, default=defaults.payload_limit,
-        help="bytes per request body; larger bodies get 413 before they are read (default: %(default)s)")  # fmt: skip
-    add("--body-timeout", type=float, default=defaults.body_timeout_s,
-        help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
-    add("--graceful-shutdown-timeout", type=float, default=30.0,
-        help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
-    add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
-    add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None) -> Model:

@@ -1,0 +1,85 @@
+"""Packed projections (oneDNN, float32 CPU): the numbers of nn.Linear, nothing lost on save, and only
+models gte loads itself are packed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gte
+from gte.prepack import PackedLinear, prepack, supported
+from model_helpers import GOLDEN, TOOLS, check_golden, golden_manifest, random_batch, small_config
+
+pytestmark = pytest.mark.skipif(not supported(), reason="no packed oneDNN kernel on this machine / torch build")
+
+TEXTS = ["what is the capital of China?", "how to implement quick sort in python? " * 20, "panda"]
+
+
+def packed_modules(model: torch.nn.Module) -> list[PackedLinear]:
+    return [module for module in model.modules() if isinstance(module, PackedLinear)]
+
+
+@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}], ids=["packed-qkv", "split-qkv", "plain-mlp"])
+def test_packed_layers_give_the_linear_numbers(config):
+    torch.manual_seed(0)
+    model = gte.NewModel(small_config(**config)).eval()
+    batch = random_batch(model.config, [9, 3, 17])
+    projections = 6 if "pack_qkv" in config else 4  # q, k, v (or qkv), o, and the MLP's two
+    with torch.inference_mode():
+        expected = model(**batch).last_hidden_state
+        assert prepack(model) == projections * model.config.num_hidden_layers
+        got = model(**batch).last_hidden_state
+    assert not any(type(m) is torch.nn.Linear for m in model.encoder.modules())
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_embedder_packs_the_model_it_loads_but_not_one_passed_in(tiny_model_dir):
+    own = gte.Embedder(tiny_model_dir)
+    assert len(packed_modules(own.model)) == 4 * own.model.config.num_hidden_layers
+    theirs = gte.NewModel.from_pretrained(str(tiny_model_dir))
+    borrowed = gte.Embedder(theirs, tokenizer=own.tokenizer, max_length=own.max_length, pooling=own.pooling)
+    assert packed_modules(theirs) == []
+    np.testing.assert_allclose(own.encode(TEXTS), borrowed.encode(TEXTS), atol=1e-6)
+
+
+def test_nothing_is_lost_on_save(tiny_model_dir, tmp_path):
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    embedder = gte.Embedder(tiny_model_dir)
+    state = embedder.model.state_dict()
+    assert list(state) == list(gte.NewModel.from_pretrained(str(tiny_model_dir)).state_dict())
+    for name, tensor in original.items():
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0)
+    embedder.model.save_pretrained(tmp_path)
+    assert set(load_file(str(tmp_path / "model.safetensors"))) == set(original)
+
+
+def test_reranker_packs_and_scores_as_before(reranker_model_dir):
+    reranker = gte.Reranker(reranker_model_dir)
+    assert packed_modules(reranker.model)
+    plain = gte.Reranker(gte.NewForSequenceClassification.from_pretrained(str(reranker_model_dir)), tokenizer=reranker.tokenizer)
+    docs = ["a panda is a bear", "the capital of China is Beijing"]
+    np.testing.assert_allclose(reranker.score("panda", docs), plain.score("panda", docs), atol=1e-5)
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
+def test_golden_cases_pass_packed(unpad):
+    checker = check_golden()
+    loader = checker.resolve_loader(f"{TOOLS / 'gte_golden_loader.py'}:load")
+    for case in golden_manifest()["cases"]:
+        case_dir = GOLDEN / case["name"]
+        model = checker.load_model(loader, case_dir, case)
+        assert prepack(model) > 0
+        inputs = load_file(str(case_dir / "inputs.safetensors"))
+        got = checker.run_case(model, inputs, case, {"unpad_inputs": unpad})
+        expected = load_file(str(case_dir / "expected.safetensors"))
+        report = checker.compare(expected, got, case, inputs["attention_mask"], golden_manifest()["tolerance"]["atol"])
+        assert report["pass"], (case["name"], report)
+
+
+def test_the_probe_leaves_the_random_state_alone():
+    supported.cache_clear()
+    state = torch.random.get_rng_state()
+    assert supported()
+    assert torch.equal(torch.random.get_rng_state(), state)
