@@ -109,7 +109,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="HTTP embedding and reranking server (OpenAI and TEI APIs)")
     add = serve.add_argument
     add("--model", "-m", action="append", help=f"checkpoint directory or hub id (default: {DEFAULT_MODEL}); a "
-        "...ForSequenceClassification checkpoint serves /rerank, any other one the embedding routes; repeat it to "
+        "reranker (a sequence classifier) serves /rerank, any other checkpoint the embedding routes; repeat it to "
         "serve several models (requests name theirs in `model`)")  # fmt: skip
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: %(default)s; 0 picks a free one)")
