@@ -87,13 +87,11 @@ def long_child(shape_name: str, contender: str, length: int, batch_tokens: int) 
     """In a fresh process: embed one document, report seconds and the process's peak RSS during the call."""
     shape = suite.SHAPES[shape_name]
     model = suite.build_model(shape)
-    if contender == suite.ST:
-        runner = suite.st_style(suite.build_native(model, CPU, torch.float32))
-        del model
-    elif contender == suite.ORIGINAL:
+    if contender == suite.ORIGINAL:
         runner = suite.original_style(model)
-    else:
-        runner = suite.ours(model, batch_tokens)
+    else:  # each holds its own copy of the weights
+        runner = suite.st_style(suite.build_native(model, CPU, torch.float32)) if contender == suite.ST else suite.ours(model, batch_tokens)
+        del model
     doc = suite.long(length, shape.vocab).docs
     runner.embed([doc[0][:64]])  # warm-up
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
