@@ -212,10 +212,13 @@ def ours(
 ) -> Contender:
     """`gte.Embedder.encode_tokens`, called once per batch of the Embedder's own plan (`cut_batches`):
     the same batches as one call over the whole workload, split so contenders can interleave.
-    It runs a copy of `model`, converted to `dtype` and packed as gte packs the models it loads
-    (src/gte/prepack.py: float32 on x86 CPUs), so the contenders that share `model` keep nn.Linear."""
-    embedder = gte.Embedder(copy.deepcopy(model), dtype=dtype)
-    prepack(embedder.model)
+    A `dtype` converts `model` in place (the Embedder's dtype option). A float32 CPU model is copied and
+    packed as gte packs the models it loads (src/gte/prepack.py), so the contenders that share `model`
+    keep nn.Linear; elsewhere nothing is packed and `model` is used as it is."""
+    if dtype is None and model.device.type == "cpu":
+        model = copy.deepcopy(model)
+        prepack(model)
+    embedder = gte.Embedder(model, dtype=dtype)
 
     def embed(docs: Docs) -> torch.Tensor:
         with attention_backend(embedder.model, backend) if backend else contextlib.nullcontext():
