@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
     embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
     embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    prompts = embed.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt-name", metavar="NAME", help="put the checkpoint's prompt NAME (e.g. query) before each "
+                         "text (default: the checkpoint's default prompt, if it names one)")  # fmt: skip
+    prompts.add_argument("--prompt", metavar="TEXT", help="put TEXT before each text (e.g. 'query: ')")
+    embed.add_argument("--pooling", metavar="MODE", help="cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken, "
+                       "or several joined by + (default: the checkpoint's Pooling module, else cls)")  # fmt: skip
+    embed.add_argument("--truncation-side", choices=("right", "left"), help="which end of an over-long text goes: "
+                       "right keeps the start (the default), left keeps the end")  # fmt: skip
     job = embed.add_argument_group("corpus jobs")
     job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
     job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")

@@ -258,3 +258,36 @@ def build_bert_family_model(out: Path, architecture: str, *, seed: int = 4, pool
     if pooling is not None:
         save_sentence_transformers_files(out, max_seq_length=48, hidden_size=32, normalize=True, pooling=pooling)
     return out
+
+
+# ------------------------------------------------------------------------------ sentence-transformers directories
+def build_sentence_transformer(
+    out: Path,
+    base: Path,
+    *,
+    pooling: str | tuple[str, ...] = "cls",
+    include_prompt: bool = True,
+    dense: tuple[tuple[int, str], ...] = (),
+    normalize: bool = False,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    seed: int = 5,
+) -> Path:
+    """A directory saved by sentence-transformers itself: `base`'s Transformer, Pooling(pooling, include_prompt),
+    one Dense per (out_features, torch.nn activation class name) with random weights, Normalize, prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st
+
+    torch.manual_seed(seed)
+    transformer = st.Transformer(str(base))
+    width = transformer.get_embedding_dimension()
+    modules = [transformer, st.Pooling(width, pooling_mode=pooling, include_prompt=include_prompt)]
+    width *= 1 if isinstance(pooling, str) else len(pooling)
+    for size, activation in dense:
+        modules.append(st.Dense(width, size, activation_function=getattr(torch.nn, activation)()))
+        width = size
+    if normalize:
+        modules.append(st.Normalize())
+    model = SentenceTransformer(modules=modules, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name)
+    model.save(str(out))
+    return out

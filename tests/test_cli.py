@@ -156,7 +156,7 @@ def test_malformed_and_missing_inputs(capsys, tmp_path, tiny_model_dir):
     assert "not a readable parquet file" in error_of(capsys, "embed", "-m", tiny_model_dir, "-i", tmp_path / "broken.parquet")
     assert "not both" in error_of(capsys, "embed", "-m", tiny_model_dir, "-i", files[".txt"], "x")
     assert "cannot write embeddings as '.csv'" in error_of(capsys, "embed", "-m", tiny_model_dir, "-o", tmp_path / "o.csv", "x")
-    assert "dim must be between 1 and the hidden size 32" in error_of(capsys, "embed", "-m", tiny_model_dir, "--dim", 99, "x")
+    assert "dim must be between 1 and the model's 32 dimensions" in error_of(capsys, "embed", "-m", tiny_model_dir, "--dim", 99, "x")
 
 
 def test_failed_run_leaves_no_partial_output(capsys, monkeypatch, tmp_path, tiny_model_dir):

@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 
 from gte_cli import DEFAULT_RERANKER, load, main  # noqa: F401 (main: `python -m gte.cli` and tests)
 
-from . import convert, hub, sources
+from . import convert, hub, sources, st_files
 from .embed import Embedder, TruncationWarning
 from .job import EmbedJob, Options
 from .models import EmbeddedModelError
@@ -70,7 +70,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window)
+    options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window,
+                      prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side)  # fmt: skip
     if args.ray:
         return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,
@@ -78,7 +79,7 @@ def run_embed(args: argparse.Namespace) -> None:
     if job.complete:
         print(f"gte embed: {args.output} is complete; nothing to resume", file=sys.stderr)
         return
-    summary = job.run(Embedder(args.model, **_model_kwargs(args)), show_progress=args.progress)
+    summary = job.run(Embedder(args.model, pooling=args.pooling, **_model_kwargs(args)), show_progress=args.progress)
     if args.output is not None or sys.stderr.isatty():
         print(f"gte embed: {summary.line(args.sparse)}", file=sys.stderr)
 
@@ -89,6 +90,7 @@ def run_ray(args: argparse.Namespace, options: Options) -> None:
     from . import ray
 
     kwargs = {k: v for k, v in _model_kwargs(args).items() if k != "show_progress" and v is not None}
+    kwargs |= {"pooling": args.pooling} if args.pooling else {}
     rows, pool = ray.run(args.input, str(args.output), options, model=args.model, address=args.ray_address,
                          workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
                          gpus_per_worker=args.ray_gpus_per_worker, overwrite=args.overwrite, show_progress=args.progress,
@@ -139,7 +141,8 @@ def model_info(model: str) -> dict[str, Any]:
     name, num_labels = hub.architecture(path)
     raw = hub.read_json(path / "config.json")
     config = convert.new_config(raw).to_dict()
-    settings = hub.sentence_transformers_settings(path)
+    settings = st_files.read_settings(path)
+    pooling = settings.pooling
     devices = ["cpu"] + (["cuda"] * torch.cuda.is_available())
     backends = {
         f"{device} {dtype}": available_backends(device, getattr(torch, dtype))
@@ -159,7 +162,11 @@ def model_info(model: str) -> dict[str, Any]:
         "num_labels": num_labels if name != "NewModel" else None,
         "parameters": parameter_count(path),
         "sparse_head": name == "NewForTokenClassification" and num_labels == 1,
-        "pooling": settings.pooling or "cls",
+        "sentence_transformers_modules": [kind for kind, _ in settings.modules] or None,
+        "pooling": pooling.name if pooling else "cls (no sentence-transformers files: the official GTE models' pooling; "
+                   "sentence-transformers would take the mean; --pooling changes it)",
+        "prompts": {name: text for name, text in settings.prompts.items() if text} or None,
+        "default_prompt_name": settings.default_prompt_name,
         "max_seq_length": settings.max_seq_length or config.get("max_position_embeddings"),
         **{key: config.get(key) for key in keys},
         "attention_backends": backends,

@@ -7,21 +7,26 @@ packed hidden [T, H] without ever padding it.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import normalizers
 from torch.nn import functional as F
 
-from . import attention, hub
+from . import attention, hub, st_files
 from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
+from .pooling import Pooling
 
 # Tokens per batch by device. On the CPU, larger batches make the GEMMs no faster, and measured a few percent
 # slower (their per-layer buffers are large fresh allocations, first touched in every layer).
@@ -31,6 +36,11 @@ PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least 
 # Texts are cut to max_length x this many characters before they are tokenized, so a huge text costs what a
 # long one does. Real text averages 3-6 characters per token; 64 leaves room for long words, markup and spaces.
 MAX_CHARS_PER_TOKEN = 64
+TRUNCATION_SIDES = ("right", "left")
+
+
+class PoolingNotice(UserWarning):
+    """A checkpoint without sentence-transformers files: which pooling gte uses, and why."""
 
 
 class TruncationWarning(UserWarning):
@@ -60,8 +70,10 @@ def tokenize_texts(
     max_length: int,
     truncate: bool,
     type_ids: bool = False,
+    side: str = "right",
 ) -> tuple[list[list[int]], list[list[int]] | None]:
-    """Token ids with special tokens (and token type ids when asked), cut to max_length with one warning."""
+    """Token ids with special tokens (and token type ids when asked), cut to max_length on `side` (the
+    special tokens stay) with one warning. `tokenizer` must truncate on `side` (see `sided`)."""
 
     def run(first: list[str], second: list[str] | None, limit: int):
         return tokenizer(
@@ -70,7 +82,8 @@ def tokenize_texts(
 
     if not texts:
         return [], [] if type_ids else None
-    texts, pairs = cap_chars(texts, max_length, truncate), None if pairs is None else cap_chars(pairs, max_length, truncate)
+    texts = cap_chars(texts, max_length, truncate, side)
+    pairs = None if pairs is None else cap_chars(pairs, max_length, truncate, side)
     encoded = run(texts, pairs, max_length + 1)  # one token more than allowed reveals the over-long ones
     ids, types = encoded["input_ids"], encoded.get("token_type_ids") if type_ids else None
     over = [i for i, row in enumerate(ids) if len(row) > max_length]
@@ -91,8 +104,9 @@ def tokenize_texts(
     return ids, types
 
 
-def cap_chars(texts: list[str], max_length: int, truncate: bool) -> list[str]:
-    """Texts cut to max_length x MAX_CHARS_PER_TOKEN characters (ValueError instead when not `truncate`)."""
+def cap_chars(texts: list[str], max_length: int, truncate: bool, side: str = "right") -> list[str]:
+    """Texts cut to max_length x MAX_CHARS_PER_TOKEN characters, keeping their start (side "right") or their end
+    ("left"); ValueError instead when not `truncate`."""
     limit = max_length * MAX_CHARS_PER_TOKEN
     over = [i for i, text in enumerate(texts) if len(text) > limit]
     if over and not truncate:
@@ -100,7 +114,26 @@ def cap_chars(texts: list[str], max_length: int, truncate: bool) -> list[str]:
             f"{len(over)} of {len(texts)} texts are longer than max_length={max_length} tokens can hold ({limit:,} "
             f"characters; the first at index {over[0]} has {len(texts[over[0]]):,}); shorten them or allow truncation"
         )
-    return [text[:limit] for text in texts] if over else texts
+    if not over:
+        return texts
+    return [text[:limit] for text in texts] if side == "right" else [text[-limit:] for text in texts]
+
+
+def check_side(side: str) -> str:
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation side {side!r} is not one of {', '.join(TRUNCATION_SIDES)}")
+    return side
+
+
+def sided(tokenizer: Any, side: str, copies: dict[str, Any]) -> Any:
+    """`tokenizer`, or a copy of it (kept in `copies`) that truncates on `side`: "right" (the end of the text
+    goes) or "left" (the start goes)."""
+    if tokenizer.truncation_side == check_side(side):
+        return tokenizer
+    if side not in copies:
+        copies[side] = copy.deepcopy(tokenizer)
+        copies[side].truncation_side = side
+    return copies[side]
 
 
 def cut_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -134,11 +167,12 @@ def run_packed(
     budget: int,
     *,
     type_ids: Sequence[Sequence[int]] | None = None,
-    first_only: bool = False,
+    picks: Callable[[Packing], torch.Tensor | None] | None = None,
     show_progress: bool | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor, Packing]]:
-    """Yield (indices, hidden, packing) per batch: hidden [T, H] for the batch's packed tokens, or
-    [B, H] (each sequence's first token) with `first_only`. Call under torch.inference_mode()."""
+    """Yield (indices, hidden, packing) per batch: hidden [T, H] for the batch's packed tokens, or [S, H]
+    for the S tokens that `picks(packing)` names, when it names some (the last layer computes only those).
+    Call under torch.inference_mode()."""
     lengths = [len(ids) for ids in token_ids]
     if 0 in lengths:
         raise ValueError(f"token_ids[{lengths.index(0)}] is empty: every sequence needs at least one token")
@@ -152,7 +186,7 @@ def run_packed(
             if type_ids is not None:
                 types = torch.tensor(list(chain.from_iterable(type_ids[i] for i in batch)), dtype=torch.long).to(device)
             packing = Packing.from_seqlens(torch.tensor([lengths[i] for i in batch], device=device))
-            subset = packing.first_token_index() if first_only else None
+            subset = None if picks is None else picks(packing)
             hidden, _, _ = model.run(ids.to(device), packing, token_type_ids=types, subset=subset)
             yield batch, hidden, packing
             bar.update(len(batch))
@@ -187,11 +221,16 @@ class Embedder:
         emb = gte.Embedder()                                    # all-MiniLM-L6-v2, embedded (offline)
         vectors = emb.encode(["first text", "second text"])     # float32 [2, 384], L2-normalised
         gte.Embedder("Alibaba-NLP/gte-base-en-v1.5")            # [n, 768], 8192 tokens
+        emb.encode_query("how do cats purr?")                   # with the checkpoint's query prompt, if any
 
     `model`: a checkpoint directory, a hub id, or a loaded gte model (then pass `tokenizer` too,
     unless you only call `encode_tokens`). Device: CUDA when present; dtype: float16 on GPU, float32 on
-    CPU; batch_tokens: 4096 on CPU, 16384 on GPU. Pooling and max_length come from the checkpoint's
-    sentence-transformers files when present (else CLS pooling and max_position_embeddings).
+    CPU; batch_tokens: 4096 on CPU, 16384 on GPU. The checkpoint's sentence-transformers files decide what
+    follows the encoder, exactly as sentence-transformers runs them (Pooling in any mode, Dense, Normalize;
+    any other module is refused), the max length (max_seq_length, else the tokenizer's model_max_length
+    within the model's positions), lower-casing and the prompts. Without those files: CLS pooling, with a
+    notice. `normalize` (default True) L2-normalises the final vectors, whether or not the checkpoint does;
+    `truncation_side` "left" keeps the end of over-long texts instead of their start.
     """
 
     def __init__(
@@ -204,6 +243,9 @@ class Embedder:
         batch_tokens: int | None = None,
         normalize: bool = True,
         pooling: str | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        truncation_side: str = "right",
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
@@ -213,66 +255,149 @@ class Embedder:
         )
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.encoder = base_model(self.model)
-        settings = loaded.settings
+        self.settings = settings = st_files.SentenceTransformersSettings() if loaded.path is None else st_files.read_settings(loaded.path)
         config = self.encoder.config
         self.device, self.dtype = self.encoder.device, self.encoder.dtype
         self.hidden_size, self.vocab_size = config.hidden_size, config.vocab_size
-        self.max_length = check_max_length(config, max_length or settings.max_seq_length or config.max_position_embeddings)
-        self.pooling = hub.check_pooling(pooling or settings.pooling or "cls")
+        self.head = st_files.build_head(settings, config.hidden_size, self._pooling(pooling, loaded.path)).to(self.device)
+        self.pooling = self.head.pooling.name
+        self.dimension = self.head.dim or config.hidden_size * len(self.head.pooling.modes)
+        self.max_length = check_max_length(config, max_length or self._default_max_length(config))
+        if self.tokenizer is not None and settings.do_lower_case:
+            lowercase(self.tokenizer)
+        # sentence-transformers' prompts: "query" and "document" exist (empty) unless the checkpoint or the caller sets them
+        self.prompts = {"query": "", "document": ""} | settings.prompts | (prompts or {})
+        self.default_prompt_name = default_prompt_name or settings.default_prompt_name
+        self.resolve_prompt(self.default_prompt_name)  # a default that names no prompt fails here
+        self.truncation_side = check_side(truncation_side)
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.normalize, self.show_progress = normalize, show_progress
         self.has_sparse = isinstance(self.model, NewForTokenClassification) and config.num_labels == 1
         self.backend = backend_name(self.encoder)
         self._token_text: dict[int, str] = {}
+        self._sided: dict[str, Any] = {}
+
+    def _pooling(self, override: str | None, path: Path | None) -> Pooling:
+        stored = self.settings.pooling
+        if override is not None:
+            return Pooling.parse(override, stored.include_prompt if stored else True)
+        if stored is not None:
+            return stored
+        if path is not None:
+            warnings.warn(PoolingNotice(f"{path} has no sentence-transformers files (modules.json): pooling is 'cls', "
+                                        "the official GTE models' (sentence-transformers would take the mean); pass "
+                                        "pooling='mean' / --pooling mean to change it"), stacklevel=3)  # fmt: skip
+        return Pooling(("cls",))
+
+    def _default_max_length(self, config: NewConfig) -> int:
+        """sentence-transformers' rule: max_seq_length, else the tokenizer's model_max_length within the positions."""
+        if self.settings.max_seq_length:
+            return self.settings.max_seq_length
+        limit = getattr(self.tokenizer, "model_max_length", None) or config.max_position_embeddings
+        return min(int(limit), config.max_position_embeddings)
 
     def __repr__(self) -> str:
         return (
-            f"Embedder({self.model_name!r}, device={self.device}, dtype={self.dtype}, hidden_size={self.hidden_size}, "
-            f"max_length={self.max_length}, pooling={self.pooling!r}, backend={self.backend!r}, sparse={self.has_sparse})"
+            f"Embedder({self.model_name!r}, device={self.device}, dtype={self.dtype}, dimension={self.dimension}, "
+            f"max_length={self.max_length}, head={self.head.describe()!r}, backend={self.backend!r}, "
+            f"sparse={self.has_sparse})"
         )
 
-    # -------------------------------------------------------------------------- tokens
-    def tokenize(self, texts: str | Sequence[str], *, max_length: int | None = None, truncate: bool = True) -> list[list[int]]:
-        """Token ids per text, special tokens included, cut to max_length (one TruncationWarning)."""
+    # -------------------------------------------------------------------------- prompts and tokens
+    def resolve_prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str:
+        """The prompt text, as sentence-transformers picks it: `prompt` if given, else the checkpoint's prompt
+        named `prompt_name` (ValueError when it has none of that name), else the default prompt's, else ""."""
+        if prompt is not None:
+            if prompt_name is not None:
+                raise ValueError("pass prompt_name or prompt, not both")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(f"prompt name {name!r} is not one of this model's prompts ({', '.join(self.prompts)}); "
+                             "pass one of them, or the text itself as prompt=...")  # fmt: skip
+        return self.prompts[name]
+
+    def prompt_length(self, prompt: str) -> int:
+        """The prompt's tokens at the start of each sequence that pooling leaves out (0 unless the checkpoint's
+        Pooling has include_prompt false): the prompt's own tokens, its trailing special token not counted."""
+        if not prompt or self.head.pooling.include_prompt:
+            return 0
+        ids = self.tokenizer(prompt)["input_ids"]
+        return len(ids) - (ids[-1] in self.tokenizer.all_special_ids)
+
+    def tokenize(
+        self, texts: str | Sequence[str], *, prompt: str = "", max_length: int | None = None, truncate: bool = True,
+        truncation_side: str | None = None,
+    ) -> list[list[int]]:  # fmt: skip
+        """Token ids per text (`prompt` + text), special tokens included, cut to max_length (one TruncationWarning)."""
         if self.tokenizer is None:
             raise ValueError("this Embedder has no tokenizer: pass tokenizer=... or call encode_tokens with token ids")
         limit = check_max_length(self.encoder.config, max_length or self.max_length)
-        return tokenize_texts(self.tokenizer, check_texts(texts), None, limit, truncate)[0]
+        side = check_side(truncation_side or self.truncation_side)
+        texts = check_texts(texts)
+        texts = [prompt + text for text in texts] if prompt else texts
+        return tokenize_texts(sided(self.tokenizer, side, self._sided), texts, None, limit, truncate, side=side)[0]
 
     # -------------------------------------------------------------------------- dense
     def encode(
         self,
         texts: str | Sequence[str],
         *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_tokens: int | None = None,
         max_length: int | None = None,
         normalize: bool | None = None,
         dim: int | None = None,
         show_progress: bool | None = None,
         truncate: bool = True,
+        truncation_side: str | None = None,
     ) -> np.ndarray:
-        """float32 [n, dim] embeddings in input order (dim: Matryoshka truncation, re-normalised)."""
-        ids = self.tokenize(texts, max_length=max_length, truncate=truncate)
-        return self.encode_tokens(ids, batch_tokens=batch_tokens, normalize=normalize, dim=dim, show_progress=show_progress)
+        """float32 [n, dim] embeddings in input order (dim: Matryoshka truncation, re-normalised), each text
+        after the prompt `resolve_prompt` picks."""
+        text = self.resolve_prompt(prompt_name, prompt)
+        ids = self.tokenize(texts, prompt=text, max_length=max_length, truncate=truncate, truncation_side=truncation_side)
+        return self.encode_tokens(ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
+                                  normalize=normalize, dim=dim, show_progress=show_progress)  # fmt: skip
+
+    def encode_query(self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
+                     **kwargs: Any) -> np.ndarray:  # fmt: skip
+        """`encode` with the checkpoint's "query" prompt unless another is given (sentence-transformers' rule)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = "query"
+        return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
+                        **kwargs: Any) -> np.ndarray:  # fmt: skip
+        """`encode` with the first of the prompts "document", "passage", "corpus" the model has, unless another is
+        given (sentence-transformers' rule; "document" exists, empty, unless the checkpoint sets it)."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next(name for name in ("document", "passage", "corpus") if name in self.prompts)
+        return self.encode(texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     @torch.inference_mode()
     def encode_tokens(
         self,
         token_ids: Sequence[Sequence[int]],
         *,
+        prompt_length: int = 0,
         batch_tokens: int | None = None,
         normalize: bool | None = None,
         dim: int | None = None,
         show_progress: bool | None = None,
     ) -> np.ndarray:
-        """Token ids (special tokens included) -> float32 [n, dim] embeddings in input order."""
+        """Token ids (special tokens included) -> float32 [n, dim] embeddings in input order. The first
+        `prompt_length` tokens of each sequence are left out of pooling (see `prompt_length`)."""
         dim = self.check_dim(dim)
         normalize = self.normalize if normalize is None else normalize
         out = np.empty((len(token_ids), dim), dtype=np.float32)
-        first_only = self.pooling == "cls"
-        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress, first_only):
-            pooled = hidden if first_only else self._mean(hidden, packing)
-            vectors = pooled.float()[:, :dim]  # [B, dim]
+        one_token = self.head.pooling.one_token  # then the last layer computes only the tokens pooling reads
+        picks = partial(self.head.pooling.picks, skip=prompt_length) if one_token else None
+        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress, picks):
+            vectors = self.head(hidden, packing, prompt_length, picked=one_token)
+            vectors = vectors[:, :dim]  # [B, dim]
             if normalize:
                 vectors = F.normalize(vectors, dim=-1)
             out[batch] = vectors.cpu().numpy()
@@ -302,7 +427,7 @@ class Embedder:
             raise ValueError("sparse embeddings name their tokens: pass tokenizer=... to the Embedder")
         special = set(self.tokenizer.all_special_ids)
         out: list[dict[str, float]] = [{} for _ in token_ids]
-        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress, first_only=False):
+        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress):
             weights = torch.relu(self.model.classifier(hidden)).squeeze(-1).float().cpu()  # [T]
             for i, row in zip(batch, weights.split(packing.seqlens_list)):
                 out[i] = self._token_weights(token_ids[i], row.tolist(), special)
@@ -323,24 +448,26 @@ class Embedder:
         return self._token_text[token_id]
 
     # -------------------------------------------------------------------------- internals
-    def _run(self, token_ids, batch_tokens, show_progress, first_only):
+    def _run(self, token_ids, batch_tokens, show_progress, picks=None):
         budget = batch_tokens or self.batch_tokens
         show = self.show_progress if show_progress is None else show_progress
-        return run_packed(self.encoder, token_ids, budget, first_only=first_only, show_progress=show)
-
-    @staticmethod
-    def _mean(hidden: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """[T, H] -> [B, H] mean over each sequence's tokens."""
-        rows = torch.arange(packing.batch_size, device=hidden.device).repeat_interleave(packing.seqlens)
-        sums = hidden.new_zeros((packing.batch_size, hidden.shape[1]), dtype=torch.float32).index_add_(0, rows, hidden.float())
-        return sums / packing.seqlens[:, None]
+        return run_packed(self.encoder, token_ids, budget, picks=picks, show_progress=show)
 
     def check_dim(self, dim: int | None) -> int:
         if dim is None:
-            return self.hidden_size
-        if not 1 <= dim <= self.hidden_size:
-            raise ValueError(f"dim must be between 1 and the hidden size {self.hidden_size}, got {dim}")
+            return self.dimension
+        if not 1 <= dim <= self.dimension:
+            raise ValueError(f"dim must be between 1 and the model's {self.dimension} dimensions, got {dim}")
         return dim
+
+
+def lowercase(tokenizer: Any) -> None:
+    """Make a fast tokenizer lower-case its input first (sentence-transformers' do_lower_case), if it does not yet."""
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    steps = list(current) if isinstance(current, normalizers.Sequence) else [] if current is None else [current]
+    if not any(isinstance(step, normalizers.Lowercase) for step in steps):
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *steps])
 
 
 def check_max_length(config: NewConfig, max_length: int) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import hub, modeling
+from . import hub, modeling, st_files
 from .modeling import NewModel, NewPreTrainedModel
 
 MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 and newer
@@ -157,7 +157,7 @@ def export_onnx(
     if quantize is None:
         return report
     quantized = _quantize(model_file)
-    cosine = _cosine(run_onnx(quantized, graph.feed(batch)), fp32, batch, hub.sentence_transformers_settings(path).pooling or "cls")
+    cosine = _cosine(run_onnx(quantized, graph.feed(batch)), fp32, batch, _pooling_name(path))
     if cosine < MIN_INT8_COSINE:
         warnings.warn(f"int8 vectors are close to float32 ones only down to cosine {cosine:.4f} (< {MIN_INT8_COSINE}): "
                       f"prefer {model_file.name} where quality matters", stacklevel=2)  # fmt: skip
@@ -316,6 +316,11 @@ def _torch_hidden(model: NewPreTrainedModel, batch: dict[str, torch.Tensor]) -> 
     """last_hidden_state [B, L, H] on our PyTorch path (unpadded)."""
     base = model if isinstance(model, NewModel) else model.new
     return base(**batch, unpad_inputs=True).last_hidden_state
+
+
+def _pooling_name(path: Path) -> str:
+    pooling = st_files.read_settings(path).pooling
+    return "cls" if pooling is None else pooling.name
 
 
 def _max_abs_diff(onnx_hidden: np.ndarray, torch_hidden: torch.Tensor, mask: torch.Tensor) -> float:

@@ -1,5 +1,5 @@
 """Finding and loading a checkpoint: the embedded default model, a local directory or a hub id; device and
-dtype, tokenizer, sentence-transformers settings (pooling, max length)."""
+dtype, tokenizer. (Its sentence-transformers files are read by st_files.py.)"""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from .models import DEFAULT_MODEL, embedded_path
 from .prepack import prepack
 
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*_Pooling/*", "*_Dense/*", "*_Normalize/*"]
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
               type(None): "null"}  # fmt: skip
-POOLING_MODES = ("cls", "mean")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -148,46 +147,13 @@ def load_tokenizer(path: Path):
         raise ModelNotFoundError(f"cannot load a tokenizer from {path}: {error}") from error
 
 
-# ------------------------------------------------------------------------------ sentence-transformers files
-@dataclass(frozen=True)
-class SentenceTransformersSettings:
-    pooling: str | None = None
-    max_seq_length: int | None = None
-
-
-def sentence_transformers_settings(path: Path) -> SentenceTransformersSettings:
-    """Pooling mode and max_seq_length from modules.json, 1_Pooling/config.json, sentence_bert_config.json."""
-    modules = read_json(path / "modules.json", list) or []
-    pooling = None
-    for module in modules:
-        if module.get("type", "").endswith("Pooling"):
-            pooling = _pooling_mode(read_json(path / module.get("path", "") / "config.json") or {})
-    st_config = read_json(path / "sentence_bert_config.json") or {}
-    return SentenceTransformersSettings(pooling, st_config.get("max_seq_length"))
-
-
-def _pooling_mode(config: dict[str, Any]) -> str:
-    if "pooling_mode" in config:  # sentence-transformers >= 6
-        mode = config["pooling_mode"]
-    else:
-        modes = [key.removeprefix("pooling_mode_") for key, on in config.items() if key.startswith("pooling_mode_") and on]
-        mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(modes[0], modes[0]) if len(modes) == 1 else "+".join(modes)
-    return check_pooling(mode)
-
-
-def check_pooling(mode: str) -> str:
-    if mode not in POOLING_MODES:
-        raise ValueError(f"pooling {mode!r} is not supported: choose one of {', '.join(POOLING_MODES)}")
-    return mode
-
-
 # ------------------------------------------------------------------------------ loading
 @dataclass
 class Loaded:
     model: torch.nn.Module  # a gte NewPreTrainedModel, in eval mode
     tokenizer: Any
     name: str
-    settings: SentenceTransformersSettings
+    path: Path | None  # the checkpoint directory; None for a model object passed in
 
 
 def load(
@@ -205,7 +171,7 @@ def load(
         choose_class(type(model).__name__, model.config.num_labels)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
-        return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, SentenceTransformersSettings())
+        return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, None)
     target = resolve_device(device)
     path = resolve(model)
     cls = choose_class(*architecture(path))
@@ -215,4 +181,4 @@ def load(
     loaded = cls.from_pretrained(str(path), **kwargs).to(target).eval()
     prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
-    return Loaded(loaded, tokenizer, str(model), sentence_transformers_settings(path))
+    return Loaded(loaded, tokenizer, str(model), path)

@@ -49,12 +49,17 @@ class Options:
     sparse: bool = False
     window_rows: int = WINDOW_ROWS
     window_chars: int = WINDOW_CHARS
+    prompt_name: str | None = None  # the checkpoint's prompt of this name (else its default prompt, if any)
+    prompt: str | None = None  # or this text before each one
+    truncation_side: str | None = None  # "right" (the Embedder's default) or "left"
 
     def __post_init__(self) -> None:
         if self.window_rows < 1 or self.window_chars < 1:
             raise ValueError("a window needs at least one row and one character")
         if self.sparse and (self.dim is not None or not self.normalize):
             raise ValueError("dim and normalize apply to dense vectors, not to sparse ones")
+        if self.sparse and (self.prompt_name is not None or self.prompt is not None):
+            raise ValueError("prompts apply to dense vectors; sparse token weights are computed on the text alone")
         taken = {self.id_name, self.vector_name}
         clash = [c for c in self.keep_columns if c in taken and c != self.id_field]
         if clash:
@@ -88,9 +93,10 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
     if texts.null_count:
         row = first_row + texts.is_null().to_pylist().index(True)
         raise InputError(f"row {row}: the {options.field!r} value is null, not a text")
+    prompt = "" if options.sparse else embedder.resolve_prompt(options.prompt_name, options.prompt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
-        ids = embedder.tokenize(texts.to_pylist())
+        ids = embedder.tokenize(texts.to_pylist(), prompt=prompt, truncation_side=options.truncation_side)
     truncated = sum(w.message.count for w in caught if isinstance(w.message, TruncationWarning))
     for w in caught:
         if not isinstance(w.message, TruncationWarning):
@@ -100,7 +106,8 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
         weights = embedder.sparse_tokens(ids, show_progress=False)
         column = pa.array([list(w.items()) for w in weights], type=pa.map_(pa.string(), pa.float32()))
     else:
-        vectors = embedder.encode_tokens(ids, dim=options.dim, normalize=options.normalize, show_progress=False)
+        vectors = embedder.encode_tokens(ids, prompt_length=embedder.prompt_length(prompt), dim=options.dim,
+                                         normalize=options.normalize, show_progress=False)  # fmt: skip
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
     return Embedded(column, tokens, truncated)
 
@@ -282,7 +289,8 @@ class EmbedJob:
 
     def _start(self, embedder: Embedder, stream: IO[str] | None) -> tuple[Manifest, Sink]:
         identity = {
-            "model": embedder.model_name, "max_length": embedder.max_length, "pooling": embedder.pooling,
+            "model": embedder.model_name, "max_length": embedder.max_length, "head": embedder.head.describe(),
+            "prompt": "" if self.options.sparse else embedder.resolve_prompt(self.options.prompt_name, self.options.prompt),
             "dtype": str(embedder.dtype), "options": asdict(self.options), "input": self.source.fingerprint(),
         }  # fmt: skip
         if self.output is None:
@@ -295,7 +303,7 @@ class EmbedJob:
         else:
             self.work.mkdir(exist_ok=True)
         if self.output.suffix.lower() == ".npy":
-            dim = self.options.dim or embedder.hidden_size
+            dim = self.options.dim or embedder.dimension
             sink = NpyFile(self.output, self.work, self.source.num_rows, dim, resuming)
         else:
             sink = PartFiles(self.output, self.work)
@@ -332,7 +340,7 @@ class EmbedJob:
         return pa.table(columns)
 
     def _empty(self, embedder: Embedder) -> pa.Table:
-        dim = self.options.dim or embedder.hidden_size
+        dim = self.options.dim or embedder.dimension
         vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.float32(), dim)
         window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
         ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
@@ -385,6 +393,9 @@ def embed_corpus(
     dim: int | None = None,
     normalize: bool = True,
     sparse: bool = False,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    truncation_side: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     window_rows: int = WINDOW_ROWS,
@@ -398,6 +409,7 @@ def embed_corpus(
     from .sources import ListSource
 
     source = ListSource(input, field) if isinstance(input, (list, tuple)) else open_source(input, field)
-    options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows)
+    options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows, prompt_name=prompt_name,
+                      prompt=prompt, truncation_side=truncation_side)  # fmt: skip
     job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
     return job.run(embedder or Embedder(), show_progress=show_progress)

@@ -32,6 +32,10 @@ class Packing:
         seqlens = torch.full((batch,), length, dtype=torch.long, device=attention_mask.device)
         return cls(seqlens, length, attention_mask.bool())
 
+    @cached_property
+    def lengths(self) -> torch.Tensor:  # [B] each sequence's valid tokens (in padded mode: the right-padded row's)
+        return self.seqlens if self.key_mask is None else self.key_mask.sum(1)
+
     @property
     def batch_size(self) -> int:
         return self.seqlens.shape[0]

@@ -12,6 +12,7 @@ import torch
 from . import hub
 from .embed import backend_name, check_max_length, check_texts, default_batch_tokens, run_packed, tokenize_texts
 from .modeling import NewForSequenceClassification
+from .padding import Packing
 
 
 class Reranker:
@@ -90,7 +91,9 @@ class Reranker:
         show = self.show_progress if show_progress is None else show_progress
         budget = batch_tokens or self.batch_tokens
         types = token_type_ids if self._type_ids else None
-        for batch, first, _ in run_packed(self.model.new, token_ids, budget, type_ids=types, first_only=True, show_progress=show):
+        batches = run_packed(self.model.new, token_ids, budget, type_ids=types, picks=Packing.first_token_index,
+                             show_progress=show)  # fmt: skip
+        for batch, first, _ in batches:
             logits = self.model.classifier(self.model.new.pooler(first)).squeeze(-1).float()  # [B]
             if normalize:
                 logits = torch.sigmoid(logits)

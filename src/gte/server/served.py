@@ -110,8 +110,8 @@ class ServedModel:
             self.metrics.in_flight.dec()
 
     def check_dimensions(self, dim: int | None) -> None:
-        if dim is not None and dim > self.model.hidden_size:
-            raise ApiError(422, f"dimensions {dim} is more than the model's {self.model.hidden_size}", param="dimensions")
+        if dim is not None and dim > self.model.dimension:
+            raise ApiError(422, f"dimensions {dim} is more than the model's {self.model.dimension}", param="dimensions")
 
     def check_count(self, n: int, param: str) -> None:
         if n > self.settings.max_client_batch_size:
