@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import gte
 from gte import NewConfig, NewForMaskedLM, NewForSequenceClassification, NewModel
 from gte.convert import ConversionError, config_from_native, native_config, native_state_dict, state_dict_from_native
-from model_helpers import GOLDEN, check_golden, collected_warnings, golden_case, golden_manifest, random_batch, small_config
+from model_helpers import collected_warnings, golden_case, golden_diffs, golden_manifest, random_batch, run_golden, small_config
 
 ATOL = golden_manifest()["tolerance"]["atol"]
 CONVERTIBLE = ["p01", "p07"]  # plain RoPE / NTK factor 2 with split q/k/v and token types, LayerNorm
@@ -29,18 +29,13 @@ def save_native(config: NewConfig, state_dict: dict[str, torch.Tensor], out: Pat
 
 
 def convert_case(case: dict, out: Path) -> Path:
-    case_dir = GOLDEN / case["name"]
-    return save_native(NewConfig.from_pretrained(case_dir), load_file(case_dir / "model.safetensors"), out)
+    return save_native(NewConfig.from_pretrained(case["dir"]), load_file(case["dir"] / "model.safetensors"), out)
 
 
-def check(model: torch.nn.Module, case: dict, unpad: bool | None = None) -> dict:
-    """check_golden's comparison of one loaded model (unpad_inputs=None: the model's own forward keywords)."""
-    checker = check_golden()
-    case_dir = GOLDEN / case["name"]
-    inputs = load_file(case_dir / "inputs.safetensors")
-    expected = load_file(case_dir / "expected.safetensors")
-    got = checker.run_case(model.eval(), inputs, case, None if unpad is None else {"unpad_inputs": unpad})
-    return checker.compare(expected, got, case, inputs["attention_mask"], ATOL)
+def assert_golden(model: torch.nn.Module, case: dict, **call_kwargs) -> None:
+    """The model (ours or transformers' Gte) gives the case's golden outputs; no keywords: its own forward's."""
+    diffs = golden_diffs(case, run_golden(model.eval(), case, **call_kwargs))
+    assert max(diffs.values()) <= ATOL, diffs
 
 
 @pytest.mark.parametrize("name", CONVERTIBLE)
@@ -56,8 +51,7 @@ def test_converted_golden_case_loads_in_transformers_native_gte(name, tmp_path):
     assert not found
     assert type(model).__module__.startswith("transformers.models.gte")
     assert type(auto) is transformers.GteConfig
-    report = check(model, case)
-    assert report["pass"], report
+    assert_golden(model, case)
 
 
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
@@ -69,13 +63,12 @@ def test_converted_golden_case_loads_in_our_classes(name, unpad, tmp_path):
         model = getattr(gte, case["class"]).from_pretrained(native_dir)
     assert not found
     assert type(model) is getattr(gte, case["class"])
-    report = check(model, case, unpad)
-    assert report["pass"], report
+    assert_golden(model, case, unpad_inputs=unpad)
 
 
 def test_native_ntk_rope_parameters():
     """Fixed NTK factor f -> linear factor f ** (2 / head_dim) on rope_theta * f, and back."""
-    config = NewConfig.from_pretrained(GOLDEN / golden_case("p07")["name"])
+    config = NewConfig.from_pretrained(golden_case("p07")["dir"])
     native = native_config(config)
     factor = config.rope_scaling["factor"]
     assert native["rope_parameters"] == {"rope_type": "linear", "factor": factor ** (2 / config.head_dim), "rope_theta": config.rope_theta * factor}
@@ -126,7 +119,7 @@ def test_heads_round_trip_through_the_native_layout(cls, tmp_path):
 
 
 def test_state_dict_round_trip_is_exact():
-    case_dir = GOLDEN / golden_case("p01")["name"]
+    case_dir = golden_case("p01")["dir"]
     config = NewConfig.from_pretrained(case_dir)
     official = load_file(case_dir / "model.safetensors")
     back = state_dict_from_native(native_state_dict(official, config))
@@ -163,7 +156,7 @@ def test_unsupported_features_refuse_to_convert(name):
 @pytest.mark.parametrize("name", [c["name"][:3] for c in golden_manifest()["cases"] if c["name"][:3] not in CONVERTIBLE])
 def test_other_golden_cases_refuse_to_convert(name):
     with pytest.raises(ConversionError):
-        native_config(NewConfig.from_pretrained(GOLDEN / golden_case(name)["name"]))
+        native_config(NewConfig.from_pretrained(golden_case(name)["dir"]))
 
 
 def test_native_masked_lm_with_another_activation_is_refused():

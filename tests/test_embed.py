@@ -17,8 +17,8 @@ from transformers import AutoModel, AutoModelForTokenClassification, AutoTokeniz
 import gte
 from gte.embed import TruncationWarning, cut_batches
 from gte.hub import ModelNotFoundError
+from model_helpers import golden_case
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
     "",
@@ -188,7 +188,7 @@ def test_progress_bar_when_asked(embedder, capsys):
 @pytest.mark.parametrize("case", ["p01", "p02", "p11"])
 def test_cls_vectors_match_the_golden_fixtures(case):
     """The original's last_hidden_state[:, 0] for each row, through encode_tokens (token type 0 cases)."""
-    (case_dir,) = GOLDEN.glob(f"{case}_*")
+    case_dir = golden_case(case)["dir"]
     model = gte.NewModel.from_pretrained(case_dir, dtype=torch.float32)
     inputs, expected = load_file(case_dir / "inputs.safetensors"), load_file(case_dir / "expected.safetensors")
     ids = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]

@@ -18,7 +18,7 @@ import gte
 from gte import cli, export
 from gte.export import ExportError, export_onnx, run_onnx
 from gte.models import DEFAULT_MODEL
-from model_helpers import GOLDEN, golden_manifest, random_batch
+from model_helpers import golden_manifest, random_batch
 from test_convert import convert_case
 
 TOLERANCE = 1e-4
@@ -50,7 +50,7 @@ def test_golden_case(case, tmp_path):
     """Checkpoint directories without a tokenizer; RoPE (NTK, mixed_b, past max_position_embeddings), absolute
     positions, RMSNorm, split qkv, logn scale, token types; every head. ONNX Runtime on the golden inputs equals
     the original's outputs and our PyTorch path."""
-    case_dir = GOLDEN / case["name"]
+    case_dir = case["dir"]
     report = export_to(case_dir, tmp_path)
     assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "config.json").is_file()
     inputs = load_file(str(case_dir / "inputs.safetensors"))

@@ -23,17 +23,9 @@ from gte import (
     NewForTokenClassification,
     NewModel,
 )
-from model_helpers import GOLDEN, collected_warnings, golden_case, golden_manifest, random_batch, small_config
+from model_helpers import AUTO_CLASSES, collected_warnings, golden_case, golden_manifest, random_batch, small_config
 
 CASES = golden_manifest()["cases"]
-AUTO_CLASSES = {
-    "NewModel": "AutoModel",
-    "NewForMaskedLM": "AutoModelForMaskedLM",
-    "NewForSequenceClassification": "AutoModelForSequenceClassification",
-    "NewForTokenClassification": "AutoModelForTokenClassification",
-    "NewForMultipleChoice": "AutoModelForMultipleChoice",
-    "NewForQuestionAnswering": "AutoModelForQuestionAnswering",
-}
 NEW_IMPL = "Alibaba-NLP/new-impl"
 AUTO_MAP = {"AutoConfig": f"{NEW_IMPL}--configuration.NewConfig"} | {
     auto: f"{NEW_IMPL}--modeling.{cls}" for cls, auto in AUTO_CLASSES.items()
@@ -59,7 +51,7 @@ def left_pad(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------ names and loading
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_official_state_dict_loads_and_saves_with_the_same_names(case, tmp_path):
-    case_dir = GOLDEN / case["name"]
+    case_dir = case["dir"]
     cls = getattr(gte, case["class"])
     with collected_warnings() as found:
         model, info = cls.from_pretrained(case_dir, output_loading_info=True, **case["init_kwargs"])
@@ -73,7 +65,7 @@ def test_official_state_dict_loads_and_saves_with_the_same_names(case, tmp_path)
 
 
 def test_masked_lm_decoder_is_tied_and_not_saved(tmp_path):
-    model = NewForMaskedLM.from_pretrained(GOLDEN / golden_case("p04")["name"])
+    model = NewForMaskedLM.from_pretrained(golden_case("p04")["dir"])
     assert model.lm_head.decoder.weight is model.new.embeddings.word_embeddings.weight
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as saved:
@@ -93,7 +85,7 @@ def test_auto_classes_load_official_dirs_with_remote_code_auto_map_offline(case,
         raise AssertionError("remote code must not be fetched")
 
     monkeypatch.setattr(transformers.dynamic_module_utils, "get_class_from_dynamic_module", no_remote_code)
-    model_dir = shutil.copytree(GOLDEN / case["name"], tmp_path / "official")
+    model_dir = shutil.copytree(case["dir"], tmp_path / "official")
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(config | {"auto_map": AUTO_MAP}))
 
@@ -105,7 +97,7 @@ def test_auto_classes_load_official_dirs_with_remote_code_auto_map_offline(case,
 
 
 def test_automodel_on_a_head_checkpoint_gives_the_base_model():
-    model = AutoModel.from_pretrained(GOLDEN / golden_case("p07")["name"])
+    model = AutoModel.from_pretrained(golden_case("p07")["dir"])
     assert type(model) is NewModel
 
 
@@ -247,7 +239,7 @@ def test_attentions_are_none_unless_asked():
 
 @pytest.mark.parametrize("name", ["eager", "sdpa", "auto"])
 def test_attn_implementation_names(name):
-    case_dir = GOLDEN / golden_case("p01")["name"]
+    case_dir = golden_case("p01")["dir"]
     model = AutoModel.from_pretrained(case_dir, attn_implementation=name)
     assert model.config._attn_implementation == name
     reference = AutoModel.from_pretrained(case_dir, attn_implementation="eager")
@@ -264,14 +256,14 @@ def test_attn_implementation_can_be_changed_after_loading():
 
 def test_invalid_attn_implementation_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown attn_implementation 'bogus'.*eager"):
-        AutoModel.from_pretrained(GOLDEN / golden_case("p01")["name"], attn_implementation="bogus")
+        AutoModel.from_pretrained(golden_case("p01")["dir"], attn_implementation="bogus")
     with pytest.raises(ValueError, match="unknown attn_implementation"):
         NewModel(small_config(attn_implementation="bogus"))
 
 
 @pytest.mark.skipif(gte.attention.flash.flash_attn_varlen_func is not None, reason="flash-attn is installed")
 def test_unavailable_backend_falls_back_with_a_warning(caplog):
-    model = AutoModel.from_pretrained(GOLDEN / golden_case("p01")["name"], attn_implementation="flash_attention_2")
+    model = AutoModel.from_pretrained(golden_case("p01")["dir"], attn_implementation="flash_attention_2")
     assert model.config._attn_implementation == "flash_attn"
     gte.attention._warned.clear()
     with caplog.at_level("WARNING", logger="gte"):
@@ -281,7 +273,7 @@ def test_unavailable_backend_falls_back_with_a_warning(caplog):
 
 @pytest.mark.skipif(gte.attention.xformers.xops is not None, reason="xformers is installed")
 def test_memory_efficient_attention_without_xformers_warns_once_and_runs(caplog):
-    case_dir = GOLDEN / golden_case("p01")["name"]
+    case_dir = golden_case("p01")["dir"]
     transformers.utils.logging.warning_once.cache_clear()
     with caplog.at_level("WARNING", logger="gte"):
         models = [AutoModel.from_pretrained(case_dir, use_memory_efficient_attention=True) for _ in range(2)]

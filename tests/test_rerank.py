@@ -14,8 +14,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import gte
 from gte.embed import TruncationWarning
+from model_helpers import golden_case
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 QUERY = "where is the giant panda from?"
 DOCS = ["der hund ist schnell", "the panda is a bear from china", "", "北京 上海 模型", "le chat est rapide"]
 
@@ -95,7 +95,7 @@ def test_attributes(reranker, reranker_model_dir):
 
 def test_logits_match_the_golden_fixture():
     """p05: one label, absolute positions, two token types (non-zero token_type_ids)."""
-    (case_dir,) = GOLDEN.glob("p05_*")
+    case_dir = golden_case("p05")["dir"]
     model = gte.NewForSequenceClassification.from_pretrained(case_dir, dtype=torch.float32)
     inputs, expected = load_file(case_dir / "inputs.safetensors"), load_file(case_dir / "expected.safetensors")
     masks = inputs["attention_mask"].bool()
