@@ -130,6 +130,23 @@ def test_parquet_directory_is_one_dataset(capsys, tmp_path, tiny_model_dir, embe
 
 
 # ------------------------------------------------------------------------------ resuming
+def ctrl_c_at_window(capsys, monkeypatch, window: int, *argv) -> str:
+    """Run the job, interrupted as it starts window `window` (0-based): the windows before it are finished parts."""
+    real, calls = job.embed_texts, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > window:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "embed_texts", interrupted)
+    code, _, err = run(capsys, *argv)
+    monkeypatch.setattr(job, "embed_texts", real)
+    assert code == 130 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
 def test_ctrl_c_then_resume_gives_the_uninterrupted_output(capsys, monkeypatch, tmp_path, tiny_model_dir):
     rows = [{"id": i, "text": t} for i, t in enumerate(corpus(400, seed=3))]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -137,22 +154,11 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(capsys, monkeypatch, 
     assert run(capsys, *common, "-o", tmp_path / "whole.parquet")[0] == 0
 
     output = tmp_path / "out.parquet"
-    real, calls = job.embed_texts, []
-
-    def interrupted_at_the_fourth_window(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(job, "embed_texts", interrupted_at_the_fourth_window)
-    code, _, err = run(capsys, *common, "-o", output)
-    assert code == 130 and len(err.strip().splitlines()) == 1, err
+    err = ctrl_c_at_window(capsys, monkeypatch, 3, *common, "-o", output)
     assert "stopped after 150 of 400 rows" in err and "resume with: gte embed" in err and err.strip().endswith("--resume")
     assert not output.exists() and (tmp_path / "out.parquet.partial" / "manifest.json").is_file()
     assert "pass --resume" in error_of(capsys, *common, "-o", output)  # a rerun without --resume is refused
 
-    monkeypatch.setattr(job, "embed_texts", real)
     code, _, err = run(capsys, *common, "-o", output, "--resume")
     assert code == 0 and "250 rows" in err and "150 were done before the resume" in err
     assert pq.read_table(output).equals(pq.read_table(tmp_path / "whole.parquet"))
@@ -206,6 +212,69 @@ def test_resume_after_sigkill_is_identical_to_an_uninterrupted_run(capsys, tmp_p
         if suffix == ".parquet":
             assert pq.read_table(output).equals(pq.read_table(tmp_path / "whole.parquet"))
     assert not manifest.parent.exists()
+
+
+def flip(path: Path, at: int) -> None:
+    """Overwrite one byte of a file (its size unchanged)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, size: int) -> None:
+    with path.open("r+b") as f:
+        f.truncate(size)
+
+
+def edit_manifest(work: Path, change) -> None:
+    manifest = json.loads((work / "manifest.json").read_text())
+    change(manifest)
+    (work / "manifest.json").write_text(json.dumps(manifest))
+
+
+NPY_HEADER, ROW_BYTES = 128, 32 * 4  # the tiny model's 32 float32 dimensions
+DAMAGE = {  # done to the work directory of a job stopped after 4 windows of 40 rows: the file the warning names, the row it resumes from
+    "truncated jsonl part": (".jsonl", lambda work: truncate(work / "part-000001.jsonl", 3000), "part-000001.jsonl", 40),
+    "overwritten parquet part": (".parquet", lambda work: flip(work / "part-000002.parquet", 2000), "part-000002.parquet", 80),
+    "done raised": (".parquet", lambda work: edit_manifest(work, lambda m: m.update(done=m["done"] + 80)), "manifest.json", 160),
+    "part missing": (".jsonl", lambda work: (work / "part-000001.jsonl").unlink(), "part-000001.jsonl", 40),
+    "rows changed": (".jsonl", lambda work: edit_manifest(work, lambda m: (m["parts"][1].update(rows=41), m.update(done=161))),
+                     "manifest.json", 40),
+    "damaged npy region": (".npy", lambda work: flip(work / "data.npy", NPY_HEADER + 100 * ROW_BYTES + 7), "data.npy", 80),
+    "truncated data.npy": (".npy", lambda work: truncate(work / "data.npy", NPY_HEADER + 50 * ROW_BYTES), "data.npy", 40),
+    "npy header": (".npy", lambda work: flip(work / "data.npy", 30), None, 160),  # depends on the shape only: rewritten
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_resume_proves_the_parts_it_keeps(capsys, monkeypatch, tmp_path, tiny_model_dir, damage):
+    suffix, spoil, named, resumed_from = DAMAGE[damage]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(corpus(300, seed=5)) + "\n")
+    common = ["embed", "-m", tiny_model_dir, "-i", source, "--window", 40]
+    whole, output = tmp_path / f"whole{suffix}", tmp_path / f"out{suffix}"
+    assert run(capsys, *common, "-o", whole)[0] == 0
+    assert "stopped after 160 of 300 rows" in ctrl_c_at_window(capsys, monkeypatch, 4, *common, "-o", output)
+    spoil(tmp_path / f"out{suffix}.partial")
+
+    code, _, err = run(capsys, *common, "-o", output, "--resume")
+    assert code == 0, err
+    assert output.read_bytes() == whole.read_bytes()
+    *warned, summary = err.strip().splitlines()
+    assert len(warned) == (named is not None), err
+    for line in warned:
+        assert f"{output}.partial/{named}" in line and line.endswith(f": embedding again from row {resumed_from}"), err
+    assert f"wrote 300 embeddings to {output}: {300 - resumed_from} rows" in summary
+    assert summary.endswith(f"; {resumed_from} were done before the resume"), summary
+
+
+def test_resume_refuses_a_manifest_without_checksums(capsys, monkeypatch, tmp_path, tiny_model_dir):
+    common = ["embed", "-m", tiny_model_dir, "-i", write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in corpus(90)]),
+              "--window", 40, "-o", tmp_path / "o.jsonl"]  # fmt: skip
+    ctrl_c_at_window(capsys, monkeypatch, 1, *common)
+    edit_manifest(tmp_path / "o.jsonl.partial", lambda m: m.update(parts=[p["name"] for p in m["parts"]]))
+    message = error_of(capsys, *common, "--resume")
+    assert "manifest.json was written by an earlier gte, without the checksums" in message and "--overwrite" in message
 
 
 def test_resume_refuses_a_changed_job(capsys, tmp_path, tiny_model_dir):

@@ -6,7 +6,9 @@ One pipeline for `gte embed`, the Python API (`embed_corpus`) and Ray Data (`gte
 token-budget batches by the Embedder's packed inference path (the only one), and written as one durable part
 (see sinks.py). Memory is bounded by one window whatever the corpus size. A file job keeps a manifest in its
 work directory, so `resume=True` continues after any interruption from the last finished part, and the
-output is row for row the one an uninterrupted run writes.
+output is row for row the one an uninterrupted run writes. A resumed job trusts nothing it finds: each part
+must match the sha256 and the row count of the window it was written for, and the job embeds again from the
+first part that does not (saying why).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from .embed import Embedder, TruncationWarning
-from .sinks import JsonlStream, NpyFile, PartFiles, Sink, check_output
+from .sinks import FileSink, JsonlStream, NpyFile, Part, PartFiles, Sink, check_output
 from .sources import DEFAULT_FIELD, InputError, Source, open_source
 
 WINDOW_ROWS = 8192  # rows sorted together by length: plenty for the GPU kernels and the CPU's equal-length runs
@@ -141,8 +143,8 @@ class Summary:
     output: str
     truncated: int = 0
 
-    def add(self, rows: int, result: Embedded, seconds: float) -> None:
-        self.rows, self.embedded, self.seconds = self.rows + rows, self.embedded + rows, max(seconds, 1e-9)
+    def add(self, done: int, rows: int, result: Embedded, seconds: float) -> None:
+        self.rows, self.embedded, self.seconds = done, self.embedded + rows, max(seconds, 1e-9)
         self.tokens, self.truncated = self.tokens + result.tokens, self.truncated + result.truncated
 
     def line(self, sparse: bool = False) -> str:
@@ -158,15 +160,20 @@ class Manifest:
 
     identity: dict[str, Any]  # what the output depends on: model, options, input
     rows: int | None  # the input's row count, where known
-    done: int = 0  # rows written, a window boundary
-    parts: list[str] = field(default_factory=list)
+    done: int = 0  # rows written: the parts' rows
+    parts: list[Part] = field(default_factory=list)  # one per finished window, in order
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as error:
+            data = json.loads(path.read_text())
+            parts = data.pop("parts", [])
+            if not any(isinstance(p, str) for p in parts):  # an earlier gte listed the parts' names only
+                return cls(**data, parts=[Part(str(p["name"]), int(p["rows"]), str(p["sha256"])) for p in parts])
+        except (OSError, ValueError, TypeError, KeyError) as error:
             raise InputError(f"{path}: not a readable job manifest ({error}); pass --overwrite to start over") from error
+        raise InputError(f"{path} was written by an earlier gte, without the checksums that prove its parts; "
+                         "pass --overwrite to start over")  # fmt: skip
 
     def save(self, work: Path) -> None:
         from .sinks import durable
@@ -233,12 +240,12 @@ class EmbedJob:
         started, release = time.perf_counter(), _heap_release()
         with _progress(self.source.num_rows, manifest.done, show_progress) as bar:
             try:
-                for index, start, window, ids in self._windows(manifest.done):
+                for index, start, window, ids in self._windows(manifest):
                     result = embed_texts(embedder, window.column(self.options.field), self.options, start)
                     self._write(sink, manifest, index, start, self._table(window, ids, result.column))
                     release(0)
-                    summary.add(window.num_rows, result, time.perf_counter() - started)
-                    bar.update(window.num_rows)
+                    summary.add(manifest.done, window.num_rows, result, time.perf_counter() - started)
+                    bar.update(manifest.done - bar.n)
                     bar.set_postfix_str(f"{summary.tokens / summary.seconds:,.0f} tokens/s", refresh=False)
                 if not manifest.parts and isinstance(sink, PartFiles):  # an empty input: an empty output, with its columns
                     self._write(sink, manifest, 0, 0, self._empty(embedder))
@@ -250,14 +257,17 @@ class EmbedJob:
                           f"{embedder.max_length} tokens and were truncated", TruncationWarning, stacklevel=2)  # fmt: skip
         return summary
 
-    def _windows(self, done: int) -> Iterator[tuple[int, int, pa.Table, pa.Array]]:
-        """(index, first row, window, ids) of the windows from row `done` on; the ones before are read only for
-        their ids (checked unique when resuming)."""
+    def _windows(self, manifest: Manifest) -> Iterator[tuple[int, int, pa.Table, pa.Array]]:
+        """(index, first row, window, ids) of the windows that no finished part holds; the ones before are read
+        only for their ids (checked unique when resuming) and to prove the parts' row counts."""
         seen: set[int] | None = set() if self.resume and self.options.id_field else None
         start = 0
         for index, window in enumerate(windows(self.source.chunks(self.options.read_columns), self.options)):
             ids = self._ids(window, start, seen)
-            if start >= done:
+            if index < len(manifest.parts) and manifest.parts[index].rows != window.num_rows:
+                self._drop(manifest, index, f"{self.work / MANIFEST} says part {index} holds {manifest.parts[index].rows} "
+                                            f"rows where its window has {window.num_rows}")  # fmt: skip
+            if index >= len(manifest.parts):
                 yield index, start, window, ids
             start += window.num_rows
 
@@ -299,16 +309,35 @@ class EmbedJob:
         manifest = Manifest.load(self.work / MANIFEST) if resuming else Manifest(identity, self.source.num_rows)
         if resuming:
             self._check_same(manifest.identity, identity)
-            _remove_strays(self.work, manifest.parts)
         else:
             self.work.mkdir(exist_ok=True)
         if self.output.suffix.lower() == ".npy":
-            dim = self.options.dim or embedder.dimension
-            sink = NpyFile(self.output, self.work, self.source.num_rows, dim, resuming)
+            sink: FileSink = NpyFile(self.output, self.work, self.source.num_rows, self.options.dim or embedder.dimension)
         else:
             sink = PartFiles(self.output, self.work)
+        if resuming:
+            self._prove(sink, manifest)
+            _remove_strays(self.work, [p.name for p in manifest.parts])
         manifest.save(self.work)
         return manifest, sink
+
+    def _prove(self, sink: FileSink, manifest: Manifest) -> None:
+        """Keep the finished parts whose bytes are the ones written, up to the first that is not."""
+        start = 0
+        for index, part in enumerate(manifest.parts):
+            damage = sink.damage(index, start, part)
+            if damage:
+                return self._drop(manifest, index, damage)
+            start += part.rows
+        if manifest.done != start:
+            self._drop(manifest, len(manifest.parts), f"{self.work / MANIFEST} counts {manifest.done} rows done "
+                                                      f"where its parts hold {start}")  # fmt: skip
+
+    def _drop(self, manifest: Manifest, index: int, why: str) -> None:
+        """Give up the parts from `index` on: the job embeds their windows again."""
+        del manifest.parts[index:]
+        manifest.done = sum(p.rows for p in manifest.parts)
+        warnings.warn(f"{why}: embedding again from row {manifest.done}", stacklevel=2)
 
     def _check_same(self, before: dict[str, Any], now: dict[str, Any]) -> None:
         now = json.loads(json.dumps(now))  # tuples as lists, like the stored manifest

@@ -3,7 +3,9 @@
 A file output is built in a work directory next to it, `<output>.partial/`: each completed window of rows
 becomes a durable part there (written to a temporary name, synced, renamed), and only when every row is in is
 the final file assembled under a temporary name and renamed to the output. So nothing ever stands under the
-output's name before the job is complete, and a killed job keeps every part it finished.
+output's name before the job is complete, and a killed job keeps every part it finished. Each part is recorded
+with its row count and the sha256 of its bytes (for .npy, of its rows' byte range in the one preallocated
+data.npy), so a resumed job keeps only the parts it can prove are the ones written.
 
 Schema of a table (parquet columns, JSON fields): the id column (the `--id-field`'s name and values, or `id`,
 the int64 row number), then `embedding` (fixed-size list<float32>[dim]) or `sparse` (map<string, float32>),
@@ -12,12 +14,15 @@ then the kept columns.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -28,16 +33,26 @@ from .sources import InputError
 
 OUTPUT_FORMATS = (".parquet", ".jsonl", ".npy")
 SPARSE_FORMATS = (".parquet", ".jsonl")
+BLOCK = 1 << 20  # bytes hashed at a time
+
+
+@dataclass(frozen=True)
+class Part:
+    """A finished window, durable in the work directory: its file, its rows and the sha256 of its bytes."""
+
+    name: str
+    rows: int
+    sha256: str
 
 
 class Sink(ABC):
     """Writes the windows of one job in order."""
 
     @abstractmethod
-    def write(self, index: int, start: int, table: pa.Table) -> str | None:
-        """Write window `index` (rows start.. of the output); return the durable part's file name, if any."""
+    def write(self, index: int, start: int, table: pa.Table) -> Part | None:
+        """Write window `index` (rows start.. of the output); return the durable part, if any."""
 
-    def finish(self, parts: list[str]) -> None:
+    def finish(self, parts: list[Part]) -> None:
         """Assemble the output from every part (called once, after the last window)."""
 
 
@@ -83,16 +98,40 @@ def _vectors(table: pa.Table) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ files
-class PartFiles(Sink):
+class FileSink(Sink):
+    """Writes each window as a durable part in the work directory, a byte range of a file."""
+
+    @abstractmethod
+    def span(self, index: int, start: int, rows: int) -> tuple[Path, int, int | None]:
+        """Where window `index` (rows start..) lies: its file, first byte and size (None: to the file's end)."""
+
+    def damage(self, index: int, start: int, part: Part) -> str | None:
+        """What is wrong with finished part `index` (rows start..) as it stands; None when its bytes are those
+        written."""
+        path, offset, size = self.span(index, start, part.rows)
+        if part.name != path.name:
+            return f"the manifest lists {part.name!r} as part {index}, where {path.name} belongs"
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256(path, offset, size) != part.sha256:
+            where = "" if size is None else f"rows {start} to {start + part.rows - 1} of "
+            return f"the sha256 of {where}{path} differs from the one recorded"
+        return None
+
+
+class PartFiles(FileSink):
     """Parquet or JSON-lines parts in the work directory, concatenated at the end."""
 
     def __init__(self, output: Path, work: Path):
         self.output, self.work = output, work
         self.suffix = output.suffix.lower()
 
-    def write(self, index: int, start: int, table: pa.Table) -> str:
-        name = f"part-{index:06d}{self.suffix}"
-        with durable(self.work / name) as tmp:
+    def span(self, index: int, start: int, rows: int) -> tuple[Path, int, None]:
+        return self.work / f"part-{index:06d}{self.suffix}", 0, None
+
+    def write(self, index: int, start: int, table: pa.Table) -> Part:
+        path = self.span(index, start, table.num_rows)[0]
+        with durable(path) as tmp:
             if self.suffix == ".parquet":
                 import pyarrow.parquet as pq
 
@@ -100,16 +139,17 @@ class PartFiles(Sink):
             else:
                 with tmp.open("w", encoding="utf-8") as f:
                     write_jsonl(f, table)
-        return name
+            digest = sha256(tmp)
+        return Part(path.name, table.num_rows, digest)
 
-    def finish(self, parts: list[str]) -> None:
+    def finish(self, parts: list[Part]) -> None:
         with durable(self.output) as tmp:
             if self.suffix == ".parquet":
-                _concat_parquet([self.work / p for p in parts], tmp)
+                _concat_parquet([self.work / p.name for p in parts], tmp)
             else:
                 with tmp.open("wb") as out:
                     for part in parts:
-                        with (self.work / part).open("rb") as f:
+                        with (self.work / part.name).open("rb") as f:
                             shutil.copyfileobj(f, out)
 
 
@@ -132,29 +172,49 @@ def unify(schemas: list[pa.Schema]) -> pa.Schema:
         raise InputError(f"a column changes type along the input, so its rows cannot share one output schema ({error}); give each column one type") from error
 
 
-class NpyFile(Sink):
-    """An .npy file of float32 [rows, dim], preallocated in the work directory and filled window by window."""
+class NpyFile(FileSink):
+    """An .npy file of float32 [rows, dim], preallocated in the work directory and filled window by window.
 
-    def __init__(self, output: Path, work: Path, rows: int, dim: int, resume: bool):
-        self.output, self.data = output, work / "data.npy"
-        if not resume or not self.data.is_file():
-            array = np.lib.format.open_memmap(self.data, mode="w+", dtype=np.float32, shape=(rows, dim))
-            self.offset = array.offset
-            del array  # the file is sized; windows are written with plain writes (no mapped pages held)
-        else:
-            self.offset = np.load(self.data, mmap_mode="r").offset
-        self.row_bytes = dim * 4
+    The header and the size depend only on (rows, dim), so they are (re)written whenever the sink opens the
+    file, a resumed one included; each window's rows are a byte range, proven by its own sha256."""
 
-    def write(self, index: int, start: int, table: pa.Table) -> None:
-        with self.data.open("r+b") as f:
-            f.seek(self.offset + start * self.row_bytes)
-            f.write(np.ascontiguousarray(_vectors(table), dtype=np.float32).tobytes())
+    def __init__(self, output: Path, work: Path, rows: int, dim: int):
+        self.output, self.data, self.row_bytes = output, work / "data.npy", dim * 4
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (rows, dim)}
+        with os.fdopen(os.open(self.data, os.O_RDWR | os.O_CREAT, 0o666), "r+b") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            self.offset = f.tell()
+            f.truncate(self.offset + rows * self.row_bytes)  # sparse: windows are written with plain writes
             f.flush()
             os.fsync(f.fileno())
 
-    def finish(self, parts: list[str]) -> None:
+    def span(self, index: int, start: int, rows: int) -> tuple[Path, int, int]:
+        return self.data, self.offset + start * self.row_bytes, rows * self.row_bytes
+
+    def write(self, index: int, start: int, table: pa.Table) -> Part:
+        data = np.ascontiguousarray(_vectors(table), dtype=np.float32).tobytes()
+        path, offset, _ = self.span(index, start, table.num_rows)
+        with path.open("r+b") as f:
+            f.seek(offset)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return Part(path.name, table.num_rows, hashlib.sha256(data).hexdigest())
+
+    def finish(self, parts: list[Part]) -> None:
         os.replace(self.data, self.output)
         _sync_directory(self.output.parent)
+
+
+def sha256(path: Path, offset: int = 0, size: int | None = None) -> str:
+    """The sha256 of `size` bytes of a file from `offset` (None: to its end), read a block at a time."""
+    digest, left = hashlib.sha256(), math.inf if size is None else size
+    with path.open("rb") as f:
+        f.seek(offset)
+        while left and (block := f.read(min(BLOCK, left))):
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 @contextmanager
