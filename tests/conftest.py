@@ -76,3 +76,20 @@ def bert_family(tmp_path_factory):
         return built[architecture, pooling]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def st_dir(tmp_path_factory, tiny_model_dir):
+    """st_dir(**options) -> the tiny English model saved by sentence-transformers itself with these modules and
+    prompts (see fixtures.build_sentence_transformer), built once per set of options."""
+    import json
+
+    built: dict[str, Path] = {}
+
+    def get(**options) -> Path:
+        key = json.dumps(options, sort_keys=True)
+        if key not in built:
+            built[key] = fixtures.build_sentence_transformer(tmp_path_factory.mktemp("st"), tiny_model_dir, **options)
+        return built[key]
+
+    return get

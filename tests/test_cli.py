@@ -207,6 +207,56 @@ def test_rerank_refuses_an_embedding_model(capsys, tiny_model_dir):
     assert "not a reranker" in error_of(capsys, "rerank", "-m", tiny_model_dir, "-q", "q", "d")
 
 
+def test_embed_with_the_checkpoints_modules_and_prompts(capsys, st_dir):
+    """gte embed gives sentence-transformers' vectors: Dense, Normalize, the default prompt, a named one, a text."""
+    from sentence_transformers import SentenceTransformer
+
+    prompts = {"query": "query: ", "passage": "passage: "}
+    path = st_dir(pooling="mean", dense=((16, "GELU"),), normalize=True, prompts=prompts, default_prompt_name="query")
+    reference = SentenceTransformer(str(path), device="cpu")
+    texts = TEXTS[:1] + TEXTS[2:]
+    cases = {(): {}, ("--prompt-name", "passage"): {"prompt_name": "passage"}, ("--prompt", "x: "): {"prompt": "x: "}}
+    for flags, encode in cases.items():
+        code, out, _ = run(capsys, "embed", "-m", path, *flags, *texts)
+        assert code == 0
+        got = np.array([row["embedding"] for row in read_jsonl(out)])
+        np.testing.assert_allclose(got, reference.encode(texts, **encode), atol=1e-5, err_msg=str(flags))
+    message = error_of(capsys, "embed", "-m", path, "--prompt-name", "nope", "x")
+    assert "prompt name 'nope' is not one of this model's prompts (query, document, passage)" in message
+    assert run(capsys, "embed", "-m", path, "--prompt-name", "query", "--prompt", "q", "x")[0] == 2  # one or the other
+
+
+def test_embed_truncation_side(capsys, tiny_model_dir, embedder):
+    text = " ".join(["deep neural network for search"] * 40)  # longer than the model's 64 tokens
+    for side in ("right", "left"):
+        code, out, _ = run(capsys, "embed", "-m", tiny_model_dir, "--truncation-side", side, text)
+        assert code == 0
+        expected = embedder.encode(text, truncation_side=side)
+        np.testing.assert_allclose(read_jsonl(out)[0]["embedding"], expected[0], atol=1e-6)
+    start, end = embedder.tokenize(text + " paris", truncation_side="right"), embedder.tokenize("paris " + text, truncation_side="left")
+    assert start[0][:3] == embedder.tokenize("deep neural")[0][:3] and end[0][-3:] == embedder.tokenize("for search")[0][-3:]
+    assert len(start[0]) == len(end[0]) == embedder.max_length
+
+
+def test_embed_refuses_a_module_it_cannot_apply(capsys, st_dir, tmp_path):
+    import shutil
+
+    path = Path(shutil.copytree(st_dir(pooling="mean"), tmp_path / "unknown"))
+    modules = json.loads((path / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    message = error_of(capsys, "embed", "-m", path, "x")
+    assert "module '2' of type 'sentence_transformers.models.LayerNorm' is not one gte can apply" in message
+
+
+def test_pooling_of_a_checkpoint_without_sentence_transformers_files(capsys, multilingual_model_dir):
+    code, _, err = run(capsys, "embed", "-m", multilingual_model_dir, "x")
+    assert code == 0 and err.count("pooling is 'cls'") == 1
+    code, out, _ = run(capsys, "info", multilingual_model_dir, "--json")
+    assert json.loads(out)["pooling"].startswith("cls (no sentence-transformers files")
+    assert run(capsys, "embed", "-m", multilingual_model_dir, "--pooling", "mean", "x")[2] == ""
+
+
 # ------------------------------------------------------------------------------ info
 def test_info(capsys, sparse_model_dir):
     code, out, _ = run(capsys, "info", sparse_model_dir, "--json")

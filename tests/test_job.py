@@ -289,6 +289,23 @@ def test_resume_refuses_a_changed_job(capsys, tmp_path, tiny_model_dir):
     assert pq.read_table(output).num_rows == 20
 
 
+def test_resume_refuses_another_prompt(capsys, monkeypatch, tmp_path, st_dir):
+    path = st_dir(pooling="mean", prompts={"query": "query: ", "passage": "passage: "})
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(corpus(20))])
+    output, work = tmp_path / "o.jsonl", tmp_path / "o.jsonl.partial"
+    common = ["embed", "-m", path, "-i", source, "-o", output, "--window", "5"]
+    monkeypatch.setattr(job.EmbedJob, "_finish", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert run(capsys, *common, "--prompt-name", "query")[0] == 130
+    monkeypatch.undo()
+    assert json.loads((work / "manifest.json").read_text())["identity"]["prompt"] == "query: "
+    message = error_of(capsys, *common, "--prompt-name", "passage", "--resume")
+    assert "cannot resume" in message and "prompt" in message
+    assert run(capsys, *common, "--prompt-name", "query", "--resume")[0] == 0
+    expected = gte.Embedder(path).encode(corpus(20), prompt_name="query")
+    got = np.array([json.loads(line)["embedding"] for line in output.read_text().splitlines()])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_duplicate_ids_are_refused_when_resuming(capsys, tmp_path, tiny_model_dir):
     rows = [{"id": i % 15, "text": t} for i, t in enumerate(corpus(20))]
     source = write_jsonl(tmp_path / "in.jsonl", rows)

@@ -53,6 +53,18 @@ def test_embed_batches_keep_their_columns(tiny_model_dir):
     np.testing.assert_allclose(batch["embedding"], expected, atol=1e-5)
 
 
+def test_embed_applies_the_checkpoints_modules_and_prompts(st_dir):
+    """Dense, Normalize and the prompts, as sentence-transformers applies them."""
+    from sentence_transformers import SentenceTransformer
+
+    path = st_dir(pooling="mean", dense=((16, "Tanh"),), normalize=True, prompts={"query": "query: "})
+    reference = SentenceTransformer(str(path), device="cpu")
+    table = Embed(str(path), prompt_name="query")(pa.table({"text": TEXTS[:5]}))
+    np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), reference.encode_query(TEXTS[:5]), atol=1e-5)
+    with pytest.raises(ValueError, match="prompt name 'passage' is not one of this model's prompts"):
+        Embed(str(path), prompt_name="passage")
+
+
 def test_map_batches_on_a_local_cluster(local_ray, tiny_model_dir):
     dataset = ray.data.from_arrow(pa.table({"id": range(len(TEXTS)), "text": TEXTS}))
     out = dataset.map_batches(Embed, fn_constructor_kwargs={"model": str(tiny_model_dir)}, batch_size=64,

@@ -23,21 +23,6 @@ PROMPTS = {"query": "query: ", "passage": "passage: ", "search": "search the dat
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def st_dir(tmp_path_factory, tiny_model_dir):
-    """st_dir(**build_sentence_transformer options) -> a directory saved by sentence-transformers (built once)."""
-    built: dict[str, Path] = {}
-
-    def get(**options) -> Path:
-        key = json.dumps(options, sort_keys=True)
-        if key not in built:
-            out = tmp_path_factory.mktemp("st")
-            built[key] = fixtures.build_sentence_transformer(out, tiny_model_dir, **options)
-        return built[key]
-
-    return get
-
-
 def same(path: Path, *, normalize: bool = False, **encode) -> None:
     """gte's vectors equal sentence-transformers' on `path` (gte's own normalisation off unless asked)."""
     reference = SentenceTransformer(str(path), device="cpu")

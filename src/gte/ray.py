@@ -35,9 +35,9 @@ MAX_CPUS_PER_WORKER = 4  # torch's intra-op threads stop paying off beyond a few
 class Embed:
     """A callable class for `Dataset.map_batches`: the model loads once per actor.
 
-    `model` and the Embedder's options (device, dtype, max_length, batch_tokens); `field`: the text column;
-    `dim`, `normalize`, `sparse` as in `Embedder.encode`; `threads`: torch threads (default: Ray's
-    OMP_NUM_THREADS for this actor, which is its num_cpus).
+    `model` and the Embedder's options (device, dtype, max_length, batch_tokens, pooling); `field`: the text
+    column; `dim`, `normalize`, `sparse`, `prompt_name`, `prompt`, `truncation_side` as in `Embedder.encode`;
+    `threads`: torch threads (default: Ray's OMP_NUM_THREADS for this actor, which is its num_cpus).
     """
 
     def __init__(
@@ -48,6 +48,9 @@ class Embed:
         dim: int | None = None,
         normalize: bool = True,
         sparse: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_side: str | None = None,
         threads: int | None = None,
         **embedder_kwargs: Any,
     ):
@@ -56,8 +59,10 @@ class Embed:
         if threads:
             torch.set_num_threads(threads)
         self.embedder = Embedder(model, show_progress=False, **embedder_kwargs)
-        self.options = Options(field=field, dim=dim, normalize=normalize, sparse=sparse)
+        self.options = Options(field=field, dim=dim, normalize=normalize, sparse=sparse, prompt_name=prompt_name,
+                               prompt=prompt, truncation_side=truncation_side)  # fmt: skip
         self.embedder.check_dim(dim)
+        self.embedder.resolve_prompt(prompt_name, prompt)  # an unknown prompt name fails here, not in a batch
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
         """The batch with its embedding column added (a pyarrow table, or a dict of numpy arrays)."""
@@ -157,7 +162,9 @@ def run(
     vectors = dataset.map_batches(
         Embed,
         fn_constructor_kwargs=dict(model=str(model), field=options.field, dim=options.dim, normalize=options.normalize,
-                                   sparse=options.sparse, threads=int(pool.num_cpus), **(embedder_kwargs or {})),  # fmt: skip
+                                   sparse=options.sparse, prompt_name=options.prompt_name, prompt=options.prompt,
+                                   truncation_side=options.truncation_side, threads=int(pool.num_cpus),
+                                   **(embedder_kwargs or {})),  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
