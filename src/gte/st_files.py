@@ -45,10 +45,6 @@ class SentenceTransformersSettings:
     default_prompt_name: str | None = None
 
     @property
-    def present(self) -> bool:
-        return bool(self.modules)
-
-    @property
     def pooling(self) -> Pooling | None:
         folder = next((path for kind, path in self.modules if kind == "Pooling"), None)
         return None if folder is None else read_pooling(folder)
