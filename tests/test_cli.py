@@ -335,10 +335,16 @@ def test_broken_checkpoints(capsys, tmp_path, tiny_model_dir):
     (copy("no-weights") / "model.safetensors").unlink()
     (copy("list-config") / "config.json").write_text("[1, 2]")
     (copy("bad-config") / "config.json").write_text('{"model_type": ')
+    weights = copy("truncated") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    config = copy("other-config") / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"hidden_size": 64}))
     errors = {
         "no-weights": "no-weights has no model.safetensors",
         "list-config": "list-config/config.json holds an array, not an object",
         "bad-config": "bad-config/config.json is not valid JSON",
+        "truncated": "truncated/model.safetensors is damaged or incomplete",
+        "other-config": "other-config/config.json has hidden_size=64 but the weights have hidden_size=32",
     }
     for name, expected in errors.items():
         for command in ("embed -m {} d", "info {}", "rerank -q q -m {} d"):

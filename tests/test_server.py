@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -276,6 +278,21 @@ def test_serve_checks_its_model_names(tiny_model_dir, capsys):
     assert "the same name" in capsys.readouterr().err
     assert main(["serve", "--model", model, "--served-model-name", "a", "--served-model-name", "b"]) == 2
     assert "one name per model" in capsys.readouterr().err
+
+
+def test_a_broken_checkpoint_is_a_refused_start(tiny_model_dir, tmp_path, capsys):
+    """A truncated model.safetensors or a config.json that disagrees with the weights: one line, exit 2, no server."""
+    for name, change in (("truncated", "model.safetensors"), ("other-config", "config.json")):
+        broken = tmp_path / name
+        shutil.copytree(tiny_model_dir, broken)
+        file = broken / change
+        if change == "model.safetensors":
+            file.write_bytes(file.read_bytes()[:-100])
+        else:
+            file.write_text(json.dumps(json.loads(file.read_text()) | {"num_hidden_layers": 3}))
+        assert main(["serve", "--model", str(tiny_model_dir), "--model", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"gte serve: error: {broken}"), err
 
 
 # ---------------------------------------------------------------------- operations

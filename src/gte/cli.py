@@ -168,18 +168,7 @@ def model_info(model: str) -> dict[str, Any]:
 
 def parameter_count(path: Path) -> int:
     """Number of stored parameters, from the safetensors headers."""
-    from safetensors import safe_open
-
-    index = hub.read_json(path / "model.safetensors.index.json")
-    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
-    total = 0
-    for name in files:
-        if not (path / name).is_file():
-            raise hub.ModelNotFoundError(f"{path} has no {name}: gte reads safetensors checkpoints")
-        with safe_open(path / name, "pt") as f:
-            for key in f.keys():
-                total += math.prod(f.get_slice(key).get_shape())
-    return total
+    return sum(math.prod(shape) for shape in hub.weight_shapes(path).values())
 
 
 # ------------------------------------------------------------------------------ gte export

@@ -1,10 +1,12 @@
-"""Finding and loading a checkpoint: the embedded default model, a local directory or a hub id; device and
-dtype, tokenizer, sentence-transformers settings (pooling, max length)."""
+"""Finding, checking and loading a checkpoint: the embedded default model, a local directory or a hub id; its
+weights checked against config.json before they load; device and dtype, tokenizer, sentence-transformers
+settings (pooling, max length)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +15,15 @@ from typing import Any
 import torch
 
 from . import convert
+from .configuration import NewConfig
 from .models import DEFAULT_MODEL, embedded_path
 from .prepack import prepack
 
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+LAYER_NAME = re.compile(r"encoder\.layer\.(\d+)\.")
+CLASSIFIER_HEADS = ("NewForSequenceClassification", "NewForTokenClassification")  # classifier: [num_labels, hidden]
 JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
               type(None): "null"}  # fmt: skip
 POOLING_MODES = ("cls", "mean")
@@ -34,7 +39,8 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that is not what it should be (JSON that does not parse, or of the wrong kind)."""
+    """A checkpoint file that is not what it should be (JSON that does not parse, or of the wrong kind; weights
+    damaged or incomplete, or of other shapes than config.json says)."""
 
 
 def resolve(model: str | os.PathLike) -> Path:
@@ -63,6 +69,7 @@ def check_checkpoint(path: Path) -> Path:
             f"{path} has no model.safetensors (nor model.safetensors.index.json): gte reads safetensors weights (a "
             "pytorch_model.bin converts with transformers: from_pretrained(...).save_pretrained(dir))"
         )
+    check_weights(path)
     return path
 
 
@@ -108,6 +115,84 @@ def architecture(path: Path) -> tuple[str, int]:
     except convert.ConversionError as error:
         raise convert.ConversionError(f"{path}: {error}") from None
     return name, config.get("num_labels") or len(config.get("id2label") or {0: 0, 1: 1})
+
+
+# ------------------------------------------------------------------------------ weights
+def check_weights(path: Path) -> None:
+    """The safetensors files are whole, and config.json's shape keys are the weights' own: CheckpointError
+    naming the file, or the key with both values (a ConversionError for a layout gte cannot run)."""
+    raw = read_json(path / "config.json")
+    try:
+        config = convert.new_config(raw)
+        shapes = convert.new_shapes(raw, weight_shapes(path))
+    except convert.ConversionError as error:
+        raise convert.ConversionError(f"{path}: {error}") from None
+    for key, found in _config_from_shapes(config, shapes, path).items():
+        ours = getattr(config, key)
+        if found != ours:
+            given = raw.get(key, ours)  # in the file's own terms: XLM-R counts positions from padding_idx + 1
+            weights = found + given - ours if isinstance(given, int) else found
+            raise CheckpointError(
+                f"{path / 'config.json'} has {key}={given!r} but the weights have {key}={weights}: the config and "
+                "the weights are from different models; put the checkpoint's own config.json beside its weights"
+            )
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from the headers of model.safetensors, or of the shards its index names."""
+    index = read_json(path / "model.safetensors.index.json")
+    if index is None:
+        return _header_shapes(path / "model.safetensors")
+    weight_map = index.get("weight_map")
+    if not (isinstance(weight_map, dict) and weight_map and all(isinstance(v, str) for v in weight_map.values())):
+        raise CheckpointError(f"{path / 'model.safetensors.index.json'} has no weight_map of tensor names to shard "
+                              "files: repair or replace the checkpoint's file")  # fmt: skip
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (path / shard).is_file():
+            raise ModelNotFoundError(f"{path / shard} is missing (model.safetensors.index.json names it): download or "
+                                     "copy the checkpoint again")  # fmt: skip
+        shapes |= _header_shapes(path / shard)
+    missing = [name for name in weight_map if name not in shapes]
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} tensors that model.safetensors.index.json names are in none of "
+                              f"its shards (the first: {missing[0]}): download or copy the checkpoint again")  # fmt: skip
+    return shapes
+
+
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The header's {tensor name: shape}; safetensors checks that the file holds every byte the header names."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{file} is damaged or incomplete ({error}): download or copy the checkpoint again") from None
+
+
+def _config_from_shapes(config: NewConfig, shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, int]:
+    """The values the weights (in our layout) give config.json's shape keys."""
+    base = {name.removeprefix("new."): shape for name, shape in shapes.items()}
+    words = base.get("embeddings.word_embeddings.weight")
+    if words is None:
+        raise CheckpointError(f"{path}: the weights have no word embeddings (embeddings.word_embeddings.weight): "
+                              "point gte at an encoder checkpoint, or download or copy it again")  # fmt: skip
+    found = {
+        "vocab_size": words[0],
+        "hidden_size": words[1],
+        "num_hidden_layers": len({match[1] for name in base if (match := LAYER_NAME.match(name))}),
+        "type_vocab_size": base.get("embeddings.token_type_embeddings.weight", (0,))[0],
+    }
+    if "encoder.layer.0.mlp.up_gate_proj.weight" in base:  # up and gate stacked
+        found["intermediate_size"] = base["encoder.layer.0.mlp.up_gate_proj.weight"][0] // 2
+    elif "encoder.layer.0.mlp.up_proj.weight" in base:
+        found["intermediate_size"] = base["encoder.layer.0.mlp.up_proj.weight"][0]
+    if config.position_embedding_type == "absolute":
+        found["max_position_embeddings"] = base.get("embeddings.position_embeddings.weight", (0,))[0]
+    if (config.architectures or [None])[0] in CLASSIFIER_HEADS and "classifier.weight" in base:
+        found["num_labels"] = base["classifier.weight"][0]
+    return found
 
 
 # ------------------------------------------------------------------------------ device and dtype
