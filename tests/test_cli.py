@@ -349,6 +349,8 @@ def test_broken_checkpoints(capsys, tmp_path, tiny_model_dir):
     for name, expected in errors.items():
         for command in ("embed -m {} d", "info {}", "rerank -q q -m {} d"):
             assert expected in error_of(capsys, *command.format(tmp_path / name).split())
+    (copy("no-tokenizer") / "tokenizer.json").unlink()
+    assert "no-tokenizer has no usable tokenizer (no tokenizer files)" in error_of(capsys, "embed", "-m", tmp_path / "no-tokenizer", "d")
 
 
 def test_unusable_devices_fail_before_any_work(capsys, tmp_path, tiny_model_dir):

@@ -262,6 +262,31 @@ def edit_config(directory: Path, **changes) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
+@pytest.mark.parametrize(
+    ("removed", "written", "reason"),
+    [
+        (("tokenizer.json", "tokenizer_config.json"), {}, "no tokenizer files"),
+        (("tokenizer.json",), {}, "no tokenizer files"),  # tokenizer_config.json alone
+        (("tokenizer.json",), {"vocab.json": '{"the": 0}'}, "its BertTokenizer knows only 5 tokens, the 5 special ones"),
+        ((), {"tokenizer.json": "{"}, "transformers: Expecting property name enclosed in double quotes"),
+    ],
+)
+def test_a_checkpoint_without_a_usable_tokenizer_is_refused(removed, written, reason, bert_family, tmp_path):
+    """Without its tokenizer files, transformers gave a BERT checkpoint a tokenizer of special tokens only:
+    every word became [UNK], exit 0."""
+    source = bert_family("BertModel")
+    model = copy_checkpoint(source, tmp_path / "m", without=removed)
+    for name, text in written.items():
+        (model / name).write_text(text)
+    with pytest.raises(ModelNotFoundError) as error:
+        gte.Embedder(model)
+    message = str(error.value)
+    assert message.startswith(f"{model} has no usable tokenizer ({reason}")
+    assert "): a checkpoint needs tokenizer.json, or vocab.txt" in message and "\n" not in message
+    given = AutoTokenizer.from_pretrained(source)
+    assert gte.Embedder(model, tokenizer=given).encode(["the fox"]).shape == (1, 32)  # a tokenizer passed in is used
+
+
 def test_truncated_weights_are_refused(tiny_model_dir, tmp_path):
     model = copy_checkpoint(tiny_model_dir, tmp_path / "m")
     weights = model / "model.safetensors"

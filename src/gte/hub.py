@@ -22,6 +22,8 @@ from .prepack import prepack
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = "tokenizer.json, or vocab.txt or a sentencepiece model (*.model) with tokenizer_config.json"
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")  # a tokenizer has one of these
 LAYER_NAME = re.compile(r"encoder\.layer\.(\d+)\.")
 CLASSIFIER_HEADS = ("NewForSequenceClassification", "NewForTokenClassification")  # classifier: [num_labels, hidden]
 JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
@@ -225,12 +227,29 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer. ModelNotFoundError when it has none that works: without a vocabulary file,
+    transformers either fails or (BERT, XLM-R) makes a tokenizer that knows only its special tokens, so that
+    every word becomes the unknown token."""
     from transformers import AutoTokenizer
 
+    if not any(next(path.glob(pattern), None) for pattern in VOCABULARY_FILES):
+        raise _no_tokenizer(path, "no tokenizer files")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"cannot load a tokenizer from {path}: {error}") from error
+        raise _no_tokenizer(path, f"transformers: {' '.join(str(error).split())}") from error
+    specials = len(tokenizer.all_special_ids)
+    if tokenizer.vocab_size <= specials:
+        raise _no_tokenizer(path, f"its {type(tokenizer).__name__} knows only {tokenizer.vocab_size} tokens, the "
+                            f"{specials} special ones")  # fmt: skip
+    return tokenizer
+
+
+def _no_tokenizer(path: Path, reason: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{path} has no usable tokenizer ({reason}): a checkpoint needs {TOKENIZER_FILES}; copy them from the model "
+        f"it was trained from (`hf download ID tokenizer.json tokenizer_config.json --local-dir {path}`)"
+    )
 
 
 # ------------------------------------------------------------------------------ sentence-transformers files
