@@ -5,6 +5,7 @@ axes, RoPE past max_position_embeddings; a consumer we did not write (fastembed)
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -219,6 +220,28 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.mark.parametrize(
+    "where", ["/proc", "under a file", pytest.param("read-only", marks=pytest.mark.skipif(AS_ROOT, reason="root writes anyway"))]
+)
+def test_an_output_directory_that_cannot_be_made_is_one_line(tiny_model_dir, tmp_path, capsys, where):
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out = {"/proc": Path("/proc/gte-export-out"), "under a file": parent / "file" / "out", "read-only": parent / "out"}[where]
+    (parent / "file").write_text("not a directory")
+    if where == "read-only":
+        parent.chmod(0o555)
+    try:
+        assert cli.main(["export", "onnx", str(tiny_model_dir), str(out)]) == 2
+    finally:
+        parent.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"gte export: error: cannot create {out / 'onnx'} (") and err.count("\n") == 1, err
+    assert err.endswith("): choose an output directory that can be created and written\n")
 
 
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):

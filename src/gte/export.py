@@ -143,8 +143,7 @@ def export_onnx(
     loaded = _load(path)
     tokenizer = _tokenizer(path)
     graph = OnnxGraph(loaded).eval()
-    model_file = out / "onnx" / "model.onnx"
-    model_file.parent.mkdir(parents=True, exist_ok=True)
+    model_file = _make_dir(out / "onnx") / "model.onnx"
     inputs = _write(graph, model_file, opset)
     _copy_files(path, out, tokenizer)
 
@@ -188,6 +187,15 @@ def _check_out_dir(out: Path, force: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} exists and is not empty: pass --force (force=True) to write into it, or choose another directory")
     return out
+
+
+def _make_dir(directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # under /proc or a regular file, a read-only file system, no permission
+        raise ExportError(f"cannot create {directory} ({error.strerror}): choose an output directory that can be "
+                          "created and written") from None  # fmt: skip
+    return directory
 
 
 # ------------------------------------------------------------------------------ loading and writing
