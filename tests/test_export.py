@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fixtures
 import gte
 from gte import cli, export
 from gte.export import ExportError, export_onnx, run_onnx
@@ -247,6 +248,13 @@ def test_an_output_directory_that_cannot_be_made_is_one_line(tiny_model_dir, tmp
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "is not a checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_revision_not_in_the_cache_writes_nothing(hub_cache_env, tmp_path, capsys):
+    argv = ["export", "onnx", fixtures.OFFICIAL_ID, str(tmp_path / "out"), "--revision", "v2"]
+    assert cli.main(argv) == 2
+    assert f"hub model '{fixtures.OFFICIAL_ID}' at revision 'v2' is not in the Hugging Face cache" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

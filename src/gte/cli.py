@@ -65,7 +65,7 @@ def _texts(given: list[str], args: argparse.Namespace) -> list[str]:
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         device=args.device, dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
-        show_progress=args.progress,
+        show_progress=args.progress, revision=args.revision,
     )  # fmt: skip
 
 
@@ -121,7 +121,7 @@ def run_rerank(args: argparse.Namespace) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    report = model_info(args.model)
+    report = model_info(args.model, args.revision)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -129,13 +129,13 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"{key + ':':<28}{value}")
 
 
-def model_info(model: str) -> dict[str, Any]:
+def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
     """What a checkpoint is, read from its files (the weights are not loaded)."""
     import torch
 
     from .attention import available_backends
 
-    path = hub.resolve(model)
+    path = hub.resolve(model, revision)
     name, num_labels = hub.architecture(path)
     raw = hub.read_json(path / "config.json")
     config = convert.new_config(raw).to_dict()
@@ -175,7 +175,8 @@ def parameter_count(path: Path) -> int:
 def run_export_onnx(args: argparse.Namespace) -> None:
     from .export import export_onnx  # torch.onnx and ONNX Runtime load only for this command
 
-    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force)
+    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force,
+                         revision=args.revision)  # fmt: skip
     print(f"gte export: wrote {report.model_file} (opset {report.opset}; inputs {', '.join(report.inputs)}; outputs "
           f"{', '.join(report.outputs)}); ONNX Runtime vs PyTorch: max abs diff {report.max_abs_diff:.1e}", file=sys.stderr)  # fmt: skip
     if report.quantized_file is not None:

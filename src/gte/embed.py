@@ -207,10 +207,12 @@ class Embedder:
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
+        revision: str | None = None,
     ):
         loaded = hub.load(
-            model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation
-        )
+            model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
+            revision=revision,
+        )  # fmt: skip
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.encoder = base_model(self.model)
         settings = loaded.settings

@@ -129,9 +129,10 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     quantize: str | None = None,
     force: bool = False,
+    revision: str | None = None,
 ) -> ExportReport:
-    """Export a checkpoint (directory or hub id; any head) to OUT_DIR/onnx/model.onnx plus its config,
-    tokenizer and sentence-transformers files, and check it against PyTorch with ONNX Runtime.
+    """Export a checkpoint (directory, or hub id at `revision`; any head) to OUT_DIR/onnx/model.onnx plus its
+    config, tokenizer and sentence-transformers files, and check it against PyTorch with ONNX Runtime.
 
     quantize="int8" also writes onnx/model_quantized.onnx and reports its cosine to float32 (a warning
     when under 0.99). An existing non-empty OUT_DIR needs force=True (our files are replaced, others kept).
@@ -139,7 +140,7 @@ def export_onnx(
     _check_requirements()
     _check_options(opset, quantize)
     out = _check_out_dir(Path(out_dir), force)
-    path = hub.resolve(model)  # OUT_DIR is made once the model is found
+    path = hub.resolve(model, revision)  # OUT_DIR is made once the model is found
     loaded = _load(path)
     tokenizer = _tokenizer(path)
     graph = OnnxGraph(loaded).eval()

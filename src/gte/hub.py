@@ -1,6 +1,6 @@
-"""Finding, checking and loading a checkpoint: the embedded default model, a local directory or a hub id; its
-weights checked against config.json before they load; device and dtype, tokenizer, sentence-transformers
-settings (pooling, max length)."""
+"""Finding, checking and loading a checkpoint: the embedded default model, a local directory or a hub id (at a
+revision); its weights checked against config.json before they load; device and dtype, tokenizer,
+sentence-transformers settings (pooling, max length)."""
 
 from __future__ import annotations
 
@@ -45,19 +45,23 @@ class CheckpointError(ValueError):
     damaged or incomplete, or of other shapes than config.json says)."""
 
 
-def resolve(model: str | os.PathLike) -> Path:
-    """A checkpoint directory for the embedded model's id (never downloaded), a local path, or a hub id
-    (downloaded into, or read from, the HF cache)."""
-    embedded = embedded_path(str(model))
+def resolve(model: str | os.PathLike, revision: str | None = None) -> Path:
+    """A checkpoint directory for the embedded model's id (never downloaded; with a revision, the hub's), a
+    local path, or a hub id (downloaded into, or read from, the HF cache; at `revision`, a commit hash, branch
+    or tag, when given). The checkpoint is checked (`check_checkpoint`) before it is returned."""
+    embedded = embedded_path(str(model)) if revision is None else None
     if embedded is not None:
         return embedded
     path = Path(model).expanduser()
     if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision {revision!r} pins a hub commit, and {model} is a local directory: drop the "
+                             "revision, or pass a hub id")  # fmt: skip
         return check_checkpoint(path)
     name = str(model)
     if path.exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(f"model {name!r} is not a checkpoint directory (and not a hub id like {DEFAULT_MODEL!r})")
-    return check_checkpoint(_download(name))
+    return check_checkpoint(_download(name, revision))
 
 
 def check_checkpoint(path: Path) -> Path:
@@ -75,12 +79,17 @@ def check_checkpoint(path: Path) -> Path:
     return path
 
 
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS))
+    try:  # offline, the cache alone (given a commit hash, snapshot_download would ask the hub for its file list)
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                      local_files_only=constants.HF_HUB_OFFLINE))  # fmt: skip
+    except RevisionNotFoundError as error:
+        raise ModelNotFoundError(
+            f"hub model {repo_id!r} has no revision {revision!r}: give one of its commit hashes, branches or tags"
+        ) from error
     except (RepositoryNotFoundError, GatedRepoError) as error:
         raise ModelNotFoundError(
             f"hub model {repo_id!r} does not exist or needs access rights ({type(error).__name__}); check the id, "
@@ -88,10 +97,11 @@ def _download(repo_id: str) -> Path:
         ) from error
     except OSError as error:  # not (completely) cached, and offline, no network or an HTTP failure
         local = f"/path/to/{repo_id.split('/')[1]}"
+        at, option = ("", "") if revision is None else (f" at revision {revision!r}", f" --revision {revision}")
         raise ModelNotFoundError(
-            f"hub model {repo_id!r} is not in the Hugging Face cache and cannot be downloaded now (offline mode or no "
-            f"network: {type(error).__name__}). Download it once with network access (`hf download {repo_id}`), or pass "
-            f"a local checkpoint directory instead of the id: gte.Embedder({local!r}) / gte embed --model {local}"
+            f"hub model {repo_id!r}{at} is not in the Hugging Face cache and cannot be downloaded now (offline mode or "
+            f"no network: {type(error).__name__}). Download it once with network access (`hf download {repo_id}{option}`), "
+            f"or pass a local checkpoint directory instead of the id: gte.Embedder({local!r}) / gte embed --model {local}"
         ) from error
 
 
@@ -302,16 +312,20 @@ def load(
     dtype: str | torch.dtype | None,
     tokenizer: Any,
     attn_implementation: str | None,
+    revision: str | None = None,
 ) -> Loaded:
-    """Load a checkpoint (directory or hub id) as the class `choose_class(architecture, num_labels)`
-    returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is."""
+    """Load a checkpoint (directory, or hub id at `revision`) as the class `choose_class(architecture,
+    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is."""
     if isinstance(model, torch.nn.Module):
+        if revision is not None:
+            raise ValueError(f"revision {revision!r} pins a hub commit of a model to load; this model is loaded "
+                             "already: drop the revision")  # fmt: skip
         choose_class(type(model).__name__, model.config.num_labels)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
         return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, SentenceTransformersSettings())
     target = resolve_device(device)
-    path = resolve(model)
+    path = resolve(model, revision)
     cls = choose_class(*architecture(path))
     kwargs = {"dtype": resolve_dtype(dtype, target)}
     if attn_implementation is not None:
@@ -319,4 +333,5 @@ def load(
     loaded = cls.from_pretrained(str(path), **kwargs).to(target).eval()
     prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
-    return Loaded(loaded, tokenizer, str(model), sentence_transformers_settings(path))
+    name = str(model) if revision is None else f"{model}@{revision}"
+    return Loaded(loaded, tokenizer, name, sentence_transformers_settings(path))
