@@ -31,6 +31,7 @@ SERVER_DEFAULTS = {  # gte.server.ServerSettings'
     "payload_limit": 2_000_000, "body_timeout_s": 30.0,
 }  # fmt: skip
 API_KEY_ENV = "GTE_API_KEY"  # `gte serve --api-key`'s default
+REVISION_HELP = "the commit hash, branch or tag to load a hub model at (default: main)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"directory or hub id (default: {DEFAULT_MODEL}, embedded)")
+    info.add_argument("--revision", metavar="REV", help=REVISION_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run="gte.cli:run_info")
 
@@ -119,6 +121,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add("--model", "-m", action="append", help=f"checkpoint directory or hub id (default: {DEFAULT_MODEL}); a "
         "reranker (a sequence classifier) serves /rerank, any other checkpoint the embedding routes; repeat it to "
         "serve several models (requests name theirs in `model`)")  # fmt: skip
+    add("--revision", action="append", metavar="REV", help=f"{REVISION_HELP}; with several --model, one per --model")
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: %(default)s; 0 picks a free one)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
@@ -158,6 +161,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
                               description=EXPORT_ONNX_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     onnx.add_argument("model", metavar="MODEL", help="checkpoint directory or hub id (any gte head, BERT, XLM-R)")
     onnx.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output directory (the graph goes to OUT_DIR/onnx/model.onnx)")
+    onnx.add_argument("--revision", metavar="REV", help=REVISION_HELP)
     onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18 to 22 (default: %(default)s)")
     onnx.add_argument("--quantize", choices=("int8",), help="also write onnx/model_quantized.onnx (int8 weights)")
     onnx.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
@@ -211,6 +215,7 @@ examples:
 def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
     help = help or f"checkpoint directory or hub id (default: {default}, embedded: works offline)"
     parser.add_argument("--model", "-m", default=default, help=help)
+    parser.add_argument("--revision", metavar="REV", help=REVISION_HELP)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--max-length", type=positive_int, help="truncate inputs to this many tokens (default: from the checkpoint)")

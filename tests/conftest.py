@@ -52,15 +52,20 @@ def fake_hub_cache(tmp_path_factory, tiny_model_dir) -> Path:
     return fixtures.build_hub_cache(tmp_path_factory.mktemp("hf-cache"), OFFICIAL_ID, tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def two_revisions_hub_cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """A hub cache holding Alibaba-NLP/gte-base-en-v1.5 at two commits: fixtures.OLD_REVISION (the tiny English
+    model, tagged v1) and main (the same model with other weights). Use it with fixtures.use_hub_cache."""
+    cache = tmp_path_factory.mktemp("hf-cache-revisions")
+    fixtures.build_hub_cache(cache, OFFICIAL_ID, tiny_model_dir, fixtures.OLD_REVISION, ref="v1")
+    newer = fixtures.build_tiny_model(tmp_path_factory.mktemp("tiny-en-newer"), seed=5)
+    return fixtures.build_hub_cache(cache, OFFICIAL_ID, newer)
+
+
 @pytest.fixture
 def hub_cache_env(fake_hub_cache, monkeypatch) -> Path:
     """Use the fake cache for this test: HF_HUB_CACHE in the environment and huggingface_hub's constants."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_CACHE", str(fake_hub_cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return fake_hub_cache
+    return fixtures.use_hub_cache(fake_hub_cache, monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,9 @@ AUTO_MAP = {
 }
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-# A revision id for the fake hub cache (any 40 hex digits).
+# Revision ids for the fake hub caches (any 40 hex digits).
 FAKE_REVISION = "0123456789abcdef0123456789abcdef01234567"
+OLD_REVISION = "1111111111111111111111111111111111111111"
 
 
 def generate_corpus(words: list[str], n: int = 2000, seed: int = 0) -> list[str]:
@@ -209,13 +210,24 @@ def build_reranker_model(out: Path, *, seed: int = 3) -> Path:
     return out
 
 
-def build_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = FAKE_REVISION) -> Path:
-    """A huggingface_hub cache holding `source` as `repo_id` at `revision` (refs/main points at it)."""
+def build_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = FAKE_REVISION, ref: str = "main") -> Path:
+    """A huggingface_hub cache holding `source` as `repo_id` at `revision` (the branch or tag `ref` points at it);
+    call it again with another revision to add one."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / revision
     shutil.copytree(source, snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs" / ref).write_text(revision)
+    return cache
+
+
+def use_hub_cache(cache: Path, monkeypatch) -> Path:
+    """Point huggingface_hub at `cache`, offline, for one test: HF_HUB_CACHE in the environment and its constants."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
 
 

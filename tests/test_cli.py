@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import fixtures
 import gte
 import gte_cli
 from gte import cli, embed, hub, job, models, sinks, sources
@@ -233,7 +234,8 @@ def test_embed_truncation_side(capsys, tiny_model_dir, embedder):
         assert code == 0
         expected = embedder.encode(text, truncation_side=side)
         np.testing.assert_allclose(read_jsonl(out)[0]["embedding"], expected[0], atol=1e-6)
-    start, end = embedder.tokenize(text + " paris", truncation_side="right"), embedder.tokenize("paris " + text, truncation_side="left")
+    start = embedder.tokenize(text + " paris", truncation_side="right")
+    end = embedder.tokenize("paris " + text, truncation_side="left")
     assert start[0][:3] == embedder.tokenize("deep neural")[0][:3] and end[0][-3:] == embedder.tokenize("for search")[0][-3:]
     assert len(start[0]) == len(end[0]) == embedder.max_length
 
@@ -385,14 +387,39 @@ def test_broken_checkpoints(capsys, tmp_path, tiny_model_dir):
     (copy("no-weights") / "model.safetensors").unlink()
     (copy("list-config") / "config.json").write_text("[1, 2]")
     (copy("bad-config") / "config.json").write_text('{"model_type": ')
+    weights = copy("truncated") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    config = copy("other-config") / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"hidden_size": 64}))
     errors = {
         "no-weights": "no-weights has no model.safetensors",
         "list-config": "list-config/config.json holds an array, not an object",
         "bad-config": "bad-config/config.json is not valid JSON",
+        "truncated": "truncated/model.safetensors is damaged or incomplete",
+        "other-config": "other-config/config.json has hidden_size=64 but the weights have hidden_size=32",
     }
     for name, expected in errors.items():
         for command in ("embed -m {} d", "info {}", "rerank -q q -m {} d"):
             assert expected in error_of(capsys, *command.format(tmp_path / name).split())
+    (copy("no-tokenizer") / "tokenizer.json").unlink()
+    assert "no-tokenizer has no usable tokenizer (no tokenizer files)" in error_of(capsys, "embed", "-m", tmp_path / "no-tokenizer", "d")
+
+
+def test_revision_pins_a_hub_commit(capsys, monkeypatch, two_revisions_hub_cache, tiny_model_dir):
+    fixtures.use_hub_cache(two_revisions_hub_cache, monkeypatch)
+    code, out, err = run(capsys, "embed", "-m", fixtures.OFFICIAL_ID, "--revision", "v1", *TEXTS)
+    assert code == 0, err
+    pinned = gte.Embedder(tiny_model_dir).encode(TEXTS)
+    np.testing.assert_allclose([row["embedding"] for row in read_jsonl(out)], pinned, atol=1e-6)
+    code, out, _ = run(capsys, "info", fixtures.OFFICIAL_ID, "--revision", fixtures.OLD_REVISION, "--json")
+    assert code == 0 and json.loads(out)["path"].endswith(f"snapshots/{fixtures.OLD_REVISION}")
+    missing = "2" * 40
+    message = error_of(capsys, "rerank", "-q", "q", "-m", fixtures.OFFICIAL_ID, "--revision", missing, "d")
+    assert f"at revision '{missing}' is not in the Hugging Face cache" in message
+    assert f"hf download {fixtures.OFFICIAL_ID} --revision {missing}" in message
+    message = error_of(capsys, "embed", "-m", tiny_model_dir, "--revision", "main", "d")
+    assert message.endswith(f"revision 'main' pins a hub commit, and {tiny_model_dir} is a local directory: drop the "
+                            "revision, or pass a hub id")  # fmt: skip
 
 
 def test_unusable_devices_fail_before_any_work(capsys, tmp_path, tiny_model_dir):

@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForTokenClassification, AutoTokeniz
 
 import gte
 from gte.embed import TruncationWarning, cut_batches
-from gte.hub import ModelNotFoundError
+from gte.hub import CheckpointError, ModelNotFoundError
 from model_helpers import golden_case
 
 TEXTS = [
@@ -249,3 +249,104 @@ def test_missing_model_errors(tmp_path):
         gte.Embedder(tmp_path)
     with pytest.raises(ModelNotFoundError, match="pass a local checkpoint directory"):
         gte.Embedder("Alibaba-NLP/not-in-the-cache")
+
+
+# ------------------------------------------------------------------------------ checkpoints checked before they load
+def copy_checkpoint(source: Path, target: Path, *, without: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*without))
+    return target
+
+
+def edit_config(directory: Path, **changes) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+@pytest.mark.parametrize(
+    ("removed", "written", "reason"),
+    [
+        (("tokenizer.json", "tokenizer_config.json"), {}, "no tokenizer files"),
+        (("tokenizer.json",), {}, "no tokenizer files"),  # tokenizer_config.json alone
+        (("tokenizer.json",), {"vocab.json": '{"the": 0}'}, "its BertTokenizer knows only 5 tokens, the 5 special ones"),
+        ((), {"tokenizer.json": "{"}, "transformers: Expecting property name enclosed in double quotes"),
+    ],
+)
+def test_a_checkpoint_without_a_usable_tokenizer_is_refused(removed, written, reason, bert_family, tmp_path):
+    """Without its tokenizer files, transformers gave a BERT checkpoint a tokenizer of special tokens only:
+    every word became [UNK], exit 0."""
+    source = bert_family("BertModel")
+    model = copy_checkpoint(source, tmp_path / "m", without=removed)
+    for name, text in written.items():
+        (model / name).write_text(text)
+    with pytest.raises(ModelNotFoundError) as error:
+        gte.Embedder(model)
+    message = str(error.value)
+    assert message.startswith(f"{model} has no usable tokenizer ({reason}")
+    assert "): a checkpoint needs tokenizer.json, or vocab.txt" in message and "\n" not in message
+    given = AutoTokenizer.from_pretrained(source)
+    assert gte.Embedder(model, tokenizer=given).encode(["the fox"]).shape == (1, 32)  # a tokenizer passed in is used
+
+
+def test_truncated_weights_are_refused(tiny_model_dir, tmp_path):
+    model = copy_checkpoint(tiny_model_dir, tmp_path / "m")
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    for size in (0, 7, 100, len(data) // 2, len(data) - 1):
+        weights.write_bytes(data[:size])
+        with pytest.raises(CheckpointError, match=f"^{weights} is damaged or incomplete .*: download or copy"):
+            gte.Embedder(model)
+    weights.write_bytes(data + b"\0")  # more bytes than the header accounts for
+    with pytest.raises(CheckpointError, match="file not fully covered"):
+        gte.Embedder(model)
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "given", "found"),
+    [
+        ("tiny", "hidden_size", 64, 32),
+        ("tiny", "num_hidden_layers", 3, 2),  # a layer the weights lack was initialised at random, exit 0
+        ("tiny", "num_hidden_layers", 1, 2),  # a layer of the weights was dropped, exit 0
+        ("tiny", "intermediate_size", 128, 64),
+        ("tiny", "vocab_size", 1024, 320),
+        ("tiny", "type_vocab_size", 2, 0),
+        ("xlmr", "max_position_embeddings", 130, 66),  # in config.json's terms: XLM-R counts from padding_idx + 1
+    ],
+)
+def test_a_config_that_disagrees_with_the_weights_is_refused(source, key, given, found, tiny_model_dir, bert_family, tmp_path):
+    model = copy_checkpoint(tiny_model_dir if source == "tiny" else bert_family("XLMRobertaModel"), tmp_path / "m")
+    edit_config(model, **{key: given})
+    with pytest.raises(CheckpointError) as error:
+        gte.Embedder(model)
+    assert str(error.value) == (
+        f"{model}/config.json has {key}={given} but the weights have {key}={found}: the config and the weights are from "
+        "different models; put the checkpoint's own config.json beside its weights"
+    )
+
+
+def test_a_reranker_config_with_more_labels_than_its_weights(reranker_model_dir, tmp_path):
+    model = copy_checkpoint(reranker_model_dir, tmp_path / "m")
+    edit_config(model, id2label={"0": "LABEL_0", "1": "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1})
+    with pytest.raises(CheckpointError, match="has num_labels=2 but the weights have num_labels=1"):
+        gte.Reranker(model)
+
+
+def test_sharded_checkpoints_are_checked(tiny_model_dir, embedder, tmp_path):
+    sharded = copy_checkpoint(tiny_model_dir, tmp_path / "sharded", without=("model.safetensors",))
+    gte.NewModel.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="40KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    np.testing.assert_allclose(gte.Embedder(sharded).encode(TEXTS), embedder.encode(TEXTS), atol=1e-6)
+
+    index_file = sharded / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps(index | {"weight_map": index["weight_map"] | {"encoder.layer.9.extra": shards[0].name}}))
+    with pytest.raises(CheckpointError, match="1 tensors that model.safetensors.index.json names are in none of its shards"):
+        gte.Embedder(sharded)
+    index_file.write_text(json.dumps(index))
+    data = shards[-1].read_bytes()
+    shards[-1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"^{shards[-1]} is damaged or incomplete"):
+        gte.Embedder(sharded)
+    shards[-1].unlink()
+    with pytest.raises(ModelNotFoundError, match=f"^{shards[-1]} is missing"):
+        gte.Embedder(sharded)

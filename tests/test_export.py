@@ -5,6 +5,7 @@ axes, RoPE past max_position_embeddings; a consumer we did not write (fastembed)
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fixtures
 import gte
 from gte import cli, export
 from gte.export import ExportError, export_onnx, run_onnx
@@ -221,9 +223,38 @@ def test_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.mark.parametrize(
+    "where", ["/proc", "under a file", pytest.param("read-only", marks=pytest.mark.skipif(AS_ROOT, reason="root writes anyway"))]
+)
+def test_an_output_directory_that_cannot_be_made_is_one_line(tiny_model_dir, tmp_path, capsys, where):
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out = {"/proc": Path("/proc/gte-export-out"), "under a file": parent / "file" / "out", "read-only": parent / "out"}[where]
+    (parent / "file").write_text("not a directory")
+    if where == "read-only":
+        parent.chmod(0o555)
+    try:
+        assert cli.main(["export", "onnx", str(tiny_model_dir), str(out)]) == 2
+    finally:
+        parent.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"gte export: error: cannot create {out / 'onnx'} (") and err.count("\n") == 1, err
+    assert err.endswith("): choose an output directory that can be created and written\n")
+
+
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "is not a checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_revision_not_in_the_cache_writes_nothing(hub_cache_env, tmp_path, capsys):
+    argv = ["export", "onnx", fixtures.OFFICIAL_ID, str(tmp_path / "out"), "--revision", "v2"]
+    assert cli.main(argv) == 2
+    assert f"hub model '{fixtures.OFFICIAL_ID}' at revision 'v2' is not in the Hugging Face cache" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

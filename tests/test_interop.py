@@ -1,6 +1,7 @@
 """Interop: sentence-transformers and transformers load official-layout directories offline without
 trust_remote_code once `gte` is imported, and agree with Embedder; hub ids resolve from the
-Hugging Face cache (a fake one holding the tiny model as Alibaba-NLP/gte-base-en-v1.5)."""
+Hugging Face cache (a fake one holding the tiny model as Alibaba-NLP/gte-base-en-v1.5), at a revision
+when one is given."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
+import fixtures
 import gte
-from fixtures import OFFICIAL_ID
+from fixtures import OFFICIAL_ID, OLD_REVISION
 from gte.hub import ModelNotFoundError
 
 pytestmark = pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")  # "search " * 100 is cut, as ST cuts it
@@ -63,3 +65,37 @@ def test_uncached_hub_id_offline(hub_cache_env):
     message = str(error.value)
     assert "not in the Hugging Face cache" in message
     assert "hf download Alibaba-NLP/gte-large-en-v1.5" in message and "/path/to/gte-large-en-v1.5" in message
+
+
+# ------------------------------------------------------------------------------ revisions
+def test_revision_pins_a_hub_commit(two_revisions_hub_cache, tiny_model_dir, monkeypatch):
+    fixtures.use_hub_cache(two_revisions_hub_cache, monkeypatch)
+    pinned = gte.Embedder(tiny_model_dir).encode(TEXTS)
+    latest = gte.Embedder(OFFICIAL_ID)
+    assert latest.model_name == OFFICIAL_ID and np.abs(latest.encode(TEXTS) - pinned).max() > 0.1
+    for revision in (OLD_REVISION, "v1"):  # a commit hash, a tag
+        embedder = gte.Embedder(OFFICIAL_ID, revision=revision)
+        assert embedder.model_name == f"{OFFICIAL_ID}@{revision}"  # what a corpus job's manifest records
+        np.testing.assert_allclose(embedder.encode(TEXTS), pinned, atol=1e-6)
+    np.testing.assert_allclose(gte.Embedder(OFFICIAL_ID, revision="main").encode(TEXTS), latest.encode(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("revision", ["2" * 40, "v2"])
+def test_a_revision_not_in_the_cache_offline(two_revisions_hub_cache, monkeypatch, revision):
+    fixtures.use_hub_cache(two_revisions_hub_cache, monkeypatch)
+    with pytest.raises(ModelNotFoundError) as error:
+        gte.Embedder(OFFICIAL_ID, revision=revision)
+    message = str(error.value)
+    assert f"hub model {OFFICIAL_ID!r} at revision {revision!r} is not in the Hugging Face cache" in message
+    assert f"`hf download {OFFICIAL_ID} --revision {revision}`" in message
+    with pytest.raises(ModelNotFoundError, match="at revision"):  # the embedded model is one commit: not this one
+        gte.Embedder(gte.models.DEFAULT_MODEL, revision=revision)
+
+
+def test_a_revision_needs_a_hub_id(tiny_model_dir, reranker_model_dir):
+    with pytest.raises(ValueError, match=f"revision 'main' pins a hub commit, and {tiny_model_dir} is a local directory"):
+        gte.Embedder(tiny_model_dir, revision="main")
+    with pytest.raises(ValueError, match="is a local directory: drop the revision, or pass a hub id"):
+        gte.Reranker(reranker_model_dir, revision="main")
+    with pytest.raises(ValueError, match="this model is loaded already"):
+        gte.Embedder(gte.NewModel.from_pretrained(tiny_model_dir), revision="main")

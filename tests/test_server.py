@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,10 +27,11 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+import fixtures
 from gte.cli import main
 from gte.embed import Embedder
 from gte.rerank import Reranker
-from gte.server import ServerSettings, create_app, served_name
+from gte.server import ServerSettings, create_app, load_model, served_name
 from gte.server.batcher import Batcher
 from gte.server.metrics import Metrics
 from gte.server.schemas import parse_inputs
@@ -275,7 +278,31 @@ def test_serve_checks_its_model_names(tiny_model_dir, capsys):
     assert main(["serve", "--model", model, "--model", model]) == 2
     assert "the same name" in capsys.readouterr().err
     assert main(["serve", "--model", model, "--served-model-name", "a", "--served-model-name", "b"]) == 2
-    assert "one name per model" in capsys.readouterr().err
+    assert "give one --served-model-name per --model" in capsys.readouterr().err
+    assert main(["serve", "--model", model, "--revision", "a", "--revision", "b"]) == 2
+    assert "2 --revision for 1 --model: give one --revision per --model" in capsys.readouterr().err
+
+
+def test_a_broken_checkpoint_is_a_refused_start(tiny_model_dir, tmp_path, capsys):
+    """A truncated model.safetensors or a config.json that disagrees with the weights: one line, exit 2, no server."""
+    for name, change in (("truncated", "model.safetensors"), ("other-config", "config.json")):
+        broken = tmp_path / name
+        shutil.copytree(tiny_model_dir, broken)
+        file = broken / change
+        if change == "model.safetensors":
+            file.write_bytes(file.read_bytes()[:-100])
+        else:
+            file.write_text(json.dumps(json.loads(file.read_text()) | {"num_hidden_layers": 3}))
+        assert main(["serve", "--model", str(tiny_model_dir), "--model", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"gte serve: error: {broken}"), err
+
+
+def test_load_model_at_a_revision(two_revisions_hub_cache, tiny_model_dir, monkeypatch):
+    fixtures.use_hub_cache(two_revisions_hub_cache, monkeypatch)
+    model = load_model(fixtures.OFFICIAL_ID, device=None, dtype=None, max_length=None, revision=fixtures.OLD_REVISION)
+    assert model.model_name == f"{fixtures.OFFICIAL_ID}@{fixtures.OLD_REVISION}"
+    np.testing.assert_allclose(model.encode(["paris"]), Embedder(tiny_model_dir).encode(["paris"]), atol=1e-6)
 
 
 # ---------------------------------------------------------------------- operations

@@ -65,7 +65,7 @@ def _texts(given: list[str], args: argparse.Namespace) -> list[str]:
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         device=args.device, dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
-        show_progress=args.progress,
+        show_progress=args.progress, revision=args.revision,
     )  # fmt: skip
 
 
@@ -123,7 +123,7 @@ def run_rerank(args: argparse.Namespace) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    report = model_info(args.model)
+    report = model_info(args.model, args.revision)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -131,13 +131,13 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"{key + ':':<28}{value}")
 
 
-def model_info(model: str) -> dict[str, Any]:
+def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
     """What a checkpoint is, read from its files (the weights are not loaded)."""
     import torch
 
     from .attention import available_backends
 
-    path = hub.resolve(model)
+    path = hub.resolve(model, revision)
     name, num_labels = hub.architecture(path)
     raw = hub.read_json(path / "config.json")
     config = convert.new_config(raw).to_dict()
@@ -175,25 +175,15 @@ def model_info(model: str) -> dict[str, Any]:
 
 def parameter_count(path: Path) -> int:
     """Number of stored parameters, from the safetensors headers."""
-    from safetensors import safe_open
-
-    index = hub.read_json(path / "model.safetensors.index.json")
-    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
-    total = 0
-    for name in files:
-        if not (path / name).is_file():
-            raise hub.ModelNotFoundError(f"{path} has no {name}: gte reads safetensors checkpoints")
-        with safe_open(path / name, "pt") as f:
-            for key in f.keys():
-                total += math.prod(f.get_slice(key).get_shape())
-    return total
+    return sum(math.prod(shape) for shape in hub.weight_shapes(path).values())
 
 
 # ------------------------------------------------------------------------------ gte export
 def run_export_onnx(args: argparse.Namespace) -> None:
     from .export import export_onnx  # torch.onnx and ONNX Runtime load only for this command
 
-    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force)
+    report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force,
+                         revision=args.revision)  # fmt: skip
     print(f"gte export: wrote {report.model_file} (opset {report.opset}; inputs {', '.join(report.inputs)}; outputs "
           f"{', '.join(report.outputs)}); ONNX Runtime vs PyTorch: max abs diff {report.max_abs_diff:.1e}", file=sys.stderr)  # fmt: skip
     if report.quantized_file is not None:

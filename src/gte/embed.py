@@ -249,13 +249,15 @@ class Embedder:
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
+        revision: str | None = None,
     ):
         loaded = hub.load(
-            model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation
-        )
+            model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
+            revision=revision,
+        )  # fmt: skip
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.encoder = base_model(self.model)
-        self.settings = settings = st_files.SentenceTransformersSettings() if loaded.path is None else st_files.read_settings(loaded.path)
+        self.settings = settings = st_files.read_settings(loaded.path)
         config = self.encoder.config
         self.device, self.dtype = self.encoder.device, self.encoder.dtype
         self.hidden_size, self.vocab_size = config.hidden_size, config.vocab_size

@@ -129,9 +129,10 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     quantize: str | None = None,
     force: bool = False,
+    revision: str | None = None,
 ) -> ExportReport:
-    """Export a checkpoint (directory or hub id; any head) to OUT_DIR/onnx/model.onnx plus its config,
-    tokenizer and sentence-transformers files, and check it against PyTorch with ONNX Runtime.
+    """Export a checkpoint (directory, or hub id at `revision`; any head) to OUT_DIR/onnx/model.onnx plus its
+    config, tokenizer and sentence-transformers files, and check it against PyTorch with ONNX Runtime.
 
     quantize="int8" also writes onnx/model_quantized.onnx and reports its cosine to float32 (a warning
     when under 0.99). An existing non-empty OUT_DIR needs force=True (our files are replaced, others kept).
@@ -139,12 +140,11 @@ def export_onnx(
     _check_requirements()
     _check_options(opset, quantize)
     out = _check_out_dir(Path(out_dir), force)
-    path = hub.resolve(model)  # OUT_DIR is made once the model is found
+    path = hub.resolve(model, revision)  # OUT_DIR is made once the model is found
     loaded = _load(path)
     tokenizer = _tokenizer(path)
     graph = OnnxGraph(loaded).eval()
-    model_file = out / "onnx" / "model.onnx"
-    model_file.parent.mkdir(parents=True, exist_ok=True)
+    model_file = _make_dir(out / "onnx") / "model.onnx"
     inputs = _write(graph, model_file, opset)
     _copy_files(path, out, tokenizer)
 
@@ -188,6 +188,15 @@ def _check_out_dir(out: Path, force: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} exists and is not empty: pass --force (force=True) to write into it, or choose another directory")
     return out
+
+
+def _make_dir(directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # under /proc or a regular file, a read-only file system, no permission
+        raise ExportError(f"cannot create {directory} ({error.strerror}): choose an output directory that can be "
+                          "created and written") from None  # fmt: skip
+    return directory
 
 
 # ------------------------------------------------------------------------------ loading and writing

@@ -33,10 +33,12 @@ class Reranker:
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
+        revision: str | None = None,
     ):
         loaded = hub.load(
-            model, _reranker_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation
-        )
+            model, _reranker_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
+            revision=revision,
+        )  # fmt: skip
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         config = self.model.config
         self.device, self.dtype = self.model.device, self.model.dtype

@@ -50,8 +50,11 @@ class SentenceTransformersSettings:
         return None if folder is None else read_pooling(folder)
 
 
-def read_settings(path: Path) -> SentenceTransformersSettings:
-    """Everything sentence-transformers reads from the checkpoint directory `path`; refuses what gte cannot run."""
+def read_settings(path: Path | None) -> SentenceTransformersSettings:
+    """Everything sentence-transformers reads from the checkpoint directory `path` (none for a model object passed
+    in); refuses what gte cannot run."""
+    if path is None:
+        return SentenceTransformersSettings()
     st_config = read_json(path / "sentence_bert_config.json") or {}
     prompts_config = read_json(path / "config_sentence_transformers.json") or {}
     prompts = prompts_config.get("prompts") or {}

@@ -5,7 +5,8 @@ Each layout is declared as data in its own module:
     bert         BERT and XLM-RoBERTa (model_type "bert", "xlm-roberta") -> `new` with BERT's MLP
 
 `NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
-`new_config` read a config.json of any layout without touching the weights.
+`new_config` read a config.json of any layout without touching the weights, `new_shapes` the names and
+shapes its weights take in our layout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .files import ConversionError, read_config, read_weights
 from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
 
 __all__ = [
-    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config",
+    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config", "new_shapes",
     "config_from_native", "native_config", "native_state_dict", "state_dict_from_native",
 ]  # fmt: skip
 
@@ -60,6 +61,16 @@ def new_config(raw: dict[str, Any]) -> NewConfig:
     if model_type == "new":
         return NewConfig.from_dict(raw)
     return LAYOUTS[model_type].config(raw)
+
+
+def new_shapes(raw: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """{our name: shape} for a checkpoint's {stored name: shape}, by its layout's own conversion run on
+    meta tensors (no weight is read)."""
+    model_type = _model_type(raw)
+    if model_type == "new":
+        return shapes
+    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    return {name: tuple(tensor.shape) for name, tensor in LAYOUTS[model_type].state_dict(meta, raw).items()}
 
 
 def load(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.Tensor]] | None:

@@ -27,11 +27,13 @@ __all__ = ["ServerSettings", "create_app", "load_model", "serve", "served_name"]
 RERANKER_ARCHITECTURE = "NewForSequenceClassification"
 
 
-def load_model(model: str, *, device: str | None, dtype: str | None, max_length: int | None) -> Model:
+def load_model(
+    model: str, *, device: str | None, dtype: str | None, max_length: int | None, revision: str | None = None
+) -> Model:
     """An Embedder or a Reranker, by the checkpoint's architecture."""
-    name, _ = hub.architecture(hub.resolve(model))
+    name, _ = hub.architecture(hub.resolve(model, revision))
     cls = Reranker if name == RERANKER_ARCHITECTURE else Embedder
-    return cls(model, device=device, dtype=dtype, max_length=max_length)
+    return cls(model, device=device, dtype=dtype, max_length=max_length, revision=revision)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -54,10 +56,12 @@ def serve(args: argparse.Namespace) -> int:
         payload_limit=args.payload_limit,
         body_timeout_s=args.body_timeout,
     )
-    names = _served_names(args.model or [hub.DEFAULT_MODEL], args.served_model_name)
+    checkpoints = args.model or [hub.DEFAULT_MODEL]
+    names = _served_names(checkpoints, args.served_model_name)
+    revisions = _per_model("--revision", args.revision, checkpoints)
     models = {
-        name: load_model(model, device=args.device, dtype=args.dtype, max_length=args.max_input_length)
-        for name, model in names.items()
+        name: load_model(model, device=args.device, dtype=args.dtype, max_length=args.max_input_length, revision=revision)
+        for (name, model), revision in zip(names.items(), revisions)
     }
     app = create_app(models, settings)
     _exit_cleanly_after_shutdown()
@@ -70,12 +74,19 @@ def serve(args: argparse.Namespace) -> int:
 
 def _served_names(models: list[str], names: list[str] | None) -> dict[str, str]:
     """{served name: --model}, the names from --served-model-name or the checkpoints' own."""
-    if names is not None and len(names) != len(models):
-        raise ValueError(f"{len(names)} --served-model-name for {len(models)} --model: give one name per model")
-    chosen = names or [served_name(model) for model in models]
+    chosen = _per_model("--served-model-name", names, models) if names is not None else [served_name(m) for m in models]
     if len(set(chosen)) < len(chosen):
         raise ValueError(f"two models would be served as the same name ({', '.join(chosen)}): set --served-model-name")
     return dict(zip(chosen, models))
+
+
+def _per_model(option: str, values: list[str] | None, models: list[str]) -> list[str | None]:
+    """An option given once per --model (None for each when it is not given)."""
+    if values is None:
+        return [None] * len(models)
+    if len(values) != len(models):
+        raise ValueError(f"{len(values)} {option} for {len(models)} --model: give one {option} per --model")
+    return values
 
 
 def _exit_cleanly_after_shutdown() -> None:
