@@ -300,6 +300,19 @@ def test_truncated_weights_are_refused(tiny_model_dir, tmp_path):
         gte.Embedder(model)
 
 
+def test_weights_lacking_a_parameter_are_refused(tiny_model_dir, reranker_model_dir, tmp_path):
+    """A tensor missing from the file would be randomly initialised by from_pretrained: refused, naming it."""
+    from safetensors.torch import load_file, save_file
+
+    for source, load in ((tiny_model_dir, gte.Embedder), (reranker_model_dir, gte.Reranker)):
+        model = copy_checkpoint(source, tmp_path / source.name)
+        weights = load_file(str(model / "model.safetensors"))
+        name = next(key for key in weights if "layer.1.attention.o_proj.weight" in key)
+        save_file({k: v for k, v in weights.items() if k != name}, str(model / "model.safetensors"), {"format": "pt"})
+        with pytest.raises(CheckpointError, match=f"the weights lack {name}, which would be random numbers"):
+            load(model)
+
+
 @pytest.mark.parametrize(
     ("source", "key", "given", "found"),
     [

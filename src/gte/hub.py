@@ -296,8 +296,19 @@ def load(
     kwargs = {"dtype": resolve_dtype(dtype, target)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    loaded = cls.from_pretrained(str(path), **kwargs).to(target).eval()
+    loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    _check_complete(path, info["missing_keys"])
+    loaded = loaded.to(target).eval()
     prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     name = str(model) if revision is None else f"{model}@{revision}"
     return Loaded(loaded, tokenizer, name, path)
+
+
+def _check_complete(path: Path, missing: list[str] | set[str]) -> None:
+    """Parameters the weights file lacks would be random numbers: refuse them."""
+    if missing:
+        names = sorted(missing)
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise CheckpointError(f"{path}: the weights lack {', '.join(names[:3])}{more}, which would be random numbers: "
+                              "download the checkpoint again, or pass a complete one")  # fmt: skip
