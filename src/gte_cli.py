@@ -146,6 +146,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
     add("--graceful-shutdown-timeout", type=float, default=30.0,
         help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
+    prompts = serve.add_mutually_exclusive_group()
+    prompts.add_argument("--default-prompt-name", metavar="NAME", help="put the checkpoint's prompt NAME before the "
+                         "texts of requests without prompt_name (default: the checkpoint's default prompt, if any)")  # fmt: skip
+    prompts.add_argument("--default-prompt", metavar="TEXT", help="put TEXT before the texts of requests without "
+                         "prompt_name")  # fmt: skip
     add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(run="gte.server:serve")

@@ -53,6 +53,8 @@ def serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
         payload_limit=args.payload_limit,
         body_timeout_s=args.body_timeout,
+        default_prompt_name=args.default_prompt_name,
+        default_prompt=args.default_prompt,
     )
     names = _served_names(args.model or [hub.DEFAULT_MODEL], args.served_model_name)
     models = {
