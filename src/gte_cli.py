@@ -74,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--prompt", metavar="TEXT", help="put TEXT before each text (e.g. 'query: ')")
     embed.add_argument("--pooling", metavar="MODE", help="cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken, "
                        "or several joined by + (default: the checkpoint's Pooling module, else cls)")  # fmt: skip
-    embed.add_argument("--truncation-side", choices=("right", "left"), help="which end of an over-long text goes: "
-                       "right keeps the start (the default), left keeps the end")  # fmt: skip
+    _add_truncation_side(embed, "text")
     job = embed.add_argument_group("corpus jobs")
     job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
     job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")
@@ -99,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_arguments(rerank)
     rerank.add_argument("--top-k", type=positive_int, help="print only the best K documents (K >= 1)")
     rerank.add_argument("--normalize", action="store_true", help="sigmoid of the logit (a score in 0..1)")
+    _add_truncation_side(rerank, "query-document pair")
     rerank.add_argument("--format", choices=RERANK_FORMATS, default="text", help="text: score<TAB>index<TAB>document "
                         "per line, tabs, line breaks and backslashes in documents escaped as \\t \\n \\r \\\\; jsonl: "
                         '{"index", "score", "text"} per line (default: %(default)s)')  # fmt: skip
@@ -149,6 +149,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="seconds a request body may take to arrive; slower ones get 408 (default: %(default)s)")  # fmt: skip
     add("--graceful-shutdown-timeout", type=float, default=30.0,
         help="seconds to finish the requests in flight after SIGTERM before cancelling them (default: %(default)s)")  # fmt: skip
+    prompts = serve.add_mutually_exclusive_group()
+    prompts.add_argument("--default-prompt-name", metavar="NAME", help="put the checkpoint's prompt NAME before the "
+                         "texts of requests without prompt_name (default: the checkpoint's default prompt, if any)")  # fmt: skip
+    prompts.add_argument("--default-prompt", metavar="TEXT", help="put TEXT before the texts of requests without "
+                         "prompt_name")  # fmt: skip
     add("--no-batching", action="store_true", help="run every request as its own batch (a benchmark baseline)")
     add("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(run="gte.server:serve")
@@ -222,6 +227,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, h
     parser.add_argument("--batch-tokens", type=positive_int, help=f"tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
                         f"{GPU_BATCH_TOKENS} on GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
+
+
+def _add_truncation_side(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--truncation-side", choices=("right", "left"), help=f"which end of an over-long {what} goes: "
+                        "right keeps the start (the default), left keeps the end")  # fmt: skip
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:

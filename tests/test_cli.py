@@ -204,6 +204,22 @@ def test_rerank(capsys, monkeypatch, tmp_path, reranker_model_dir):
     assert code == 0 and len(out.splitlines()) == 3
 
 
+@pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")
+def test_rerank_truncation_side(capsys, reranker_model_dir):
+    docs = ["the panda " * 100 + "lives in china", "a dog"]
+    reranker = gte.Reranker(reranker_model_dir)
+    expected = reranker.rank("panda", docs, truncation_side="left")
+    code, out, err = run(capsys, "rerank", "-m", reranker_model_dir, "-q", "panda", "--truncation-side", "left",
+                         "--format", "jsonl", *docs)  # fmt: skip
+    assert code == 0, err
+    hits = read_jsonl(out)
+    assert [hit["index"] for hit in hits] == [hit["index"] for hit in expected]
+    np.testing.assert_allclose([hit["score"] for hit in hits], [hit["score"] for hit in expected], atol=1e-5)
+    long_doc = next(hit for hit in expected if hit["index"] == 0)
+    assert abs(long_doc["score"] - reranker.score("panda", docs)[0]) > 1e-3  # the side mattered
+    assert "invalid choice: 'up'" in error_of(capsys, "rerank", "-q", "q", "--truncation-side", "up", "d")
+
+
 def test_rerank_refuses_an_embedding_model(capsys, tiny_model_dir):
     assert "not a reranker" in error_of(capsys, "rerank", "-m", tiny_model_dir, "-q", "q", "d")
 

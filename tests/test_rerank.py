@@ -73,6 +73,22 @@ def test_pair_encoding_and_truncation(reranker):
         reranker.score(QUERY, ["the panda " * 100], truncate=False)
 
 
+def test_truncation_side_left_cuts_the_start(reranker, reranker_model_dir):
+    """truncation_side="left" cuts an over-long pair as the tokenizer does with truncation_side="left"."""
+    doc = "the panda " * 100 + "lives in china"
+    tokenizer = AutoTokenizer.from_pretrained(reranker_model_dir, truncation_side="left")
+    with pytest.warns(TruncationWarning):
+        (ids,), _ = reranker.tokenize_pairs(QUERY, [doc], truncation_side="left")
+        left = reranker.score(QUERY, [doc, "dog"], truncation_side="left")
+        right = reranker.score(QUERY, [doc, "dog"])
+        by_default = gte.Reranker(reranker_model_dir, truncation_side="left").score(QUERY, [doc, "dog"])
+    assert ids == tokenizer(QUERY, doc, truncation=True, max_length=128)["input_ids"]
+    assert abs(left[0] - right[0]) > 1e-3 and left[1] == pytest.approx(right[1], abs=1e-6)
+    assert by_default == pytest.approx(left, abs=1e-6)
+    with pytest.raises(ValueError, match="truncation side 'up' is not one of right, left"):
+        reranker.score(QUERY, [doc], truncation_side="up")
+
+
 def test_input_checks(reranker):
     with pytest.raises(TypeError, match=r"documents\[1\] is int"):
         reranker.score(QUERY, ["a", 1])

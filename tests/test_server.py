@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -26,6 +27,7 @@ import openai
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from sentence_transformers import SentenceTransformer
 
 import fixtures
 from gte.cli import main
@@ -40,6 +42,8 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXTS = ["the quick brown fox", "a lazy dog", "paris is a city on a river", "deep neural network learning"]
 LONG_TEXT = " ".join(["token"] * 200)  # over the tiny model's 64-token limit
+LONG_TEXTS = ["start words " + "token " * 200 + "end of the first", "the quick brown fox " * 40 + "ends here"]
+PROMPTS = {"query": "query: ", "passage": "passage: ", "search": "search the data set for: "}
 ATOL = 1e-5
 
 
@@ -230,6 +234,103 @@ def test_rerank(reranker):
     assert "texts" in assert_tei_error(empty, 422)
 
 
+# ---------------------------------------------------------------------- truncation_direction, prompts
+@pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")
+def test_truncation_direction_left_keeps_the_end(server, embedder, sparse_embedder, reranker):
+    """TEI's truncation_direction on /embed, /embed_sparse and /rerank: the library's truncation side."""
+    left = embedder.encode(LONG_TEXTS, truncation_side="left")
+    assert not np.allclose(left, embedder.encode(LONG_TEXTS), atol=1e-3)  # the side matters for these texts
+    for direction in ("Left", "left"):  # TEI's spelling, and the lower-case one TEI also takes
+        got = vectors(server.post("/embed", json={"inputs": LONG_TEXTS, "truncation_direction": direction}))
+        np.testing.assert_allclose(got, left, atol=ATOL)
+    right = vectors(server.post("/embed", json={"inputs": LONG_TEXTS, "truncation_direction": "Right"}))
+    np.testing.assert_allclose(right, embedder.encode(LONG_TEXTS), atol=ATOL)
+    query, texts = "chat", ["le chat " * 80 + "der hund", "casa"]
+    with live(sparse_embedder, reranker, names=["multi", "rerank"]) as client:
+        sparse = client.post("/embed_sparse", json={"inputs": LONG_TEXTS, "truncation_direction": "Left"}).json()
+        raw = client.post("/rerank", json={"query": query, "texts": texts, "truncation_direction": "Left", "raw_scores": True})
+    expected = sparse_embedder.sparse_tokens(sparse_embedder.tokenize(LONG_TEXTS, truncation_side="left"))
+    for row, weights in zip(sparse, expected):
+        assert {v["token"]: v["value"] for v in row} == pytest.approx(weights, abs=ATOL)
+    assert expected != sparse_embedder.encode_sparse(LONG_TEXTS)
+    scores = reranker.score(query, texts, truncation_side="left")
+    assert {r["index"]: r["score"] for r in raw.json()} == pytest.approx(dict(enumerate(scores)), abs=ATOL)
+    assert abs(scores[0] - reranker.score(query, texts)[0]) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def prompted_dirs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """Directories saved by sentence-transformers with prompts and a default prompt name: Dense + Normalize, and a
+    Pooling that leaves the prompt out (include_prompt false)."""
+    build = fixtures.build_sentence_transformer
+    options = {"prompts": PROMPTS, "default_prompt_name": "query"}
+    return {
+        "dense": build(tmp_path_factory.mktemp("st-dense"), tiny_model_dir, pooling="mean", dense=((16, "Tanh"),),
+                       normalize=True, **options),
+        "no-prompt-pooling": build(tmp_path_factory.mktemp("st-exclude"), tiny_model_dir, pooling="mean",
+                                   include_prompt=False, **options),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["dense", "no-prompt-pooling"])
+def test_prompts_give_sentence_transformers_vectors(prompted_dirs, kind):
+    """A request without prompt_name gets the checkpoint's default prompt, one with it the prompt it names:
+    /embed and /v1/embeddings equal `SentenceTransformer.encode`, as `Embedder.encode` does."""
+    path = prompted_dirs[kind]
+    reference = SentenceTransformer(str(path), device="cpu")
+    expected = {
+        "default": reference.encode(TEXTS, normalize_embeddings=True),
+        "passage": reference.encode(TEXTS, prompt_name="passage", normalize_embeddings=True),
+        "raw": reference.encode(TEXTS, prompt_name="search"),
+    }
+    assert not np.allclose(expected["default"], reference.encode(TEXTS, prompt="", normalize_embeddings=True), atol=1e-3)
+    embedder = Embedder(path)
+    with live(embedder, names=["st"]) as client:
+        got = {
+            "default": vectors(client.post("/embed", json={"inputs": TEXTS})),
+            "passage": vectors(client.post("/embed", json={"inputs": TEXTS, "prompt_name": "passage"})),
+            "raw": vectors(client.post("/embed", json={"inputs": TEXTS, "prompt_name": "search", "normalize": False})),
+        }
+        openai_client = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="-", max_retries=0)
+        for name, extra in (("default", None), ("passage", {"prompt_name": "passage"})):  # prompt_name: an extension
+            result = openai_client.embeddings.create(model="st", input=TEXTS, encoding_format="float", extra_body=extra)
+            np.testing.assert_allclose([d.embedding for d in result.data], expected[name], atol=ATOL)
+        ids = embedder.tokenize(TEXTS)  # token ids are used as given: no prompt
+        as_given = vectors(client.post("/embed", json={"inputs": ids}))
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(as_given, reference.encode(TEXTS, prompt="", normalize_embeddings=True), atol=ATOL)
+
+
+def test_server_default_prompt(prompted_dirs):
+    """--default-prompt-name / --default-prompt replace the checkpoint's default prompt; prompt_name still wins."""
+    path = prompted_dirs["dense"]
+    reference, embedder = SentenceTransformer(str(path), device="cpu"), Embedder(path)
+    for settings, expected in (
+        ({"default_prompt_name": "passage"}, reference.encode(TEXTS, prompt_name="passage")),
+        ({"default_prompt": "custom: "}, reference.encode(TEXTS, prompt="custom: ")),
+        ({"default_prompt": ""}, reference.encode(TEXTS, prompt="")),
+    ):
+        with live(embedder, names=["st"], **settings) as client:
+            np.testing.assert_allclose(vectors(client.post("/embed", json={"inputs": TEXTS})), expected, atol=ATOL)
+            named = vectors(client.post("/embed", json={"inputs": TEXTS, "prompt_name": "search"}))
+            info = client.get("/info").json()
+        assert {name: info[name] for name in settings} == settings
+        np.testing.assert_allclose(named, reference.encode(TEXTS, prompt_name="search"), atol=ATOL)
+    with pytest.raises(ValueError, match="not both"):
+        ServerSettings(default_prompt_name="query", default_prompt="q: ")
+
+
+def test_serve_refuses_an_unknown_default_prompt_name(prompted_dirs, capsys):
+    assert main(["serve", "--model", str(prompted_dirs["dense"]), "--default-prompt-name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the default prompt name 'nope' is not one of" in err
+    assert "(query, document, passage, search)" in err and "--default-prompt" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--default-prompt-name", "query", "--default-prompt", "q: "])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- big requests, several models
 def test_big_requests_are_split_inside_the_server(embedder):
     """OpenAI's 2048 inputs per request by default, cut into --max-batch-tokens jobs, each result the Embedder's."""
@@ -368,6 +469,23 @@ def test_api_key(server):
         ("/embed", {"inputs": [[5] * 65]}, 413, "never truncated"),
         ("/embed_sparse", {"inputs": "a"}, 400, "token-weight head"),
         ("/rerank", {"query": "a", "texts": ["b"]}, 400, "not a reranker"),
+        # bodies say exactly what they mean: no field ignored, no type coerced
+        ("/embed", {"inputs": "a", "normalise": False}, 422, "unknown field 'normalise' (this route takes: inputs, model, "
+         "normalize, truncate, truncation_direction, prompt_name, dimensions)"),
+        ("/embed", {"inputs": "a", "dimension": 8}, 422, "unknown field 'dimension'"),
+        ("/v1/embeddings", {"input": "a", "dimension": 8}, 422, "unknown field 'dimension'"),
+        ("/embed", {"inputs": "a", "normalize": "false"}, 422, 'normalize: Input should be a valid boolean, got "false"'),
+        ("/embed", {"inputs": "a", "dimensions": "8"}, 422, 'dimensions: Input should be a valid integer, got "8"'),
+        ("/v1/embeddings", {"input": "a", "dimensions": 8.0}, 422, "dimensions: Input should be a valid integer, got 8.0"),
+        ("/v1/embeddings", {"input": "a", "truncate": 0}, 422, "truncate: Input should be a valid boolean, got 0"),
+        ("/embed", {"inputs": "a", "truncation_direction": "up"}, 422, "truncation_direction: Input should be 'Right', 'Left'"),
+        ("/v1/embeddings", {"input": "a", "truncation_direction": "Left"}, 422, "unknown field 'truncation_direction'"),
+        ("/embed", {"inputs": "a", "prompt_name": "nope"}, 422, "prompt_name 'nope' is not one of tiny-gte's prompts (query, document)"),
+        ("/embed", {"inputs": [[2, 3]], "prompt_name": "query"}, 422, "prompt_name applies to texts"),
+        ("/embed_sparse", {"inputs": "a", "prompt_name": "query"}, 422, "'prompt_name' is not supported: prompts do not apply"),
+        ("/rerank", {"query": "a", "texts": ["b"], "prompt_name": "query"}, 422, "unknown field 'prompt_name'"),
+        ("/rerank", {"query": "a", "texts": ["b"], "top_n": 1}, 422, "'top_n' is not supported"),
+        ("/v1/embeddings", {"input": "a", "input_type": "query"}, 422, "'input_type' is not supported: send \"prompt_name\""),
     ],
 )
 def test_bad_requests_are_answered_and_contained(server, embedder, path, body, status, needle):

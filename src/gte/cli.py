@@ -115,7 +115,8 @@ def run_rerank(args: argparse.Namespace) -> None:
             f"gte rerank needs a reranker model and none ships with gte; the default, {DEFAULT_RERANKER}, is not in the "
             f"Hugging Face cache and cannot be downloaded now: {RERANKER_HINT}"
         ) from error
-    for hit in reranker.rank(args.query, documents, top_k=args.top_k, normalize=args.normalize):
+    for hit in reranker.rank(args.query, documents, top_k=args.top_k, normalize=args.normalize,
+                             truncation_side=args.truncation_side):  # fmt: skip
         if args.format == "jsonl":
             print(json.dumps(hit, ensure_ascii=False))
         else:

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 
 from . import hub
-from .embed import backend_name, check_max_length, check_texts, default_batch_tokens, run_packed, tokenize_texts
+from .embed import backend_name, check_max_length, check_side, check_texts, default_batch_tokens, run_packed, sided, tokenize_texts
 from .modeling import NewForSequenceClassification
 from .padding import Packing
 
 
 class Reranker:
     """Scores (query, document) pairs, encoded together; score = the logit (its sigmoid with normalize=True).
+    An over-long pair is cut on `truncation_side`: "right" cuts the end of its longer text, "left" the start.
 
         reranker = gte.Reranker("Alibaba-NLP/gte-multilingual-reranker-base")
         reranker.rank("what is a panda?", ["The giant panda is a bear.", "Paris is in France."], top_k=1)
@@ -30,6 +31,7 @@ class Reranker:
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         batch_tokens: int | None = None,
+        truncation_side: str = "right",
         show_progress: bool | None = None,
         tokenizer: Any = None,
         attn_implementation: str | None = None,
@@ -43,9 +45,11 @@ class Reranker:
         config = self.model.config
         self.device, self.dtype = self.model.device, self.model.dtype
         self.max_length = check_max_length(config, max_length or config.max_position_embeddings)
+        self.truncation_side = check_side(truncation_side)
         self.batch_tokens, self.show_progress = batch_tokens or default_batch_tokens(self.device), show_progress
         self.backend = backend_name(self.model.new)
         self._type_ids = config.type_vocab_size > 1  # with one type every id is 0: nothing to pass
+        self._sided: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return (
@@ -54,27 +58,34 @@ class Reranker:
         )
 
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], *, truncate: bool = True
+        self, query: str, documents: Sequence[str], *, truncate: bool = True, truncation_side: str | None = None
     ) -> tuple[list[list[int]], list[list[int]] | None]:
-        """(token ids, token type ids or None) of each (query, document) pair, cut to max_length."""
+        """(token ids, token type ids or None) of each (query, document) pair, cut to max_length on
+        `truncation_side` (default: the Reranker's)."""
         if not isinstance(query, str):
             raise TypeError(f"query is {type(query).__name__}, not str")
         documents = check_texts(documents, "documents")
-        return tokenize_texts(self.tokenizer, [query] * len(documents), documents, self.max_length, truncate, self._type_ids)
+        side = check_side(truncation_side or self.truncation_side)
+        tokenizer = sided(self.tokenizer, side, self._sided)
+        return tokenize_texts(tokenizer, [query] * len(documents), documents, self.max_length, truncate, self._type_ids, side)
 
-    def score(self, query: str, documents: Sequence[str], *, normalize: bool = False, truncate: bool = True) -> list[float]:
+    def score(
+        self, query: str, documents: Sequence[str], *, normalize: bool = False, truncate: bool = True,
+        truncation_side: str | None = None,
+    ) -> list[float]:  # fmt: skip
         """One relevance score per document, in input order."""
-        ids, types = self.tokenize_pairs(query, documents, truncate=truncate)
+        ids, types = self.tokenize_pairs(query, documents, truncate=truncate, truncation_side=truncation_side)
         return self.score_tokens(ids, types, normalize=normalize)
 
     def rank(
-        self, query: str, documents: Sequence[str], *, top_k: int | None = None, normalize: bool = False
-    ) -> list[dict[str, Any]]:
+        self, query: str, documents: Sequence[str], *, top_k: int | None = None, normalize: bool = False,
+        truncation_side: str | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """[{"index", "score", "text"}], best first (the first top_k)."""
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         documents = check_texts(documents, "documents")
-        scores = self.score(query, documents, normalize=normalize)
+        scores = self.score(query, documents, normalize=normalize, truncation_side=truncation_side)
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
         return [{"index": i, "score": scores[i], "text": documents[i]} for i in order]
 

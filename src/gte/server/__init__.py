@@ -55,6 +55,8 @@ def serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
         payload_limit=args.payload_limit,
         body_timeout_s=args.body_timeout,
+        default_prompt_name=args.default_prompt_name,
+        default_prompt=args.default_prompt,
     )
     checkpoints = args.model or [hub.DEFAULT_MODEL]
     names = _served_names(checkpoints, args.served_model_name)

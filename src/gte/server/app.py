@@ -22,14 +22,14 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .. import __version__
 from ..embed import Embedder
 from .errors import ApiError, describe_validation_error, install_error_handlers
 from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
-from .schemas import EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, RerankRequest
+from .schemas import EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, RequestBody, RerankRequest
 from .served import EMBEDDINGS, RERANKING, SPARSE, Model, Models
 from .settings import ServerSettings
 
@@ -43,7 +43,7 @@ def served_name(model_name: str) -> str:
     return path.resolve().name if path.is_dir() else model_name
 
 
-Body = TypeVar("Body", bound=BaseModel)
+Body = TypeVar("Body", bound=RequestBody)
 
 
 async def parse_body(request: Request, schema: type[Body]) -> Body:
@@ -63,7 +63,7 @@ async def parse_body(request: Request, schema: type[Body]) -> Body:
     try:
         return schema.model_validate_json(body)
     except ValidationError as error:
-        message, param = describe_validation_error(error.errors())
+        message, param = describe_validation_error(error.errors(), schema)
         raise ApiError(422, message, param=param) from None
 
 
@@ -105,21 +105,26 @@ def create_app(models: Mapping[str, Model], settings: ServerSettings | None = No
     return app
 
 
-async def _embeddings(models: Models, body: Any, texts: Any, param: str, normalize: bool) -> tuple[Any, list, list[int]]:
+async def _embeddings(
+    models: Models, body: Any, inputs: list, param: str, *, normalize: bool, truncation_side: str | None
+) -> tuple[Any, list, list[int]]:
     """(the served model, its dense vectors, token counts) for an OpenAI or TEI embedding request."""
     served = models.pick(body.model, EMBEDDINGS)
     served.check_dimensions(body.dimensions)
+    prompt = served.prompt(body.prompt_name, inputs)
     with served.admitted():
-        ids = await served.token_lists(texts, truncate=body.truncate, param=param)
+        ids = await served.token_lists(inputs, prompt=prompt, truncate=body.truncate, truncation_side=truncation_side,
+                                       param=param)  # fmt: skip
         lengths = list(map(len, ids))
-        return served, await served.infer(("embed", normalize, body.dimensions), ids, lengths), lengths
+        key = ("embed", normalize, body.dimensions, served.model.prompt_length(prompt))  # one batch per pooling
+        return served, await served.infer(key, ids, lengths), lengths
 
 
 def _add_openai_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request) -> Response:
         body = await parse_body(request, OpenAIEmbeddingRequest)
-        served, vectors, lengths = await _embeddings(models, body, body.input, "input", normalize=True)
+        served, vectors, lengths = await _embeddings(models, body, body.input, "input", normalize=True, truncation_side=None)
         data = [
             {"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(vectors)
@@ -137,7 +142,8 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
     @app.post("/embed")
     async def embed(request: Request) -> Response:
         body = await parse_body(request, EmbedRequest)
-        _, vectors, _ = await _embeddings(models, body, body.inputs, "inputs", normalize=body.normalize)
+        _, vectors, _ = await _embeddings(models, body, body.inputs, "inputs", normalize=body.normalize,
+                                          truncation_side=body.truncation_direction)  # fmt: skip
         return json_response(vectors)
 
     @app.post("/embed_sparse")
@@ -145,7 +151,8 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
         body = await parse_body(request, EmbedSparseRequest)
         served = models.pick(body.model, SPARSE)
         with served.admitted():
-            ids = await served.token_lists(body.inputs, truncate=body.truncate, param="inputs")
+            ids = await served.token_lists(body.inputs, truncate=body.truncate, truncation_side=body.truncation_direction,
+                                           param="inputs")  # fmt: skip
             weights = await served.infer(("sparse",), ids, list(map(len, ids)))
         return json_response([_sparse_values(served.model, row, w) for row, w in zip(ids, weights)])
 
@@ -154,7 +161,8 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
         body = await parse_body(request, RerankRequest)
         served = models.pick(body.model, RERANKING)
         with served.admitted():
-            pairs = await served.pair_tokens(body.query, body.texts, truncate=body.truncate)
+            pairs = await served.pair_tokens(body.query, body.texts, truncate=body.truncate,
+                                             truncation_side=body.truncation_direction)  # fmt: skip
             scores = await served.infer(("rerank", not body.raw_scores), pairs, [len(ids) for ids, _ in pairs])
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         return json_response([

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+
+from .schemas import RequestBody
 
 # kind -> (OpenAI "type", TEI "error_type")
 KINDS = {
@@ -47,8 +50,8 @@ def error_response(path: str, error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """(message, param) for a request body that is not valid JSON or does not fit the schema
+def describe_validation_error(errors: list[dict[str, Any]], schema: type[RequestBody]) -> tuple[str, str | None]:
+    """(message, param) for a request body that is not valid JSON or does not fit `schema`
     (`errors`: pydantic's ValidationError.errors())."""
     messages, params = [], []
     for err in errors:
@@ -57,10 +60,27 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | 
             detail = err.get("ctx", {}).get("error", err["msg"])
             hint = "; a lone UTF-16 surrogate (\\ud800-\\udfff without its pair) is not text" if "escape" in detail else ""
             messages.append(f"the request body is not valid JSON ({detail}{hint})")
-        else:
+            continue
+        if err["type"] == "extra_forbidden":
+            messages.append(_refused_field(where, schema))
+        elif err["type"] in ("missing", "invalid_inputs"):  # their messages say it all
             messages.append(f"{where}: {err['msg']}")
-            params.append(where)
+        else:  # a wrong type or value: show what came
+            messages.append(f"{where}: {err['msg']}, got {_shown(err['input'])}")
+        params.append(where)
     return "; ".join(messages), (params[0] if params else None)
+
+
+def _refused_field(name: str, schema: type[RequestBody]) -> str:
+    if name in schema.unsupported:
+        return f"{name!r} is not supported: {schema.unsupported[name]}"
+    return f"unknown field {name!r} (this route takes: {', '.join(schema.model_fields)})"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A JSON value as JSON text, cut to `limit` characters."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,5 +1,9 @@
 """Request bodies of the OpenAI and TEI routes, validated by pydantic (failures become readable 422s).
 
+Bodies say exactly what they mean: a field a route does not take is refused by name (never ignored), and
+types are strict (no "false" for false, no "3" or 3.0 for 3). Fields that OpenAI's, TEI's or Cohere's
+schema defines for a route but gte does not implement are refused with what to do instead (`unsupported`).
+
 Inputs arrive as a string, a list of strings, a list of token ids or a list of token-id lists; they
 leave validation as `Texts` (list[str]) or `TokenLists` (list[list[int]]). Token ids are used as
 given: include the special tokens ([CLS] ... [SEP]) the way `Embedder.tokenize` returns them.
@@ -7,9 +11,9 @@ given: include the special tokens ([CLS] ... [SEP]) the way `Embedder.tokenize` 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 INPUT_FORMS = "a string, a list of strings, a list of token ids or a list of token-id lists"
@@ -52,35 +56,67 @@ def _kinds(values: list) -> str:
 
 Inputs = Annotated[list[str] | list[list[int]], BeforeValidator(parse_inputs)]
 Dimensions = Annotated[int | None, Field(ge=1, description="Matryoshka truncation to this many dimensions")]
+# TEI's spelling, or the lower-case one TEI also takes; it leaves validation as the library's truncation side.
+# "Left" cuts the start of an over-long text (keeping its end); the default is the model's side (right).
+TruncationDirection = Annotated[Literal["Right", "Left", "right", "left"], AfterValidator(str.lower)]
+INPUT_TYPE = 'send "prompt_name": the name of one of the checkpoint\'s prompts (like "query"), put before each text'
 
 
-class OpenAIEmbeddingRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: no field it does not name, no type coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    unsupported: ClassVar[dict[str, str]] = {}  # field another API defines here -> why gte refuses it, what to do
+
+
+class OpenAIEmbeddingRequest(RequestBody):
     input: Inputs
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Dimensions = None
     user: str | None = None  # accepted and ignored, as OpenAI's API takes it
     truncate: bool = True  # extension: False rejects texts over the input limit with 413
+    prompt_name: str | None = None  # extension (TEI's /embed field), e.g. extra_body={"prompt_name": "query"}
+    unsupported = {"input_type": INPUT_TYPE}  # Cohere's and NVIDIA's field for it
 
 
-class EmbedRequest(BaseModel):
+class EmbedRequest(RequestBody):
     inputs: Inputs
     model: str | None = None  # extension: which served model, when there are several
     normalize: bool = True
     truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+    prompt_name: str | None = None  # one of the checkpoint's prompts, put before each text
     dimensions: Dimensions = None
+    unsupported = {  # Cohere's embed fields
+        "input_type": INPUT_TYPE,
+        "embedding_types": "the vectors are float32; for base64 use POST /v1/embeddings with \"encoding_format\": \"base64\"",
+    }
 
 
-class EmbedSparseRequest(BaseModel):
+class EmbedSparseRequest(RequestBody):
     inputs: Inputs
     model: str | None = None
     truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+    unsupported = {
+        "prompt_name": "prompts do not apply to sparse embeddings: the weights are those of the text's own tokens",
+    }
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(RequestBody):
     query: str
     model: str | None = None
     texts: Annotated[list[str], Field(min_length=1)]
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+    unsupported = {  # Cohere's rerank fields
+        "documents": "this is TEI's /rerank: send the documents as `texts` (a list of strings)",
+        "top_n": "every text is ranked, best first: keep the first N of the answer",
+        "return_documents": 'send "return_text": true for the texts in the answer',
+        "rank_fields": "texts are plain strings here: send the field to rank by as the text",
+        "max_chunks_per_doc": "texts are not chunked: each is cut to the model's input limit (see `truncate`)",
+        "max_tokens_per_doc": "each text is cut to the model's input limit, --max-input-length (see `truncate`)",
+    }

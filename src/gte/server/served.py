@@ -56,6 +56,7 @@ class ServedModel:
     def __init__(self, name: str, model: Model, settings: ServerSettings, metrics: Metrics) -> None:
         self.name, self.model, self.settings = name, model, settings
         self.max_input_length = model.max_length  # tokens per input: the model object's own limit
+        self.default_prompt = self._default_prompt(settings) if isinstance(model, Embedder) else ""
         self.metrics = metrics.for_model(name)
         self.batcher = Batcher(
             self.run_batch,
@@ -71,8 +72,10 @@ class ServedModel:
         """One merged batch, on the inference thread: the library's own calls, at the model's own compute budget."""
         kind, *options = key
         if kind == "embed":
-            normalize, dim = options
-            return self.model.encode_tokens(items, normalize=normalize, dim=dim, show_progress=False)
+            normalize, dim, prompt_length = options
+            return self.model.encode_tokens(
+                items, prompt_length=prompt_length, normalize=normalize, dim=dim, show_progress=False
+            )
         if kind == "sparse":
             return self.model.sparse_tokens(items, show_progress=False)
         (normalize,) = options
@@ -122,20 +125,57 @@ class ServedModel:
                 param=param,
             )
 
-    async def token_lists(self, inputs: list, *, truncate: bool, param: str) -> list[list[int]]:
-        """Texts tokenized (cut to the input limit when `truncate`), or token-id lists checked."""
+    def prompt(self, prompt_name: str | None, inputs: list) -> str:
+        """The prompt put before a request's texts: the one it names, else the default prompt (the server's, else
+        the checkpoint's), as `Embedder.encode` picks it. Token-id inputs are used as given: no prompt."""
+        if is_token_ids(inputs):
+            if prompt_name is not None:
+                raise ApiError(422, "prompt_name applies to texts; token ids are used as given: send texts, or put the "
+                               "prompt's tokens in the token ids", param="prompt_name")  # fmt: skip
+            return ""
+        if prompt_name is None:
+            return self.default_prompt
+        try:
+            return self.model.resolve_prompt(prompt_name)
+        except ValueError:
+            raise ApiError(
+                422, f"prompt_name {prompt_name!r} is not one of {self.name}'s prompts ({self._prompt_names()}): send one "
+                "of them, or no prompt_name for the default prompt", param="prompt_name",
+            ) from None  # fmt: skip
+
+    def _default_prompt(self, settings: ServerSettings) -> str:
+        try:
+            return self.model.resolve_prompt(settings.default_prompt_name, settings.default_prompt)
+        except ValueError:
+            raise ValueError(
+                f"the default prompt name {settings.default_prompt_name!r} is not one of {self.name}'s prompts "
+                f"({self._prompt_names()}): give one of them, or the prompt's text itself (--default-prompt)"
+            ) from None
+
+    def _prompt_names(self) -> str:
+        return ", ".join(self.model.prompts)
+
+    async def token_lists(
+        self, inputs: list, *, prompt: str = "", truncate: bool, truncation_side: str | None, param: str
+    ) -> list[list[int]]:
+        """Texts tokenized after `prompt` (cut to the input limit on `truncation_side` when `truncate`), or token-id
+        lists checked."""
         self.check_count(len(inputs), param)
-        if isinstance(inputs[0], list):
+        if is_token_ids(inputs):
             return self._check_token_ids(inputs, param)
         with _too_long(param):
-            return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, truncate=truncate)
+            return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, prompt=prompt, truncate=truncate,
+                               truncation_side=truncation_side)  # fmt: skip
 
-    async def pair_tokens(self, query: str, texts: list[str], *, truncate: bool) -> list[tuple]:
+    async def pair_tokens(
+        self, query: str, texts: list[str], *, truncate: bool, truncation_side: str | None
+    ) -> list[tuple]:
         """(token ids, token type ids or None) per (query, text) pair."""
         self.check_count(len(texts), "texts")
         with _too_long("texts"):
             chars = len(query) * len(texts) + sum(map(len, texts))
-            ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate)
+            ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate,
+                                     truncation_side=truncation_side)  # fmt: skip
         return list(zip(ids, types or [None] * len(ids)))
 
     def _check_token_ids(self, lists: list[list[int]], param: str) -> list[list[int]]:
@@ -204,6 +244,11 @@ class Models:
     async def stop(self) -> None:
         for served in self.served:
             await served.batcher.stop()
+
+
+def is_token_ids(inputs: list) -> bool:
+    """Whether a request's parsed inputs are token-id lists (else texts)."""
+    return isinstance(inputs[0], list)
 
 
 def split(lengths: list[int], budget: int) -> list[slice]:

@@ -15,6 +15,9 @@ class ServerSettings:
     batching: bool = True  # False: every job is its own batch (a baseline for benchmarks)
     payload_limit: int = 2_000_000  # bytes of one request body (TEI's default); more get 413 before they are read
     body_timeout_s: float = 30.0  # a request body must arrive within this time; else 408
+    # the prompt put before the texts of a request without prompt_name (default: the checkpoint's default prompt)
+    default_prompt_name: str | None = None  # one of the checkpoint's prompts, by name
+    default_prompt: str | None = None  # the text itself
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
@@ -23,5 +26,7 @@ class ServerSettings:
         for name in ("max_wait_ms", "body_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.default_prompt_name is not None and self.default_prompt is not None:
+            raise ValueError("give a default prompt name or a default prompt, not both")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: give a key, or none to serve without authentication")
