@@ -170,13 +170,16 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
     onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18 to 22 (default: %(default)s)")
     onnx.add_argument("--quantize", choices=("int8",), help="also write onnx/model_quantized.onnx (int8 weights)")
     onnx.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    onnx.add_argument("--pooling", metavar="MODE", help="the pooling of the sentence_embedding output, as gte embed's "
+                      "(default: the checkpoint's Pooling module, else cls)")  # fmt: skip
     onnx.set_defaults(run="gte.cli:run_export_onnx")
 
 
 EXPORT_ONNX_HELP = """Export a checkpoint to ONNX: OUT_DIR/onnx/model.onnx (inputs input_ids, attention_mask [+ token_type_ids];
-outputs last_hidden_state [+ the head's]) with the checkpoint's config, tokenizer and sentence-transformers files,
-the layout fastembed, TEI's ORT backend, transformers.js and optimum read. The graph is checked against PyTorch
-with ONNX Runtime. Needs the onnx extra: pip install '.[onnx]'.
+outputs last_hidden_state [+ the head's] [+ sentence_embedding: the checkpoint's Pooling, Dense and Normalize])
+with the checkpoint's config, tokenizer and sentence-transformers files, the layout fastembed, TEI's ORT backend,
+transformers.js and optimum read. What the graph leaves to the consumer (prompts, tokenizer settings) is printed.
+The graph is checked against PyTorch with ONNX Runtime. Needs the onnx extra: pip install '.[onnx]'.
 
 examples:
   gte export onnx Alibaba-NLP/gte-base-en-v1.5 ./gte-base-onnx

@@ -1,11 +1,14 @@
 """gte.export / `gte export onnx`: ONNX Runtime runs the exported graph with our PyTorch numbers (fp32, <= 1e-4)
 on every golden case, the embedded default model, rerankers and the sparse head; symbolic batch and sequence
-axes, RoPE past max_position_embeddings; a consumer we did not write (fastembed) loads the export; clear errors."""
+axes, RoPE past max_position_embeddings; sentence_embedding equals SentenceTransformer.encode on directories
+sentence-transformers saved (every pooling mode, Dense, Normalize, the prompt left out), and what the graph
+cannot carry is reported; a consumer we did not write (fastembed) loads the export; clear errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -14,10 +17,12 @@ import onnx
 import pytest
 import torch
 from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
 
 import fixtures
 import gte
 from gte import cli, export
+from gte.embed import PoolingNotice
 from gte.export import ExportError, export_onnx, run_onnx
 from gte.models import DEFAULT_MODEL
 from model_helpers import golden_manifest, random_batch
@@ -40,6 +45,13 @@ def graph_dims(model_file: Path) -> dict[str, list[str | int]]:
     return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
 
 
+def reducing_scatters(model_file: Path) -> list[str]:
+    """ScatterND / ScatterElements nodes with a reduction: ONNX Runtime runs them on several threads, which lose updates."""
+    nodes = onnx.load(str(model_file), load_external_data=False).graph.node
+    reductions = {n.name: onnx.helper.get_node_attr_value(n, "reduction") for n in nodes if n.op_type.startswith("Scatter")}
+    return [name for name, reduction in reductions.items() if reduction not in (b"none", "none")]
+
+
 def max_diff_at_valid(got: np.ndarray, expected: torch.Tensor, mask: torch.Tensor) -> float:
     """Max abs diff at the valid positions of a [B, L, ...] output (got is reshaped to expected's shape)."""
     got = torch.from_numpy(got).double().reshape(expected.shape)
@@ -53,7 +65,11 @@ def test_golden_case(case, tmp_path):
     positions, RMSNorm, split qkv, logn scale, token types; every head. ONNX Runtime on the golden inputs equals
     the original's outputs and our PyTorch path."""
     case_dir = case["dir"]
-    report = export_to(case_dir, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_to(case_dir, tmp_path)
+    notices = [w for w in caught if issubclass(w.category, PoolingNotice)]  # which pooling sentence_embedding has
+    assert len(notices) == (case["class"] == "NewModel")
     assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "config.json").is_file()
     inputs = load_file(str(case_dir / "inputs.safetensors"))
     expected = load_file(str(case_dir / "expected.safetensors"))
@@ -71,7 +87,12 @@ def test_golden_case(case, tmp_path):
             assert max_diff_at_valid(got[name], expected[name], mask) <= TOLERANCE, name
         else:
             np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=0, atol=TOLERANCE, err_msg=name)
-    assert set(report.outputs) - {"last_hidden_state"} == HEAD_OUTPUTS & set(case["outputs"])
+    assert set(report.outputs) - {"last_hidden_state", "sentence_embedding"} == HEAD_OUTPUTS & set(case["outputs"])
+    if case["class"] == "NewModel":  # no sentence-transformers files: CLS, as the Embedder
+        cls = expected["last_hidden_state"][:, 0].numpy()
+        np.testing.assert_allclose(got["sentence_embedding"], cls, rtol=0, atol=TOLERANCE)
+    else:
+        assert "sentence_embedding" not in report.outputs
 
 
 def test_native_gte_layout(tmp_path):
@@ -87,7 +108,7 @@ def test_symbolic_dims_and_lengths_past_max_position_embeddings(tiny_model_dir, 
     assert report.inputs == ["input_ids", "attention_mask"]  # type_vocab_size 0: no token types
     assert graph_dims(report.model_file) == {
         "input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"],
-        "last_hidden_state": ["batch", "sequence", 32],
+        "last_hidden_state": ["batch", "sequence", 32], "sentence_embedding": ["batch", 32],
     }  # fmt: skip
     model = gte.NewModel.from_pretrained(tiny_model_dir).eval()
     longest = int(1.5 * model.config.max_position_embeddings * model.config.rope_scaling["factor"])  # past the RoPE table
@@ -95,9 +116,10 @@ def test_symbolic_dims_and_lengths_past_max_position_embeddings(tiny_model_dir, 
         batch = random_batch(model.config, lengths, seed=len(lengths))
         with torch.no_grad():
             ours = model(**batch, unpad_inputs=True).last_hidden_state
-        got = run_onnx(report.model_file, batch)["last_hidden_state"]
-        assert max_diff_at_valid(got, ours, batch["attention_mask"]) <= TOLERANCE
-        assert not got[~batch["attention_mask"].bool().numpy()].any()  # zeros at padding
+        got = run_onnx(report.model_file, batch)
+        assert max_diff_at_valid(got["last_hidden_state"], ours, batch["attention_mask"]) <= TOLERANCE
+        assert not got["last_hidden_state"][~batch["attention_mask"].bool().numpy()].any()  # zeros at padding
+        np.testing.assert_allclose(got["sentence_embedding"], ours[:, 0].numpy(), rtol=0, atol=TOLERANCE)  # CLS
 
 
 def test_gte_reranker(reranker_model_dir, tmp_path):
@@ -120,19 +142,128 @@ def test_bert_family(bert_family, architecture, tmp_path):
 
 def test_sparse_head_token_weights(sparse_model_dir, tmp_path):
     report = export_to(sparse_model_dir, tmp_path)
-    assert report.outputs == ["last_hidden_state", "token_weights"]
+    assert report.outputs == ["last_hidden_state", "token_weights", "sentence_embedding"]
     assert graph_dims(report.model_file)["token_weights"] == ["batch", "sequence"]
     embedder = gte.Embedder(sparse_model_dir)
     texts = ["der schnelle hund", "le chat est une maison rapide et le chien"]
     ids = embedder.tokenize(texts)
     batch = embedder.tokenizer(texts, padding=True, return_tensors="pt")
-    weights = run_onnx(report.model_file, {k: batch[k] for k in report.inputs})["token_weights"]
+    got = run_onnx(report.model_file, {k: batch[k] for k in report.inputs})
+    np.testing.assert_allclose(got["sentence_embedding"], embedder.encode(texts), rtol=0, atol=TOLERANCE)  # and dense vectors
+    weights = got["token_weights"]
     special = set(embedder.tokenizer.all_special_ids)
     expected = embedder.sparse_tokens(ids)
     for row, row_ids, want in zip(weights, ids, expected):
         got = embedder._token_weights(row_ids, row[: len(row_ids)].tolist(), special)
         assert got.keys() == want.keys()
         np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=0, atol=TOLERANCE)
+
+
+# ------------------------------------------------------------------------------ sentence_embedding: the whole pipeline
+ST_TEXTS = ["the quick brown fox jumps over the lazy dog", "paris", "a", "search for a vector of the city river music " * 3]
+ST_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def st_export(tmp_path_factory, st_dir):
+    """st_export(**build_sentence_transformer options) -> (directory saved by sentence-transformers, its export)."""
+    built: dict[Path, export.ExportReport] = {}
+
+    def get(**options) -> tuple[Path, export.ExportReport]:
+        path = st_dir(**options)
+        if path not in built:
+            built[path] = export_to(path, tmp_path_factory.mktemp("st-onnx"))
+        return path, built[path]
+
+    return get
+
+
+def onnx_vectors(report: export.ExportReport, reference: SentenceTransformer, texts: list[str], **feed) -> np.ndarray:
+    """ONNX Runtime's sentence_embedding on a right-padded batch of `texts` (sentence-transformers' tokenizer)."""
+    batch = reference.tokenizer(texts, padding=True, return_tensors="pt")
+    assert batch["attention_mask"][:, -1].tolist().count(0) == len(texts) - 1  # rows of different lengths, right-padded
+    return run_onnx(report.model_file, {k: batch[k] for k in report.inputs} | feed)["sentence_embedding"]
+
+
+@pytest.mark.parametrize(
+    ("options", "head"),
+    [
+        (dict(pooling="mean", dense=((48, "GELU"), (16, "Tanh")), normalize=True), "mean, Dense 32->48, Dense 48->16, Normalize"),
+        (dict(pooling="max"), "max"),
+        (dict(pooling="weightedmean"), "weightedmean"),
+        (dict(pooling="lasttoken"), "lasttoken"),
+        (dict(pooling=("cls", "mean"), dense=((8, "ReLU"),)), "cls+mean, Dense 64->8"),
+    ],
+    ids=["mean-dense-normalize", "max", "weightedmean", "lasttoken", "cls+mean-dense"],
+)
+def test_sentence_embedding_equals_sentence_transformers(st_export, options, head):
+    path, report = st_export(**options)
+    assert report.outputs == ["last_hidden_state", "sentence_embedding"] and report.head == head
+    reference = SentenceTransformer(str(path), device="cpu")
+    expected = reference.encode(ST_TEXTS)
+    assert graph_dims(report.model_file)["sentence_embedding"] == ["batch", expected.shape[1]]
+    assert reducing_scatters(report.model_file) == []
+    np.testing.assert_allclose(onnx_vectors(report, reference, ST_TEXTS), expected, rtol=0, atol=ST_ATOL)
+    assert report.left_out == []  # sentence-transformers saved its empty prompts and no tokenizer settings: nothing to do
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "lasttoken"])
+def test_prompt_left_out_of_pooling(st_export, mode):
+    """include_prompt false: the export says so, and the optional input prompt_length leaves the prompt out."""
+    path, report = st_export(pooling=mode, include_prompt=False, prompts={"query": "query: "}, default_prompt_name="query")
+    assert report.inputs == ["input_ids", "attention_mask"]  # prompt_length is optional: consumers may ignore it
+    assert report.left_out == [
+        "prompts ('query', default 'query'; config_sentence_transformers.json): text that the consumer puts before "
+        "each input",
+        "Pooling leaves the prompt out (include_prompt false): with a prompt, feed the optional input prompt_length "
+        "(int64 scalar, default 0), the prompt's token count without its trailing special token",
+    ]  # fmt: skip
+    reference = SentenceTransformer(str(path), device="cpu")
+    prompted = ["query: " + text for text in ST_TEXTS]
+    prompt_length = torch.tensor(gte.Embedder(path).prompt_length("query: "))
+    got = onnx_vectors(report, reference, prompted, prompt_length=prompt_length)
+    np.testing.assert_allclose(got, reference.encode(ST_TEXTS), rtol=0, atol=ST_ATOL)  # the default prompt, left out
+    np.testing.assert_allclose(onnx_vectors(report, reference, ST_TEXTS), reference.encode(ST_TEXTS, prompt=""),
+                               rtol=0, atol=ST_ATOL)  # fmt: skip
+
+
+def test_cli_prints_what_is_left_out(st_export, tmp_path, capsys):
+    path, _ = st_export(pooling="mean", include_prompt=False, prompts={"query": "query: "}, default_prompt_name="query")
+    assert cli.main(["export", "onnx", str(path), str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "gte export: sentence_embedding: mean (without the prompt)" in lines
+    left_out = [line for line in lines if line.startswith("gte export: left out of the graph: ")]
+    assert len(left_out) == 2 and "prompts ('query'" in left_out[0] and "prompt_length" in left_out[1]
+
+
+def test_int8_cosine_is_of_sentence_embedding(st_export, tmp_path):
+    """The int8 check compares the graphs' own sentence vectors (after Dense), not a pooling of the hidden states."""
+    path, _ = st_export(pooling="mean", dense=((48, "GELU"), (16, "Tanh")), normalize=True)
+    report = export_to(path, tmp_path, quantize="int8")
+    batch = export.check_batch(gte.NewConfig.from_pretrained(path), gte.Embedder(path).tokenizer)
+    fp32, int8 = (run_onnx(f, batch)["sentence_embedding"] for f in (report.model_file, report.quantized_file))
+    assert fp32.shape[1] == 16
+    assert report.int8_cosine == pytest.approx(float((fp32 * int8).sum(-1).min()), abs=1e-6)  # both are normalised
+
+
+def test_pooling_option(tiny_model_dir, reranker_model_dir, tmp_path, capsys):
+    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), "--pooling", "mean"]) == 0
+    assert "gte export: sentence_embedding: mean\n" in capsys.readouterr().err
+    assert cli.main(["export", "onnx", str(reranker_model_dir), str(tmp_path / "rr"), "--pooling", "mean"]) == 2
+    assert "makes no sentence vectors: leave out pooling= / --pooling" in capsys.readouterr().err
+    assert not (tmp_path / "rr").exists()
+
+
+def test_module_gte_cannot_apply_is_left_out_by_name(st_export, tmp_path):
+    """The encoder still exports; sentence_embedding is not in the graph, and the report names the module."""
+    path = Path(shutil.copytree(st_export(pooling="mean")[0], tmp_path / "unknown"))
+    modules = json.loads((path / "modules.json").read_text())
+    entry = {"idx": 2, "name": "2", "path": "2_X", "type": "sentence_transformers.models.LayerNorm"}
+    (path / "modules.json").write_text(json.dumps([*modules, entry]))
+    report = export_to(path, tmp_path / "out")
+    assert report.outputs == ["last_hidden_state"] and report.head is None
+    assert len(report.left_out) == 1 and "sentence_embedding: " in report.left_out[0]
+    assert "module '2' of type 'sentence_transformers.models.LayerNorm' is not one gte can apply" in report.left_out[0]
 
 
 # ------------------------------------------------------------------------------ the default model, a real consumer
@@ -154,12 +285,10 @@ def test_default_model(default_export):
     assert {"config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json"} <= {p.name for p in out.iterdir()}
     assert (out / "1_Pooling" / "config.json").is_file() and not list(out.glob("*.safetensors"))
     assert report.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert report.head == "mean, Normalize" and report.left_out == ["tokenizing (sentence_bert_config.json): truncate to 256 tokens"]
     embedder = gte.Embedder()
     batch = dict(embedder.tokenizer(TEXTS, padding=True, return_tensors="pt"))
-    hidden = run_onnx(report.model_file, batch)["last_hidden_state"]
-    mask = batch["attention_mask"].numpy()[..., None]
-    vectors = (hidden * mask).sum(1) / mask.sum(1)
-    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    vectors = run_onnx(report.model_file, batch)["sentence_embedding"]
     np.testing.assert_allclose(vectors, embedder.encode(TEXTS), rtol=0, atol=TOLERANCE)
 
 
@@ -206,7 +335,7 @@ def test_cli_exports(tiny_model_dir, tmp_path, capsys):
     assert (out / "onnx" / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
     assert onnx.load(str(out / "onnx" / "model.onnx"), load_external_data=False).opset_import[0].version == 18
     err = capsys.readouterr().err
-    assert "gte export: wrote" in err and "max abs diff" in err
+    assert "gte export: wrote" in err and "max abs diff" in err and "gte export: sentence_embedding: cls\n" in err
 
 
 @pytest.mark.parametrize(

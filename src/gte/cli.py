@@ -184,11 +184,16 @@ def run_export_onnx(args: argparse.Namespace) -> None:
     from .export import export_onnx  # torch.onnx and ONNX Runtime load only for this command
 
     report = export_onnx(args.model, args.out_dir, opset=args.opset, quantize=args.quantize, force=args.force,
-                         revision=args.revision)  # fmt: skip
+                         revision=args.revision, pooling=args.pooling)  # fmt: skip
     print(f"gte export: wrote {report.model_file} (opset {report.opset}; inputs {', '.join(report.inputs)}; outputs "
           f"{', '.join(report.outputs)}); ONNX Runtime vs PyTorch: max abs diff {report.max_abs_diff:.1e}", file=sys.stderr)  # fmt: skip
+    if report.head is not None:
+        print(f"gte export: sentence_embedding: {report.head}", file=sys.stderr)
+    for note in report.left_out:
+        print(f"gte export: left out of the graph: {note}", file=sys.stderr)
     if report.quantized_file is not None:
-        print(f"gte export: wrote {report.quantized_file}; int8 vs float32 sentence vectors: lowest cosine "
+        vectors = "sentence" if report.head is not None else "token"
+        print(f"gte export: wrote {report.quantized_file}; int8 vs float32 {vectors} vectors: lowest cosine "
               f"{report.int8_cosine:.4f}", file=sys.stderr)  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from . import attention, hub, st_files
 from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
-from .pooling import Pooling
+from .pooling import Head, Pooling
 
 # Tokens per batch by device. On the CPU, larger batches make the GEMMs no faster, and measured a few percent
 # slower (their per-layer buffers are large fresh allocations, first touched in every layer).
@@ -214,6 +214,26 @@ def backend_name(model: NewModel) -> str:
     return attention.select(model.config._attn_implementation, model.device, model.dtype, False, False).name
 
 
+def checkpoint_head(
+    settings: st_files.SentenceTransformersSettings, hidden_size: int, path: Path | None, pooling: str | None = None
+) -> Head:
+    """The Head that follows the encoder (the Embedder's, the ONNX export's): the checkpoint's sentence-transformers
+    modules with `pooling` (keeping the checkpoint's include_prompt) in place of its Pooling when given; CLS when
+    the checkpoint has no Pooling, with a notice naming `path` unless `pooling` chose."""
+    stored = settings.pooling
+    if pooling is not None:
+        chosen = Pooling.parse(pooling, stored.include_prompt if stored else True)
+    elif stored is not None:
+        chosen = stored
+    else:
+        if path is not None:
+            warnings.warn(PoolingNotice(f"{path} has no sentence-transformers files (modules.json): pooling is 'cls', "
+                                        "the official GTE models' (sentence-transformers would take the mean); pass "
+                                        "pooling='mean' / --pooling mean to change it"), stacklevel=3)  # fmt: skip
+        chosen = Pooling(("cls",))
+    return st_files.build_head(settings, hidden_size, chosen)
+
+
 # ------------------------------------------------------------------------------ Embedder
 class Embedder:
     """Embeddings from a GTE "new" or BERT-family checkpoint, fast and without trust_remote_code.
@@ -261,7 +281,7 @@ class Embedder:
         config = self.encoder.config
         self.device, self.dtype = self.encoder.device, self.encoder.dtype
         self.hidden_size, self.vocab_size = config.hidden_size, config.vocab_size
-        self.head = st_files.build_head(settings, config.hidden_size, self._pooling(pooling, loaded.path)).to(self.device)
+        self.head = checkpoint_head(settings, config.hidden_size, loaded.path, pooling).to(self.device)
         self.pooling = self.head.pooling.name
         self.dimension = self.head.dim or config.hidden_size * len(self.head.pooling.modes)
         self.max_length = check_max_length(config, max_length or self._default_max_length(config))
@@ -278,18 +298,6 @@ class Embedder:
         self.backend = backend_name(self.encoder)
         self._token_text: dict[int, str] = {}
         self._sided: dict[str, Any] = {}
-
-    def _pooling(self, override: str | None, path: Path | None) -> Pooling:
-        stored = self.settings.pooling
-        if override is not None:
-            return Pooling.parse(override, stored.include_prompt if stored else True)
-        if stored is not None:
-            return stored
-        if path is not None:
-            warnings.warn(PoolingNotice(f"{path} has no sentence-transformers files (modules.json): pooling is 'cls', "
-                                        "the official GTE models' (sentence-transformers would take the mean); pass "
-                                        "pooling='mean' / --pooling mean to change it"), stacklevel=3)  # fmt: skip
-        return Pooling(("cls",))
 
     def _default_max_length(self, config: NewConfig) -> int:
         """sentence-transformers' rule: max_seq_length, else the tokenizer's model_max_length within the positions."""

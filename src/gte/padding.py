@@ -65,6 +65,8 @@ class Packing:
 
     @cached_property
     def positions(self) -> torch.Tensor:  # [T] int64: index of each token within its sequence
+        if self.is_uniform:  # from the shape alone, as in per_token
+            return torch.arange(self.max_seqlen, device=self.seqlens.device).repeat(self.batch_size)
         starts = self.cu_seqlens[:-1].long().repeat_interleave(self.seqlens)
         return torch.arange(starts.shape[0], device=starts.device) - starts
 

@@ -21,6 +21,7 @@ from .padding import Packing
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 ONE_TOKEN_MODES = frozenset({"cls", "lasttoken"})
+Skip = int | torch.Tensor  # the tokens pooling leaves out at the start of each sequence (ONNX: an int64 scalar)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Pooling:
         """[B * modes] the tokens the one-token modes read, sequence-major."""
         return torch.stack([_token(mode, packing, skip) for mode in self.modes], dim=1).flatten()
 
-    def __call__(self, hidden: torch.Tensor, packing: Packing, skip: int = 0, *, picked: bool = False) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, packing: Packing, skip: Skip = 0, *, picked: bool = False) -> torch.Tensor:
         """hidden [T, H], or with `picked` the [B * modes, H] tokens that `picks` named -> float32 [B, H * modes]."""
         hidden = hidden.float()
         if picked:
@@ -64,7 +65,7 @@ class Pooling:
         return torch.cat([c.masked_fill(short, 0.0) if m == "lasttoken" else c for m, c in zip(self.modes, columns)], 1)
 
 
-def _token(mode: str, packing: Packing, skip: int) -> torch.Tensor:
+def _token(mode: str, packing: Packing, skip: Skip) -> torch.Tensor:
     """[B] the token a one-token mode reads: cls the first after the prompt (the first, if none is), lasttoken the last."""
     starts, lengths = packing.cu_seqlens[:-1].long(), packing.lengths.long()
     if mode == "cls":
@@ -72,23 +73,40 @@ def _token(mode: str, packing: Packing, skip: int) -> torch.Tensor:
     return starts + lengths - 1
 
 
-def _pool(mode: str, hidden: torch.Tensor, packing: Packing, skip: int) -> torch.Tensor:
+def _pool(mode: str, hidden: torch.Tensor, packing: Packing, skip: Skip) -> torch.Tensor:
     """[T, H] -> [B, H] for one mode, over each sequence's tokens from `skip` on."""
     if mode in ONE_TOKEN_MODES:
         return hidden[_token(mode, packing, skip)]
-    batch, width = packing.batch_size, hidden.shape[1]
     positions = packing.positions  # [T]
-    rows = packing.per_token(torch.arange(batch, device=hidden.device))  # [T]
     valid = (positions >= skip) & (positions < packing.per_token(packing.lengths))  # [T]: past the prompt, not padding
     if mode == "max":
-        masked = hidden.masked_fill(~valid[:, None], float("-inf"))
-        return hidden.new_full((batch, width), float("-inf")).scatter_reduce(
-            0, rows[:, None].expand(-1, width), masked, reduce="amax"
-        )
+        return _sequence_max(hidden.masked_fill(~valid[:, None], float("-inf")), packing)
     weights = valid.float() * (positions + 1 if mode == "weightedmean" else 1)  # [T]
-    sums = hidden.new_zeros((batch, width)).index_add_(0, rows, hidden * weights[:, None])
-    total = hidden.new_zeros(batch).index_add_(0, rows, weights)[:, None].clamp(min=1e-9)
+    sums = _sequence_sum(hidden * weights[:, None], packing)
+    total = _sequence_sum(weights, packing)[:, None].clamp(min=1e-9)
     return sums / (total.sqrt() if mode == "mean_sqrt_len_tokens" else total)
+
+
+# Sequences of one length (every padded batch: the ONNX export's) reduce a [B, L, ...] view of the tokens. The graph
+# then holds no scatter: ONNX Runtime's ScatterND with a reduction adds from several threads at once and loses updates.
+def _sequence_sum(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """[T, ...] -> [B, ...]: the sum over each sequence's tokens."""
+    if packing.is_uniform:
+        return x.view(packing.batch_size, packing.max_seqlen, *x.shape[1:]).sum(1)
+    return x.new_zeros((packing.batch_size, *x.shape[1:])).index_add_(0, _rows(packing), x)
+
+
+def _sequence_max(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """[T, H] -> [B, H]: the maximum over each sequence's tokens."""
+    if packing.is_uniform:
+        return x.view(packing.batch_size, packing.max_seqlen, *x.shape[1:]).amax(1)
+    index = _rows(packing)[:, None].expand_as(x)
+    return x.new_full((packing.batch_size, x.shape[1]), float("-inf")).scatter_reduce(0, index, x, reduce="amax")
+
+
+def _rows(packing: Packing) -> torch.Tensor:
+    """[T] the sequence each token belongs to."""
+    return packing.per_token(torch.arange(packing.batch_size, device=packing.seqlens.device))
 
 
 class Dense(nn.Module):
@@ -116,7 +134,7 @@ class Head(nn.Module):
         self.pooling = pooling
         self.steps = nn.ModuleList(steps)
 
-    def forward(self, hidden: torch.Tensor, packing: Packing, skip: int = 0, picked: bool = False) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, packing: Packing, skip: Skip = 0, picked: bool = False) -> torch.Tensor:
         x = self.pooling(hidden, packing, skip, picked=picked)  # [B, H * modes]
         for step in self.steps:
             x = step(x)
