@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
 
 import fixtures
 import gte
@@ -134,6 +135,10 @@ def test_do_lower_case(tmp_path, multilingual_model_dir):
     ours = gte.Embedder(path, normalize=False)
     np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=ATOL)
     assert ours.tokenize("The Quick BROWN Fox") == ours.tokenize("the quick brown fox")
+    given = AutoTokenizer.from_pretrained(str(path))
+    before = given("PARIS")["input_ids"]
+    assert gte.Embedder(path, tokenizer=given).tokenize("PARIS") != [before]  # lower-cased, by a copy:
+    assert given("PARIS")["input_ids"] == before  # the caller's tokenizer is left as it was
 
 
 # ------------------------------------------------------------------------------ refused by name

@@ -286,7 +286,7 @@ class Embedder:
         self.dimension = self.head.dim or config.hidden_size * len(self.head.pooling.modes)
         self.max_length = check_max_length(config, max_length or self._default_max_length(config))
         if self.tokenizer is not None and settings.do_lower_case:
-            lowercase(self.tokenizer)
+            self.tokenizer = lowercased(self.tokenizer)
         # sentence-transformers' prompts: "query" and "document" exist (empty) unless the checkpoint or the caller sets them
         self.prompts = {"query": "", "document": ""} | settings.prompts | (prompts or {})
         self.default_prompt_name = default_prompt_name or settings.default_prompt_name
@@ -471,13 +471,16 @@ class Embedder:
         return dim
 
 
-def lowercase(tokenizer: Any) -> None:
-    """Make a fast tokenizer lower-case its input first (sentence-transformers' do_lower_case), if it does not yet."""
-    backend = tokenizer.backend_tokenizer
-    current = backend.normalizer
-    steps = list(current) if isinstance(current, normalizers.Sequence) else [] if current is None else [current]
-    if not any(isinstance(step, normalizers.Lowercase) for step in steps):
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *steps])
+def lowercased(tokenizer: Any) -> Any:
+    """A fast tokenizer that lower-cases its input first (sentence-transformers' do_lower_case): `tokenizer` when
+    it does already, else a copy (a tokenizer passed in stays as it is)."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    steps = list(normalizer) if isinstance(normalizer, normalizers.Sequence) else [] if normalizer is None else [normalizer]
+    if any(isinstance(step, normalizers.Lowercase) for step in steps):
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), *steps])
+    return tokenizer
 
 
 def check_max_length(config: NewConfig, max_length: int) -> int:
