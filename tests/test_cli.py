@@ -335,6 +335,19 @@ def test_cli_defaults_are_the_librarys():
     assert ServerSettings(**{name: getattr(served, name.removesuffix("_s")) for name in gte_cli.SERVER_DEFAULTS}) == settings
 
 
+def test_install_hints_name_our_distribution():
+    """`gte` on the package index is another project: every extra we point users at is gte-engine's."""
+    import re
+
+    from gte import export
+
+    src = Path(gte.__file__).parent
+    found = {str(path.relative_to(src.parent)): re.findall(r"(?<![-\w])gte\[", path.read_text())
+             for path in [*src.rglob("*.py"), src.parent / "gte_cli.py"]}  # fmt: skip
+    assert not {path: hits for path, hits in found.items() if hits}
+    assert "pip install 'gte-engine[onnx]'" in export.EXTRA_HINT
+
+
 def test_argument_errors_are_one_line(capsys):
     assert error_of(capsys, "embed", "--dim", "x") == "gte embed: error: argument --dim: invalid int value: 'x' (see `gte embed --help`)"
     assert "required: --query/-q" in error_of(capsys, "rerank", "d")

@@ -54,7 +54,7 @@ MIN_INT8_COSINE = 0.99
 COPIED_FILES = ("*.json", "*.txt", "*.model")  # config, tokenizer, sentence-transformers files
 SKIPPED_FILES = ("*.safetensors.index.json",)
 REQUIRED_MODULES = ("onnx", "onnxscript", "onnxruntime")
-EXTRA_HINT = "pip install '.[onnx]' (from PyPI: pip install 'gte[onnx]')"
+EXTRA_HINT = "pip install 'gte-engine[onnx]' (in a checkout: pip install -e '.[onnx]')"
 CHECK_TEXTS = (
     "what is the capital of China?",
     "how to implement quick sort in python?",

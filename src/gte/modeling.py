@@ -53,7 +53,7 @@ class NewPreTrainedModel(PreTrainedModel):
                 return "xformers"
             logger.warning_once(
                 "use_memory_efficient_attention=True but xformers is not installed: using the best memory-efficient "
-                "attention available instead (`pip install gte[xformers]` to get xformers)."
+                "attention available instead (`pip install 'gte-engine[xformers]'` to get xformers)."
             )
         return attention.canonical_name(attn_implementation)
 

@@ -8,7 +8,7 @@ from ..padding import Packing
 
 try:
     from flash_attn import flash_attn_varlen_func
-except ImportError:  # optional extra: pip install gte[flash]
+except ImportError:  # optional extra: pip install 'gte-engine[flash]'
     flash_attn_varlen_func = None
 
 

@@ -8,7 +8,7 @@ from ..padding import Packing
 
 try:
     import xformers.ops as xops
-except ImportError:  # optional extra: pip install gte[xformers]
+except ImportError:  # optional extra: pip install 'gte-engine[xformers]'
     xops = None
 
 
