@@ -447,12 +447,13 @@ class Embedder:
         result: dict[str, float] = {}
         for token_id, weight in zip(ids, weights):
             if weight > 0 and token_id not in special:
-                token = self._token_string(token_id)
+                token = self.token_text(token_id)
                 if token.strip() and weight > result.get(token, 0.0):  # a bare word-start piece decodes to ""
                     result[token] = weight
         return result
 
-    def _token_string(self, token_id: int) -> str:
+    def token_text(self, token_id: int) -> str:
+        """The token's decoded text, as sparse weights name it (decoded once per id)."""
         if token_id not in self._token_text:
             self._token_text[token_id] = self.tokenizer.decode([token_id])
         return self._token_text[token_id]

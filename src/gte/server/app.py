@@ -174,11 +174,11 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
 def _sparse_values(embedder: Embedder, token_ids: list[int], weights: dict[str, float]) -> list[dict]:
     """TEI's sparse shape, [{"index": token id, "value": weight}], plus the token's text.
 
-    The library keys weights by token text (`tokenizer.decode([id])`); the index is the input's
-    first token id with that text."""
+    The library keys weights by token text (`Embedder.token_text`); the index is the input's first token id
+    with that text."""
     index: dict[str, int] = {}
     for token_id in token_ids:
-        index.setdefault(embedder.tokenizer.decode([token_id]), token_id)
+        index.setdefault(embedder.token_text(token_id), token_id)
     return [{"index": index[token], "value": value, "token": token} for token, value in weights.items()]
 
 
