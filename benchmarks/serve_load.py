@@ -47,13 +47,15 @@ import numpy as np
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from gte import NewConfig, NewModel
 from gte.embed import Embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fixtures  # noqa: E402  (tiny-checkpoint builders, reused here at base shape)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import suite  # noqa: E402  (the benchmark shapes and their random weights)
 
 MIN_COSINE = 0.99999
 MODEL_NAME = "gte-base-shaped"
@@ -64,17 +66,13 @@ LENGTH_MIX = ((0.5, (4, 24)), (0.35, (24, 96)), (0.15, (96, 250)))
 
 # ---------------------------------------------------------------------- model and texts
 def build_base_model(out: Path) -> Path:
-    """gte-base-en-v1.5's shape, random weights, a WordPiece tokenizer trained on generated text."""
+    """gte-base-en-v1.5's shape (suite.SHAPES["base"], the weights of suite.build_model), a WordPiece tokenizer
+    trained on generated text and sentence-transformers files."""
     tokenizer = fixtures.train_wordpiece(fixtures.generate_corpus(fixtures.ENGLISH_WORDS, seed=1))
-    config = NewConfig(
-        vocab_size=30528, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=8192, type_vocab_size=0, rope_theta=500000.0, rope_scaling={"type": "ntk", "factor": 2.0},
-        architectures=["NewModel"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    fixtures.save_model(NewModel(config), out)
-    fixtures.save_tokenizer(tokenizer, out, multilingual=False, max_length=8192)
-    fixtures.save_sentence_transformers_files(out, max_seq_length=8192, hidden_size=768, normalize=True)
+    model = suite.build_model(suite.SHAPES["base"])
+    fixtures.save_model(model, out)
+    fixtures.save_tokenizer(tokenizer, out, multilingual=False, max_length=model.config.max_position_embeddings)
+    fixtures.save_sentence_transformers_files(out, max_seq_length=8192, hidden_size=model.config.hidden_size, normalize=True)
     return out
 
 
