@@ -4,7 +4,7 @@
     python benchmarks/bench.py --shapes large   # gte-large shape (about 3.5x longer)
     python benchmarks/bench.py --tiny           # a tiny model and small workloads, in seconds (the smoke test)
 
-Contenders share one model's random weights: original-style (padded batches of 32 in input order,
+Contenders share one model's random weights: gte padded eager (padded batches of 32 in input order,
 eager attention, float32), sentence-transformers-style (transformers' native GteModel, SDPA,
 length-sorted padded batches of 32), ours (gte.Embedder: unpadded, length-sorted token-budget batches),
 ours in bfloat16 and with int8 dynamic quantization, and the GEMM ceiling (the workload's FLOPs at the
@@ -48,7 +48,7 @@ class Plan:
     long: tuple[int, ...]
     batch_tokens: int
     repeats: int
-    original_sample: int  # time every n-th original-style batch on mixed (its batches are alike)
+    original_sample: int  # time every n-th gte padded eager batch on mixed (its batches are alike)
     profile_sample: int  # profile ours on every n-th of its mixed batches
 
 

@@ -1,6 +1,6 @@
 """The benchmark suite's pieces, shared by bench.py (CPU) and gpu_bench.py (CUDA).
 
-Models in the official shapes with random weights, the workloads, the contenders (original-style,
+Models in the official shapes with random weights, the workloads, the contenders (gte padded eager,
 sentence-transformers-style, ours), FLOPs and the GEMM ceiling, and batch-by-batch interleaved timing.
 Every contender embeds the same documents with the same weights and returns each document's
 first-token (CLS) hidden state, so the suite also checks that they agree.
@@ -26,7 +26,7 @@ from gte.embed import cut_batches
 from gte.prepack import prepack
 
 Docs = list[list[int]]  # token ids per document
-ORIGINAL, ST = "original-style", "sentence-transformers-style"
+ORIGINAL, ST = "gte padded eager", "sentence-transformers-style"
 
 
 def log(message: str) -> None:
@@ -349,7 +349,7 @@ class Row:
 
 
 def rows(results: list[Result], workload: Workload, flops: int, gemm_rates: dict[str, float]) -> list[Row]:
-    """A row per result (ratios against original-style and sentence-transformers-style when present), then a
+    """A row per result (ratios against gte padded eager and sentence-transformers-style when present), then a
     GEMM ceiling per rate: the workload's FLOPs at that matmul FLOP/s. The "of GEMM ceiling" column is
     against the first rate."""
     speed = {r.contender: workload.tokens / r.seconds for r in results}
@@ -379,7 +379,7 @@ def rows(results: list[Result], workload: Workload, flops: int, gemm_rates: dict
 def throughput_table(table: list[Row]) -> str:
     ratio = lambda x: "" if x is None else f"{x:.2f}x"  # noqa: E731
     lines = [
-        f"| contender | time s | real tokens/s | padding | vs original | vs ST | of GEMM ceiling | min cosine vs {table[0].contender} |",
+        f"| contender | time s | real tokens/s | padding | vs padded eager | vs ST | of GEMM ceiling | min cosine vs {table[0].contender} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
