@@ -71,7 +71,7 @@ def test_contenders_agree_on_the_embeddings(tiny_report):
             assert float(rows[name][-1]) >= 0.9999, (title, name, rows[name])
         assert rows["ours"][2] == "0%"  # no padding computed
     mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
-    assert float(mixed["ours bf16"][-1]) >= 0.99
+    assert float(mixed["ours bf16"][-1]) >= 0.999  # the cosine BENCHMARKS.md claims for bf16
 
 
 def test_bert_bench_runs_and_its_contenders_agree():

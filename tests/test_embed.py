@@ -175,7 +175,7 @@ def test_bfloat16_is_close_to_float32(tiny_model_dir, embedder):
     assert low.dtype == torch.bfloat16
     vectors = low.encode(TEXTS)
     assert vectors.dtype == np.float32
-    np.testing.assert_allclose(vectors, embedder.encode(TEXTS), atol=0.05)
+    assert (vectors * embedder.encode(TEXTS)).sum(-1).min() >= 0.999  # the cosine BENCHMARKS.md claims for bf16
 
 
 def test_progress_bar_when_asked(embedder, capsys):
