@@ -76,14 +76,19 @@ def _modules(path: Path) -> tuple[tuple[str, Path], ...]:
         return ()
     found = [(_kind(path, entry), path / entry.get("path", "")) for entry in entries]
     if not found or found[0][0] != "Transformer" or found[0][1].resolve() != path.resolve():
-        raise UnsupportedModuleError(f"{path / 'modules.json'}: gte runs checkpoints whose first module is the Transformer "
-                                     "at the directory's root (config.json beside modules.json)")  # fmt: skip
+        raise UnsupportedModuleError(
+            f"{path / 'modules.json'}: gte runs checkpoints whose first module is the Transformer at the directory's "
+            "root (config.json beside modules.json); re-save it with sentence-transformers >= 3, which keeps it there"
+        )
     rest = found[1:]
     if [kind for kind, _ in rest].count("Pooling") != 1 or rest[0][0] != "Pooling":
-        raise UnsupportedModuleError(f"{path / 'modules.json'}: gte needs exactly one Pooling module, right after the "
-                                     "Transformer, to make one vector per text as sentence-transformers does")  # fmt: skip
+        raise UnsupportedModuleError(
+            f"{path / 'modules.json'}: gte needs exactly one Pooling module, right after the Transformer, to make one "
+            "vector per text as sentence-transformers does; use sentence-transformers for this checkpoint"
+        )
     if any(kind == "Transformer" for kind, _ in rest):
-        raise UnsupportedModuleError(f"{path / 'modules.json'}: more than one Transformer module is not supported")
+        raise UnsupportedModuleError(f"{path / 'modules.json'}: more than one Transformer module is not supported; use "
+                                     "sentence-transformers for this checkpoint")  # fmt: skip
     return tuple(rest)
 
 
@@ -125,8 +130,10 @@ def build_head(settings: SentenceTransformersSettings, hidden_size: int, pooling
         if kind == "Pooling":
             stored = pooling_width(folder)
             if stored is not None and stored != hidden_size:
-                raise UnsupportedModuleError(f"{folder / 'config.json'}: embedding_dimension {stored} is not the model's "
-                                             f"hidden_size {hidden_size}; the checkpoint's files disagree")  # fmt: skip
+                raise UnsupportedModuleError(
+                    f"{folder / 'config.json'}: embedding_dimension {stored} is not the model's hidden_size "
+                    f"{hidden_size}; the checkpoint's files disagree: download it again"
+                )
         elif kind == "Dense":
             steps.append(load_dense(folder, width))
             width = steps[-1].linear.out_features
@@ -143,8 +150,10 @@ def load_dense(folder: Path, width: int) -> Dense:
     _check_io(folder, config)
     in_features, out_features, bias = config.get("in_features"), config.get("out_features"), config.get("bias", True)
     if in_features != width:
-        raise UnsupportedModuleError(f"{folder / 'config.json'}: in_features {in_features} does not match the "
-                                     f"{width} values the module before it gives")  # fmt: skip
+        raise UnsupportedModuleError(
+            f"{folder / 'config.json'}: in_features {in_features} does not match the {width} values the module before "
+            "it gives; the checkpoint's files disagree: download it again"
+        )
     state = _dense_weights(folder)
     linear = nn.Linear(in_features, out_features, bias=bias)
     residual = None
@@ -156,7 +165,9 @@ def load_dense(folder: Path, width: int) -> Dense:
         dense.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
-        raise UnsupportedModuleError(f"{folder}: the Dense weights do not fit its config.json ({first})") from None
+        raise UnsupportedModuleError(
+            f"{folder}: the Dense weights do not fit its config.json ({first}); download the checkpoint again"
+        ) from None
     return dense.eval().requires_grad_(False)
 
 
@@ -179,13 +190,17 @@ def _activation(folder: Path, name: str) -> nn.Module:
     except (ImportError, AttributeError):
         cls = None
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise UnsupportedModuleError(f"{folder / 'config.json'}: activation_function {name!r} is not a torch.nn module "
-                                     "class; gte runs Dense layers with torch.nn activations only")  # fmt: skip
+        raise UnsupportedModuleError(
+            f"{folder / 'config.json'}: activation_function {name!r} is not a torch.nn module class; gte runs Dense "
+            "layers with torch.nn activations only: use sentence-transformers for this checkpoint"
+        )
     return cls()
 
 
 def _check_io(folder: Path, config: dict[str, Any]) -> None:
     for key in ("module_input_name", "module_output_name"):
         if config.get(key, VECTOR) not in (VECTOR, None):
-            raise UnsupportedModuleError(f"{folder / 'config.json'}: {key} {config[key]!r} is not supported (gte applies "
-                                         f"this module to the {VECTOR!r} only)")  # fmt: skip
+            raise UnsupportedModuleError(
+                f"{folder / 'config.json'}: {key} {config[key]!r} is not supported (gte applies this module to the "
+                f"{VECTOR!r} only): use sentence-transformers for this checkpoint"
+            )
