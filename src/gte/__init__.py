@@ -8,8 +8,9 @@ imports it only for the command it runs.
 import os
 
 # OpenMP threads that spin while they wait (libgomp's default) take the cores from everything else on the machine,
-# and from the server's event loop: with other load on a 2-core machine, torch on CPU ran 1.7x (offline) to 4x
-# (serving) slower than with sleeping threads (BENCHMARKS.md). Read once, when torch loads; a value set wins.
+# and from the server's event loop: beside one busy process on a 2-core machine, libgomp's default wait gave 1.2x
+# less throughput and a 2x slower single text than sleeping threads (BENCHMARKS.md, omp_wait.py). Read once, when
+# torch loads; a value set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import (  # noqa: E402
