@@ -1,6 +1,6 @@
 """The benchmark suite on CPU: one command, markdown tables on stdout (progress on stderr).
 
-    python benchmarks/bench.py                  # gte-base shape, every workload (about 15 minutes on 2 cores)
+    python benchmarks/bench.py                  # gte-base shape, every workload (about 35 minutes on 2 cores)
     python benchmarks/bench.py --shapes large   # gte-large shape (about 3.5x longer)
     python benchmarks/bench.py --tiny           # a tiny model and small workloads, in seconds (the smoke test)
 
@@ -52,7 +52,7 @@ class Plan:
     profile_sample: int  # profile ours on every n-th of its mixed batches
 
 
-FULL = Plan((512, 8, 512), (1024, 16, 48), (2048, 8192), batch_tokens=2048, repeats=1, original_sample=4, profile_sample=4)
+FULL = Plan((512, 8, 512), (1024, 16, 48), (2048, 8192), batch_tokens=2048, repeats=3, original_sample=4, profile_sample=4)
 TINY = Plan((48, 4, 64), (64, 4, 12), (256,), batch_tokens=256, repeats=1, original_sample=2, profile_sample=2)
 
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model and workloads: a smoke run in seconds")
     parser.add_argument("--shapes", default="base", help="comma-separated: base, large (default: base)")
     parser.add_argument("--workloads", default="mixed,short,long", help="comma-separated: mixed, short, long")
-    parser.add_argument("--repeats", type=int, help="passes per batch, best kept (default: 1)")
+    parser.add_argument("--repeats", type=int, help="passes per batch, best kept (default: 3; --tiny: 1)")
     parser.add_argument("--batch-tokens", type=int, help="ours: token budget per batch (default: 2048)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-op profile of ours")
     parser.add_argument("--long-child", nargs=4, help=argparse.SUPPRESS)

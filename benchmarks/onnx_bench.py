@@ -96,7 +96,7 @@ def latency_table(contenders: list[suite.Contender], vocab: int, repeats: int) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny model and small workloads: a smoke run")
-    parser.add_argument("--repeats", type=int, default=2, help="passes over each corpus, best kept (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over each corpus, best kept (default: 3)")
     parser.add_argument("--latency-repeats", type=int, default=30, help="batch-1 calls per contender (default: 30)")
     args = parser.parse_args(argv)
     plan, shape = (TINY, suite.SHAPES["tiny"]) if args.tiny else (FULL, suite.SHAPES["base"])
