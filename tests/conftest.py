@@ -83,6 +83,38 @@ def bert_family(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def backends_used(monkeypatch) -> list[str]:
+    """Names of the attention backends the models actually ran during the test, one per attention call site."""
+    import gte.attention
+
+    used, select = [], gte.attention.select
+
+    def recording_select(*args, **kwargs):
+        backend = select(*args, **kwargs)
+        used.append(backend.name)
+        return backend
+
+    monkeypatch.setattr(gte.attention, "select", recording_select)
+    return used
+
+
+@pytest.fixture(scope="session")
+def native_dir(tmp_path_factory):
+    """native_dir(model_dir) -> a copy of that official-layout checkpoint in transformers' native `gte` layout
+    (model_helpers.native_copy): the independent reference transformers' own Gte classes run. Made once per session."""
+    from model_helpers import native_copy
+
+    built: dict[Path, Path] = {}
+
+    def get(model_dir: Path) -> Path:
+        if model_dir not in built:
+            built[model_dir] = native_copy(model_dir, tmp_path_factory.mktemp(f"native-{model_dir.name}") / "model")
+        return built[model_dir]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def st_dir(tmp_path_factory, tiny_model_dir):
     """st_dir(**options) -> the tiny English model saved by sentence-transformers itself with these modules and

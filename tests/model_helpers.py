@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import math
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,10 +22,14 @@ from types import ModuleType
 
 import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
 
 import gte
 from gte import NewConfig
+from gte.convert import native_config, native_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -98,6 +103,38 @@ def run_golden(model: torch.nn.Module, case: dict, device: str = "cpu", **call_k
     return got
 
 
+def valid_tokens(case: dict, key: str = "input_ids") -> list[list[int]]:
+    """Each input row's `key` (input_ids, token_type_ids) at its valid positions: what the tokenizer-free entry
+    points (Embedder.encode_tokens, Reranker.score_tokens) take."""
+    inputs = golden_tensors(case, "inputs")
+    return [row[mask.bool()].tolist() for row, mask in zip(inputs[key], inputs["attention_mask"])]
+
+
+def golden_tokenizer(case: dict) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the case's vocabulary (id i is the token "w<i>"), for the Embedder and Reranker,
+    which name tokens and need a tokenizer to load a directory. The first row's first and last token ids are its
+    special tokens [CLS] and [SEP], so they occur in the inputs (and sparse weights must drop them)."""
+    vocab_size = json.loads((case["dir"] / "config.json").read_text())["vocab_size"]
+    first_row = valid_tokens(case)[0]
+    specials = {first_row[0]: "[CLS]", first_row[-1]: "[SEP]"}
+    vocab = {specials.get(i, f"w{i}"): i for i in range(vocab_size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab)), cls_token="[CLS]", sep_token="[SEP]")
+
+
+def one_label_copy(case: dict, label: int, out: Path) -> Path:
+    """A copy of a classification case's checkpoint whose classifier keeps only output `label`: its logits are the
+    case's expected logits[..., label] (a reranker and a token-weight head have one label)."""
+    shutil.copytree(case["dir"], out)
+    weights = load_file(out / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name][label : label + 1].clone()
+    save_file(weights, out / "model.safetensors", {"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config |= {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
 def zero_padding(case: dict, key: str, value: torch.Tensor) -> torch.Tensor:
     """`value` of output `key` with its padded positions (the manifest's mask_axes: row and sequence) set to 0."""
     axes = case["outputs"][key]["mask_axes"]
@@ -119,6 +156,28 @@ def golden_diffs(case: dict, got: dict[str, torch.Tensor]) -> dict[str, float]:
     assert all(a == b for a, b in shapes.values()), f"{case['name']}: shapes (got, expected) {shapes}"
     diffs = {key: (zero_padding(case, key, got[key]) - expected[key]).abs().nan_to_num(math.inf) for key in case["outputs"]}
     return {key: float(diff.max()) for key, diff in diffs.items()}
+
+
+def save_native(config: NewConfig, state_dict: dict[str, torch.Tensor], out: Path) -> Path:
+    """Convert to transformers' native `gte` layout with gte.convert and write config.json + model.safetensors."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(native_config(config), indent=2))
+    save_file({k: v.contiguous() for k, v in native_state_dict(state_dict, config).items()}, out / "model.safetensors")
+    return out
+
+
+def convert_case(case: dict, out: Path) -> Path:
+    """The golden case's checkpoint in the native `gte` layout."""
+    return save_native(NewConfig.from_pretrained(case["dir"]), load_file(case["dir"] / "model.safetensors"), out)
+
+
+def native_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of an official-layout checkpoint directory (tokenizer and sentence-transformers files too) with its
+    config and weights in the native `gte` layout: transformers' own Gte classes, and sentence-transformers through
+    them, load it without any of gte's modeling code, so it is a reference independent of gte's forward pass (the
+    conversion itself is checked against the golden fixtures in test_convert)."""
+    shutil.copytree(model_dir, out)
+    return save_native(NewConfig.from_pretrained(model_dir), load_file(model_dir / "model.safetensors"), out)
 
 
 def small_config(**overrides) -> NewConfig:

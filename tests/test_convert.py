@@ -4,32 +4,22 @@ Gte classes and in ours, and still match the golden outputs; what the native lay
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import gte
 from gte import NewConfig, NewForMaskedLM, NewForSequenceClassification, NewModel
 from gte.convert import ConversionError, config_from_native, native_config, native_state_dict, state_dict_from_native
-from model_helpers import collected_warnings, golden_case, golden_diffs, golden_manifest, random_batch, run_golden, small_config
+from model_helpers import (
+    collected_warnings, convert_case, golden_case, golden_diffs, golden_manifest, random_batch, run_golden, save_native,
+    small_config,
+)  # fmt: skip
 
 ATOL = golden_manifest()["tolerance"]["atol"]
 CONVERTIBLE = ["p01", "p07"]  # plain RoPE / NTK factor 2 with split q/k/v and token types, LayerNorm
-
-
-def save_native(config: NewConfig, state_dict: dict[str, torch.Tensor], out: Path) -> Path:
-    """Convert with gte.convert and write config.json + model.safetensors."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(native_config(config), indent=2))
-    save_file({k: v.contiguous() for k, v in native_state_dict(state_dict, config).items()}, out / "model.safetensors")
-    return out
-
-
-def convert_case(case: dict, out: Path) -> Path:
-    return save_native(NewConfig.from_pretrained(case["dir"]), load_file(case["dir"] / "model.safetensors"), out)
 
 
 def assert_golden(model: torch.nn.Module, case: dict, **call_kwargs) -> None:
@@ -77,14 +67,15 @@ def test_native_ntk_rope_parameters():
     assert back.rope_theta == pytest.approx(config.rope_theta)
 
 
-def test_native_loading_keeps_from_pretrained_options(tmp_path):
+def test_native_loading_keeps_from_pretrained_options(tmp_path, backends_used):
     """Loading info, dtype, attn_implementation, add_pooling_layer and the model's name all pass through."""
     native_dir = convert_case(golden_case("p01"), tmp_path)
     model, info = NewModel.from_pretrained(
         native_dir, output_loading_info=True, dtype=torch.float64, attn_implementation="eager"
     )
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    assert model.dtype == torch.float64 and model.config._attn_implementation == "eager"
+    assert model(**random_batch(model.config, [5, 2])).last_hidden_state.dtype == torch.float64
+    assert set(backends_used) == {"eager"}  # not sdpa, the CPU's default
     assert model.name_or_path == model.config.name_or_path == str(native_dir)
     _, info = NewModel.from_pretrained(native_dir, output_loading_info=True, add_pooling_layer=True)
     assert set(info["missing_keys"]) == {"pooler.dense.weight", "pooler.dense.bias"}

@@ -1,23 +1,27 @@
-"""gte.Embedder on tiny checkpoints: numbers against the padded transformers path and the golden
-fixtures, batch/order independence, Matryoshka dims, truncation, input checks, sparse weights."""
+"""gte.Embedder on tiny checkpoints: numbers against independent references (transformers' own native `gte` classes
+on the checkpoint converted to their layout, and the golden fixtures' float64 outputs pooled by hand), batch/order
+independence, Matryoshka dims, truncation, input checks, sparse weights."""
 
 from __future__ import annotations
 
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForTokenClassification, AutoTokenizer
+import torch.nn.functional as F
+import transformers
+from transformers import AutoTokenizer
+from transformers.utils import ModelOutput
 
 import gte
 from gte.embed import TruncationWarning, cut_batches
 from gte.hub import CheckpointError, ModelNotFoundError
-from model_helpers import golden_case
+from model_helpers import golden_case, golden_manifest, golden_tensors, golden_tokenizer, one_label_copy, valid_tokens
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -35,19 +39,29 @@ def embedder(tiny_model_dir) -> gte.Embedder:
     return gte.Embedder(tiny_model_dir)
 
 
-def padded_hidden(model_dir: Path, texts: list[str], head=AutoModel) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The transformers way: pad the batch and call the model (our classes, via the Auto registration)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+GOLDEN_ATOL = golden_manifest()["tolerance"]["atol"]
+
+
+def native_outputs(native: Path, texts: list[str], head: str = "GteModel") -> tuple[ModelOutput, dict]:
+    """The independent reference: transformers' own class `head` of its native `gte` model, on a checkpoint converted
+    to that layout (the native_dir fixture), called on the padded batch its tokenizer makes. (outputs, batch)."""
+    tokenizer = AutoTokenizer.from_pretrained(native)
     batch = tokenizer(texts, padding=True, return_tensors="pt")
-    model = head.from_pretrained(model_dir).eval()
+    model = getattr(transformers, head).from_pretrained(native).eval()
+    assert type(model).__module__ == "transformers.models.gte.modeling_gte"  # none of gte's code
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    return out, batch["attention_mask"], batch
+    return out, batch
 
 
-def test_encode_matches_padded_transformers_path(embedder, tiny_model_dir):
-    out, _, _ = padded_hidden(tiny_model_dir, TEXTS)
-    expected = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
+def cls_vectors(out: ModelOutput) -> np.ndarray:
+    """The normalised first-token vectors of the last hidden state."""
+    return F.normalize(out.hidden_states[-1][:, 0], dim=-1).numpy()
+
+
+def test_encode_matches_transformers_native_gte(embedder, tiny_model_dir, native_dir):
+    out, _ = native_outputs(native_dir(tiny_model_dir), TEXTS)
+    expected = cls_vectors(out)
     vectors = embedder.encode(TEXTS)
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 32)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
@@ -89,30 +103,32 @@ def test_settings_from_sentence_transformers_files(embedder, multilingual_model_
     assert (embedder.max_length, embedder.pooling) == (64, "cls")  # sentence_bert_config.json, 1_Pooling
     other = gte.Embedder(multilingual_model_dir)  # no sentence-transformers files
     assert (other.max_length, other.pooling) == (128, "cls")  # max_position_embeddings
-    assert gte.Embedder(multilingual_model_dir, max_length=16).max_length == 16
+    with pytest.warns(TruncationWarning, match="max_length=16"):  # a max_length given cuts at that length
+        assert len(gte.Embedder(multilingual_model_dir, max_length=16).tokenize(["der hund " * 20])[0]) == 16
 
 
-def test_mean_pooling_from_the_pooling_config(tiny_model_dir, tmp_path):
+def test_mean_pooling_from_the_pooling_config(tiny_model_dir, native_dir, tmp_path):
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "mean"))
     pooling = json.loads((copy / "1_Pooling" / "config.json").read_text())
     pooling |= {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
     (copy / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     embedder = gte.Embedder(copy, normalize=False)
     assert embedder.pooling == "mean"
-    out, mask, _ = padded_hidden(copy, TEXTS)
-    m = mask[..., None].float()
+    out, batch = native_outputs(native_dir(tiny_model_dir), TEXTS)
+    m = batch["attention_mask"][..., None].float()
     expected = ((out.last_hidden_state * m).sum(1) / m.sum(1)).numpy()
     np.testing.assert_allclose(embedder.encode(TEXTS), expected, atol=1e-5)
     with pytest.raises(ValueError, match="pooling 'median' is not supported"):
         gte.Embedder(copy, pooling="median")
 
 
-def test_attributes(embedder, tiny_model_dir):
+def test_attributes(embedder, tiny_model_dir, backends_used):
     assert embedder.model_name == str(tiny_model_dir)
     assert isinstance(embedder.model, gte.NewModel)
     assert embedder.device == torch.device("cpu") and embedder.dtype == torch.float32
     assert (embedder.hidden_size, embedder.vocab_size % 64) == (32, 0)
-    assert embedder.backend in gte.available_backends("cpu", torch.float32)
+    embedder.encode(TEXTS)
+    assert set(backends_used) == {embedder.backend}  # the backend it reports is the one that runs
     assert not embedder.has_sparse
     assert "Embedder(" in repr(embedder)
 
@@ -148,13 +164,12 @@ def test_non_strings_name_the_index(embedder):
         embedder.tokenize([None])
 
 
-def test_multilingual_unigram_checkpoint(multilingual_model_dir):
+def test_multilingual_unigram_checkpoint(multilingual_model_dir, native_dir):
     texts = ["der schnelle hund", "北京 上海 模型", "le chat est rapide", ""]
     embedder = gte.Embedder(multilingual_model_dir)
     assert embedder.tokenize([""])[0] == [embedder.tokenizer.bos_token_id, embedder.tokenizer.eos_token_id]
-    out, _, _ = padded_hidden(multilingual_model_dir, texts)
-    expected = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
-    np.testing.assert_allclose(embedder.encode(texts), expected, atol=1e-5)
+    out, _ = native_outputs(native_dir(multilingual_model_dir), texts)
+    np.testing.assert_allclose(embedder.encode(texts), cls_vectors(out), atol=1e-5)
 
 
 def test_loaded_model_instance_without_tokenizer(tiny_model_dir, embedder):
@@ -185,50 +200,74 @@ def test_progress_bar_when_asked(embedder, capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("case", ["p01", "p02", "p11"])
-def test_cls_vectors_match_the_golden_fixtures(case):
-    """The original's last_hidden_state[:, 0] for each row, through encode_tokens (token type 0 cases)."""
-    case_dir = golden_case(case)["dir"]
-    model = gte.NewModel.from_pretrained(case_dir, dtype=torch.float32)
-    inputs, expected = load_file(case_dir / "inputs.safetensors"), load_file(case_dir / "expected.safetensors")
-    ids = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-    vectors = gte.Embedder(model, normalize=False).encode_tokens(ids, batch_tokens=40)
-    np.testing.assert_allclose(vectors, expected["last_hidden_state"][:, 0].float().numpy(), atol=3e-5, rtol=0)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("name", ["p01", "p02", "p11", "p12"])  # every case whose token types are all 0
+def test_vectors_match_the_golden_fixtures(name, pooling):
+    """The original's float64 last_hidden_state pooled by hand (the first token; the mean of the valid ones), against
+    encode_tokens on the fixture's token ids, the checkpoint directory loaded as a user loads one."""
+    case = golden_case(name)
+    hidden = golden_tensors(case, "expected")["last_hidden_state"]  # [B, L, H], zero at padding
+    lengths = golden_tensors(case, "inputs")["attention_mask"].sum(1, keepdim=True)  # [B, 1]
+    expected = hidden[:, 0] if pooling == "cls" else hidden.sum(1) / lengths
+    embedder = gte.Embedder(case["dir"], tokenizer=golden_tokenizer(case), pooling=pooling, normalize=False)
+    vectors = embedder.encode_tokens(valid_tokens(case), batch_tokens=40)
+    np.testing.assert_allclose(vectors, expected.numpy(), atol=GOLDEN_ATOL, rtol=0)
 
 
 # ------------------------------------------------------------------------------ sparse
-def reference_sparse(model_dir: Path, texts: list[str]) -> list[dict[str, float]]:
-    """Written out the long way from the padded token-classification logits."""
-    out, mask, batch = padded_hidden(model_dir, texts, AutoModelForTokenClassification)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    special = set(tokenizer.all_special_ids)
+def sparse_by_hand(
+    rows: list[list[int]], logits: list[list[float]], special: set[int], name: Callable[[int], str]
+) -> list[dict[str, float]]:
+    """Sparse weights written out the long way from each row's token ids and token logits: relu, the max over the
+    repeats of a token (named by `name(token_id)`), special tokens, blank names and zero weights left out."""
     result = []
-    for ids, row_mask, logits in zip(batch["input_ids"], mask, out.logits[..., 0]):
+    for ids, row in zip(rows, logits):
         weights: dict[str, float] = {}
-        for token_id, valid, logit in zip(ids.tolist(), row_mask.tolist(), logits.tolist()):
-            token = tokenizer.decode([token_id])
-            if valid and token_id not in special and logit > 0 and token.strip():
+        for token_id, logit in zip(ids, row):
+            token = name(token_id)
+            if token_id not in special and logit > 0 and token.strip():
                 weights[token] = max(weights.get(token, 0.0), logit)
         result.append(weights)
     return result
 
 
-def test_sparse_weights(sparse_model_dir):
+def test_sparse_weights(sparse_model_dir, native_dir):
+    """Against transformers' native GteForTokenClassification on the same weights."""
     texts = ["der hund der hund ist schnell", "北京 上海", "", "le chat le chat"]
     embedder = gte.Embedder(sparse_model_dir)
     assert embedder.has_sparse and isinstance(embedder.model, gte.NewForTokenClassification)
     sparse = embedder.encode_sparse(texts)
-    expected = reference_sparse(sparse_model_dir, texts)
+    out, batch = native_outputs(native_dir(sparse_model_dir), texts, "GteForTokenClassification")
+    masks = batch["attention_mask"].bool()
+    rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], masks)]
+    logits = [row[m].tolist() for row, m in zip(out.logits[..., 0], masks)]
+    tokenizer = AutoTokenizer.from_pretrained(sparse_model_dir)
+    expected = sparse_by_hand(rows, logits, set(tokenizer.all_special_ids), lambda i: tokenizer.decode([i]))
     assert [set(s) for s in sparse] == [set(e) for e in expected]
     assert sparse[0] and sparse[2] == {}
     for got, want in zip(sparse, expected):
-        for token, weight in want.items():
-            assert got[token] == pytest.approx(weight, abs=1e-5)
-    assert all(w > 0 for s in sparse for w in s.values())
+        assert got == pytest.approx(want, abs=1e-5)
     # the dense vectors of a sparse checkpoint: CLS of the inner model
-    out, _, _ = padded_hidden(sparse_model_dir, texts)
-    expected_dense = torch.nn.functional.normalize(out.last_hidden_state[:, 0], dim=-1).numpy()
-    np.testing.assert_allclose(embedder.encode(texts), expected_dense, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(texts), cls_vectors(out), atol=1e-5)
+
+
+@pytest.mark.parametrize("label", range(3))
+def test_sparse_weights_match_a_golden_token_classification_case(label, tmp_path):
+    """p12 (NTK mixed_b, RMSNorm, logn, longer than its positions, repeated token ids) with its classifier cut to
+    output `label`: the weights are the original's float64 logits[..., label], written out by hand."""
+    case = golden_case("p12")
+    tokenizer = golden_tokenizer(case)
+    embedder = gte.Embedder(one_label_copy(case, label, tmp_path / "one-label"), tokenizer=tokenizer, pooling="cls")
+    assert embedder.has_sparse
+    rows = valid_tokens(case)
+    logits = golden_tensors(case, "expected")["logits"][..., label].tolist()
+    expected = sparse_by_hand(rows, logits, set(tokenizer.all_special_ids), lambda i: f"w{i}")
+    sparse = embedder.sparse_tokens(rows, batch_tokens=40)
+    assert sum(map(len, sparse)) > 50 and not {"[CLS]", "[SEP]"} & {token for row in sparse for token in row}
+    # a token absent on one side has weight 0 (a logit within the tolerance of 0 may fall on either side of it)
+    for got, want in zip(sparse, expected, strict=True):
+        diffs = {token: abs(got.get(token, 0.0) - want.get(token, 0.0)) for token in got.keys() | want.keys()}
+        assert max(diffs.values(), default=0.0) <= GOLDEN_ATOL, diffs
 
 
 def test_sparse_needs_the_token_weight_head(embedder):

@@ -25,8 +25,7 @@ from gte import cli, export
 from gte.embed import PoolingNotice
 from gte.export import ExportError, export_onnx, run_onnx
 from gte.models import DEFAULT_MODEL
-from model_helpers import golden_manifest, random_batch
-from test_convert import convert_case
+from model_helpers import convert_case, golden_manifest, random_batch
 
 TOLERANCE = 1e-4
 CASES = golden_manifest()["cases"]

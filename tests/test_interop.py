@@ -1,12 +1,16 @@
 """Interop: sentence-transformers and transformers load official-layout directories offline without
-trust_remote_code once `gte` is imported, and agree with Embedder; hub ids resolve from the
-Hugging Face cache (a fake one holding the tiny model as Alibaba-NLP/gte-base-en-v1.5), at a revision
-when one is given."""
+trust_remote_code once `gte` is imported, and they and Embedder give the vectors of an independent reference:
+sentence-transformers on the checkpoint converted to transformers' native `gte` layout (transformers' own GteModel
+under sentence-transformers' own pooling). Hub ids resolve from the Hugging Face cache (a fake one holding the tiny
+model as Alibaba-NLP/gte-base-en-v1.5), at a revision when one is given."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import transformers
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
@@ -19,23 +23,34 @@ pytestmark = pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")  
 TEXTS = ["the quick brown fox jumps over the lazy dog", "", "paris", "北京 der hund le chat", "search " * 100]
 
 
-def test_sentence_transformers_gives_the_same_vectors(tiny_model_dir):
+def native_reference(native: Path) -> SentenceTransformer:
+    """sentence-transformers on a native-layout copy (the native_dir fixture): transformers' GteModel, none of gte."""
+    model = SentenceTransformer(str(native), device="cpu")
+    assert type(model[0].model) is transformers.GteModel
+    return model
+
+
+def test_sentence_transformers_gives_the_same_vectors(tiny_model_dir, native_dir):
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     assert isinstance(model[0].model, gte.NewModel)  # our class, found without trust_remote_code
     assert model.max_seq_length == 64
-    expected = model.encode(TEXTS, normalize_embeddings=True)
+    expected = native_reference(native_dir(tiny_model_dir)).encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(model.encode(TEXTS, normalize_embeddings=True), expected, atol=1e-5)
     np.testing.assert_allclose(gte.Embedder(tiny_model_dir).encode(TEXTS), expected, atol=1e-5)
 
 
-def test_sentence_transformers_on_the_sparse_checkpoint(sparse_model_dir):
+def test_sentence_transformers_on_the_sparse_checkpoint(sparse_model_dir, native_dir):
     model = SentenceTransformer(str(sparse_model_dir), device="cpu")  # modules: Transformer, Pooling, Normalize
-    np.testing.assert_allclose(gte.Embedder(sparse_model_dir).encode(TEXTS), model.encode(TEXTS), atol=1e-5)
+    expected = native_reference(native_dir(sparse_model_dir)).encode(TEXTS)
+    np.testing.assert_allclose(model.encode(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(gte.Embedder(sparse_model_dir).encode(TEXTS), expected, atol=1e-5)
 
 
-def test_sentence_transformers_default_mean_pooling(multilingual_model_dir):
+def test_sentence_transformers_default_mean_pooling(multilingual_model_dir, native_dir):
     """Without sentence-transformers files ST builds mean pooling; Embedder(pooling="mean") agrees."""
     model = SentenceTransformer(str(multilingual_model_dir), device="cpu")
-    expected = model.encode(TEXTS)
+    expected = native_reference(native_dir(multilingual_model_dir)).encode(TEXTS)
+    np.testing.assert_allclose(model.encode(TEXTS), expected, atol=1e-5)
     embedder = gte.Embedder(multilingual_model_dir, pooling="mean", normalize=False, max_length=model.max_seq_length)
     np.testing.assert_allclose(embedder.encode(TEXTS), expected, atol=1e-5)
 

@@ -1,5 +1,6 @@
-"""gte.Reranker: pair scores against the padded transformers path and the golden fixture, ranking,
-normalisation, batch independence, input checks."""
+"""gte.Reranker: pair scores against independent references (transformers' own native GteForSequenceClassification
+on the checkpoint converted to its layout, and the golden fixtures' float64 logits), ranking, normalisation, batch
+independence, input checks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import transformers
+from transformers import AutoTokenizer
 
 import gte
 from gte.embed import TruncationWarning
-from model_helpers import golden_case
+from model_helpers import golden_case, golden_manifest, golden_tensors, golden_tokenizer, one_label_copy, valid_tokens
 
 QUERY = "where is the giant panda from?"
 DOCS = ["der hund ist schnell", "the panda is a bear from china", "", "北京 上海 模型", "le chat est rapide"]
@@ -25,17 +26,19 @@ def reranker(reranker_model_dir) -> gte.Reranker:
     return gte.Reranker(reranker_model_dir)
 
 
-def padded_scores(model_dir: Path, query: str, docs: list[str]) -> list[float]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def native_scores(native: Path, query: str, docs: list[str]) -> list[float]:
+    """The independent reference: transformers' own GteForSequenceClassification on the checkpoint converted to the
+    native `gte` layout (the native_dir fixture), on the padded pairs its tokenizer makes."""
+    tokenizer = AutoTokenizer.from_pretrained(native)
     batch = tokenizer([query] * len(docs), docs, padding=True, return_tensors="pt")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = transformers.GteForSequenceClassification.from_pretrained(native).eval()
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].tolist()
 
 
-def test_scores_match_the_padded_transformers_path(reranker, reranker_model_dir):
+def test_scores_match_transformers_native_gte(reranker, reranker_model_dir, native_dir):
     scores = reranker.score(QUERY, DOCS)
-    np.testing.assert_allclose(scores, padded_scores(reranker_model_dir, QUERY, DOCS), atol=1e-5)
+    np.testing.assert_allclose(scores, native_scores(native_dir(reranker_model_dir), QUERY, DOCS), atol=1e-5)
     assert len(set(scores)) == len(DOCS)
 
 
@@ -102,20 +105,22 @@ def test_only_sequence_classification_checkpoints(tiny_model_dir, sparse_model_d
             gte.Reranker(directory)
 
 
-def test_attributes(reranker, reranker_model_dir):
+def test_attributes(reranker, reranker_model_dir, backends_used):
     assert reranker.model_name == str(reranker_model_dir)
     assert isinstance(reranker.model, gte.NewForSequenceClassification)
     assert reranker.max_length == 128 and reranker.dtype == torch.float32
-    assert reranker.backend in gte.available_backends("cpu", torch.float32)
+    reranker.score(QUERY, DOCS)
+    assert set(backends_used) == {reranker.backend}  # the backend it reports is the one that runs
 
 
-def test_logits_match_the_golden_fixture():
-    """p05: one label, absolute positions, two token types (non-zero token_type_ids)."""
-    case_dir = golden_case("p05")["dir"]
-    model = gte.NewForSequenceClassification.from_pretrained(case_dir, dtype=torch.float32)
-    inputs, expected = load_file(case_dir / "inputs.safetensors"), load_file(case_dir / "expected.safetensors")
-    masks = inputs["attention_mask"].bool()
-    ids = [row[m].tolist() for row, m in zip(inputs["input_ids"], masks)]
-    types = [row[m].tolist() for row, m in zip(inputs["token_type_ids"], masks)]
-    scores = gte.Reranker(model).score_tokens(ids, types, batch_tokens=32)
-    np.testing.assert_allclose(scores, expected["logits"][:, 0].numpy(), atol=3e-5, rtol=0)
+@pytest.mark.parametrize(("name", "label"), [("p05", 0), ("p06", 0), ("p06", 1), ("p06", 2)])
+def test_scores_match_the_golden_fixtures(name, label, tmp_path):
+    """The original's float64 logits[:, label], through score_tokens on the fixture's token ids, the checkpoint (its
+    classifier cut to that label) loaded from its directory as a user loads one. p05: absolute positions, non-zero
+    token types; p06: RMSNorm, logn scale without clip, a row of one token."""
+    case = golden_case(name)
+    reranker = gte.Reranker(one_label_copy(case, label, tmp_path / "one-label"), tokenizer=golden_tokenizer(case))
+    types = valid_tokens(case, "token_type_ids")
+    scores = reranker.score_tokens(valid_tokens(case), types, batch_tokens=32)
+    expected = golden_tensors(case, "expected")["logits"][:, label]
+    np.testing.assert_allclose(scores, expected.numpy(), atol=golden_manifest()["tolerance"]["atol"], rtol=0)
