@@ -33,6 +33,9 @@ import profile_ops  # noqa: E402
 import suite  # noqa: E402
 
 CONTENDERS = ["gte padded eager", "sentence-transformers-style", "ours"]
+# The tables' min cosine has 6 decimals. float32 contenders on the same weights agree within 1e-5 per element (1e-4
+# for ONNX Runtime), which at these widths keeps 1 - cosine under 1e-6: the last printed digit.
+FP32_MIN_COSINE = 0.999999
 
 
 def table_rows(text: str, title: str) -> dict[str, list[str]]:
@@ -68,7 +71,7 @@ def test_contenders_agree_on_the_embeddings(tiny_report):
     for title in ("tiny, mixed: 48 docs", "tiny, short:"):
         rows = table_rows(tiny_report, title)
         for name in ("sentence-transformers-style", "ours"):
-            assert float(rows[name][-1]) >= 0.9999, (title, name, rows[name])
+            assert float(rows[name][-1]) >= FP32_MIN_COSINE, (title, name, rows[name])
         assert rows["ours"][2] == "0%"  # no padding computed
     mixed = table_rows(tiny_report, "tiny, mixed: 48 docs")
     assert float(mixed["ours bf16"][-1]) >= 0.999  # the cosine BENCHMARKS.md claims for bf16
@@ -80,9 +83,9 @@ def test_bert_bench_runs_and_its_contenders_agree():
     with contextlib.redirect_stdout(out):
         bert_bench.main(["--tiny"])
     default = table_rows(out.getvalue(), "all-MiniLM-L6-v2 (embedded)")
-    assert set(default) == {"sentence-transformers", "ours"} and float(default["ours"][-1]) >= 0.99999
+    assert set(default) == {"sentence-transformers", "ours"} and float(default["ours"][-1]) >= FP32_MIN_COSINE
     tiny = table_rows(out.getvalue(), "tiny shape")
-    assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= 0.9999
+    assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= FP32_MIN_COSINE
     assert tiny["ours"][2] == "0%"  # no padding computed
 
 
@@ -144,7 +147,7 @@ def test_gpu_bench_logic_runs_on_cpu():
     report = "\n\n".join(sections)
     rows = table_rows(report, "tiny, mixed:")
     assert {"gte padded eager", "sentence-transformers-style", "ours (sdpa)", "GEMM ceiling (float32)"} <= set(rows)
-    assert float(rows["ours (sdpa)"][-1]) >= 0.9999
+    assert float(rows["ours (sdpa)"][-1]) >= FP32_MIN_COSINE
     assert set(table_rows(report, "tiny, long documents")) >= {"gte padded eager", "ours (sdpa)"}
 
 
@@ -183,7 +186,7 @@ def test_onnx_bench_tiny_produces_every_table(capsys):
     for title in ("mixed: 48 docs", "short: 64 docs", "batch 1: one 24-token query"):
         assert set(table_rows(out, title)) == contenders, title
     for title in ("mixed: 48 docs", "short: 64 docs"):
-        assert float(table_rows(out, title)["ONNX Runtime fp32"][-1]) >= 0.9999
+        assert float(table_rows(out, title)["ONNX Runtime fp32"][-1]) >= FP32_MIN_COSINE
 
 
 def test_serve_load_runs_on_the_tiny_model(tiny_model_dir, capsys):
