@@ -94,12 +94,6 @@ def test_defaults():
     assert config.tie_word_embeddings is True
 
 
-def test_rms_norm_absolute_and_ntk_values_are_accepted():
-    config = NewConfig(layer_norm_type="rms_norm", position_embedding_type="absolute", rope_scaling={"type": "ntk", "factor": 4.0, "mixed_b": 0.8})
-    assert (config.layer_norm_type, config.position_embedding_type) == ("rms_norm", "absolute")
-    assert config.rope_scaling == {"type": "ntk", "factor": 4.0, "mixed_b": 0.8}
-
-
 @pytest.mark.parametrize(
     "kwargs, key",
     [

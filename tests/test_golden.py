@@ -17,22 +17,19 @@ BACKENDS = gte.available_backends("cpu", torch.float32)
 SHARED_GOLDEN = REPO.parent / "shared" / "golden"
 
 
-@pytest.fixture
-def backends_used(monkeypatch) -> list[str]:
-    """Names of the attention backends the model actually ran."""
-    used, select = [], gte.attention.select
-
-    def recording_select(*args, **kwargs):
-        backend = select(*args, **kwargs)
-        used.append(backend.name)
-        return backend
-
-    monkeypatch.setattr(gte.attention, "select", recording_select)
-    return used
-
-
-def test_cpu_backends():
-    assert {"eager", "sdpa"} <= set(BACKENDS)
+def test_backends_the_cpu_cannot_run_fall_back_to_one_it_can(backends_used, caplog):
+    """The matrix below runs both CPU kernels and none of the CUDA-only ones; choosing a CUDA-only one on the CPU
+    runs the best CPU kernel instead, says so, and gives the golden numbers."""
+    assert BACKENDS == ["sdpa", "eager"]
+    case = CASES[0]
+    for name in [name for name in gte.attention.BACKENDS if name not in BACKENDS]:
+        backends_used.clear()
+        gte.attention._warned.clear()
+        with caplog.at_level("WARNING", logger="gte"):
+            got = run_golden(load_golden_model(case, attn_implementation=name), case, unpad_inputs=True)
+        assert set(backends_used) == {"sdpa"}, name
+        assert f"attention backend {name!r} is not available for torch.float32 on cpu; using 'sdpa'" in caplog.text
+        assert max(golden_diffs(case, got).values()) <= ATOL, name
 
 
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
