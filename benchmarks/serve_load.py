@@ -76,10 +76,10 @@ def build_base_model(out: Path) -> Path:
     return out
 
 
-def make_texts(n: int, seed: int = 0) -> list[str]:
-    """`n` distinct texts whose lengths follow LENGTH_MIX."""
+def make_texts(n: int, seed: int = 0, mix: tuple = LENGTH_MIX) -> list[str]:
+    """`n` distinct texts whose lengths follow `mix`: (share of texts, (fewest, most words)) pairs."""
     rng = random.Random(seed)
-    shares, ranges = zip(*LENGTH_MIX)
+    shares, ranges = zip(*mix)
     texts = []
     for _ in range(n):
         low, high = rng.choices(ranges, weights=shares)[0]
@@ -114,13 +114,18 @@ class Server:
             time.sleep(0.25)
         raise TimeoutError("gte serve did not become ready")
 
-    def batch_stats(self) -> tuple[float, float]:
-        """(batches run, requests merged into them) from /metrics."""
-        values = {"gte_batch_requests_count": 0.0, "gte_batch_requests_sum": 0.0}
+    def metrics(self, *names: str) -> dict[str, float]:
+        """The named samples from /metrics, each summed over its labels."""
+        values = dict.fromkeys(names, 0.0)
         for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
             for sample in family.samples:
                 if sample.name in values:
                     values[sample.name] += sample.value
+        return values
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(batches run, requests merged into them) from /metrics."""
+        values = self.metrics("gte_batch_requests_count", "gte_batch_requests_sum")
         return values["gte_batch_requests_count"], values["gte_batch_requests_sum"]
 
     def stop(self) -> int:

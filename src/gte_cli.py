@@ -128,7 +128,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
     add("--max-input-length", type=positive_int, help="tokens per input (default: the model's max length)")
     add("--max-batch-tokens", type=positive_int, default=SERVER_DEFAULTS["max_batch_tokens"],
-        help="token budget of one merged batch, and of the jobs a big request is cut into (default: %(default)s)")  # fmt: skip
+        help="token budget of one merged batch; a big request runs in several, taking turns with other requests "
+        "(default: %(default)s)")  # fmt: skip
     add("--max-wait-ms", type=float, default=SERVER_DEFAULTS["max_wait_ms"],
         help="how long a lone request waits for company (default: %(default)s; requests that queue while a batch "
         "runs merge anyway)")  # fmt: skip

@@ -201,6 +201,19 @@ def test_serve_load_runs_on_the_tiny_model(tiny_model_dir, capsys):
     assert "median of the per-text differences" in out
 
 
+def test_serve_fairness_tiny_measures_every_scenario(capsys):
+    """serve_fairness.py --tiny end to end: the one-text vectors are the offline ones, the big answers whole, exit 0."""
+    import serve_fairness
+
+    code = serve_fairness.main(["--tiny"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = table_rows(out, "machine:")
+    assert set(rows) == {"idle", "big request alone", "big + one-text"}
+    assert rows["idle"][0] == "3" and rows["big request alone"][4] != "-"  # 3 idle requests; the big one's time
+    assert "server exit status after SIGTERM: 0" in out
+
+
 def test_omp_wait_runs_a_policy_in_its_own_process(tiny_model_dir, monkeypatch, capsys):
     import omp_wait
 

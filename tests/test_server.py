@@ -603,14 +603,14 @@ def _wait_for_url(process: subprocess.Popen) -> str:
 
 # ---------------------------------------------------------------------- units
 def run_batcher(run, jobs, **options) -> list:
-    """Submit every (key, items) job at once to a fresh Batcher; return the results (or exceptions)."""
+    """Submit every (key, items) request at once (a token per item) to a fresh Batcher; return the results (or exceptions)."""
 
     async def main():
         batcher = Batcher(run, metrics=Metrics().for_model("m"), **({"max_batch_tokens": 100, "max_wait_ms": 0} | options))
         batcher.start()
         try:
             return await asyncio.gather(
-                *(batcher.submit(k, items, len(items)) for k, items in jobs), return_exceptions=True
+                *(batcher.submit(k, items, [1] * len(items)) for k, items in jobs), return_exceptions=True
             )
         finally:
             await batcher.stop()
@@ -642,10 +642,10 @@ def test_batcher_waits_for_company_until_the_budget_is_full():
             lambda key, items: calls.append(items) or items, max_batch_tokens=4, max_wait_ms=60_000, metrics=Metrics().for_model("m")
         )
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit("k", [1, 2], 2))
+        first = asyncio.ensure_future(batcher.submit("k", [1, 2], [1, 1]))
         await asyncio.sleep(0.05)
         assert not first.done()  # waiting for company
-        results = await asyncio.wait_for(asyncio.gather(first, batcher.submit("k", [3, 4], 2)), 30)
+        results = await asyncio.wait_for(asyncio.gather(first, batcher.submit("k", [3, 4], [1, 1])), 30)
         await batcher.stop()
         return results
 
@@ -674,11 +674,11 @@ def test_batcher_drops_jobs_whose_client_left():
     async def main():
         batcher = Batcher(run, max_batch_tokens=100, max_wait_ms=0, metrics=Metrics().for_model("m"))
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit("k", ["first"], 1))
+        first = asyncio.ensure_future(batcher.submit("k", ["first"], [1]))
         while not calls:
             await asyncio.sleep(0.01)
-        gone = asyncio.ensure_future(batcher.submit("k", ["gone"], 1))
-        kept = asyncio.ensure_future(batcher.submit("k", ["kept"], 1))
+        gone = asyncio.ensure_future(batcher.submit("k", ["gone"], [1]))
+        kept = asyncio.ensure_future(batcher.submit("k", ["kept"], [1]))
         await asyncio.sleep(0)
         gone.cancel()
         gate.set()
@@ -688,6 +688,94 @@ def test_batcher_drops_jobs_whose_client_left():
 
     assert asyncio.run(main()) == [["first"], ["kept"]]
     assert calls == [["first"], ["kept"]]
+
+
+def run_behind(first, later, *, leaves: bool = False, **options) -> tuple[list, list]:
+    """Submit the (key, items) request `first`, then, while its first batch runs, the requests `later` (a token per
+    item; `leaves`: first's client goes away meanwhile). Return the batches run, as (key, items), and the results of
+    the requests that stayed."""
+    gate, calls = threading.Event(), []
+
+    def run(key, items):
+        calls.append((key, list(items)))
+        assert gate.wait(30), "the test never opened the gate"
+        return [f"{key}:{item}" for item in items]
+
+    async def main():
+        batcher = Batcher(run, metrics=Metrics().for_model("m"), **({"max_batch_tokens": 4, "max_wait_ms": 0} | options))
+        batcher.start()
+        big = asyncio.ensure_future(batcher.submit(*first, [1] * len(first[1])))
+        while not calls:
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(batcher.submit(key, items, [1] * len(items))) for key, items in later]
+        await asyncio.sleep(0)  # all of them queued
+        if leaves:
+            big.cancel()
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*([] if leaves else [big]), *rest), 30)
+        await batcher.stop()
+        return results
+
+    return calls, asyncio.run(main())
+
+
+def labelled(key, items) -> list[str]:
+    return [f"{key}:{item}" for item in items]
+
+
+BIG = ("k", list(range(12)))  # three full batches alone
+
+
+def test_a_small_request_runs_in_the_batch_after_the_one_running_beside_the_big_requests_items():
+    calls, results = run_behind(BIG, [("k", ["s"])])
+    assert calls == [("k", [0, 1, 2, 3]), ("k", ["s", 4, 5, 6]), ("k", [7, 8, 9, 10]), ("k", [11])]
+    assert results == [labelled(*BIG), ["k:s"]]
+    calls, results = run_behind(BIG, [("k", ["s"])], batching=False)  # every batch one request's, still in turns
+    assert calls == [("k", [0, 1, 2, 3]), ("k", ["s"]), ("k", [4, 5, 6, 7]), ("k", [8, 9, 10, 11])]
+    assert results == [labelled(*BIG), ["k:s"]]
+
+
+def test_small_requests_merge_by_key_and_take_turns_with_a_big_one():
+    later = [("k", ["s1"]), ("k", ["s2"]), ("other", ["o"]), ("k", ["s3"])]
+    calls, results = run_behind(BIG, later)
+    assert calls == [
+        ("k", [0, 1, 2, 3]), ("k", ["s1", "s2", "s3", 4]), ("other", ["o"]), ("k", [5, 6, 7, 8]), ("k", [9, 10, 11])
+    ]  # fmt: skip
+    assert results == [labelled(*BIG), *(labelled(*request) for request in later)]
+
+
+def test_big_requests_alternate_and_a_small_one_waits_one_batch_of_each():
+    other = ("k", [f"b{i}" for i in range(8)])
+    calls, results = run_behind(("k", list(range(8))), [other, ("k", ["s"])])
+    assert calls == [
+        ("k", [0, 1, 2, 3]), ("k", ["b0", "b1", "b2", "b3"]), ("k", ["s", 4, 5, 6]), ("k", ["b4", "b5", "b6", "b7"]),
+        ("k", [7]),
+    ]  # fmt: skip
+    assert results == [labelled("k", range(8)), labelled(*other), ["k:s"]]
+
+
+def test_a_big_request_whose_client_left_runs_no_more_batches():
+    calls, results = run_behind(BIG, [("k", ["s"])], leaves=True)
+    assert calls == [("k", [0, 1, 2, 3]), ("k", ["s"])] and results == [["k:s"]]
+
+
+def test_a_big_request_alone_runs_in_budget_full_batches():
+    calls = []
+
+    def run(key, items):
+        calls.append(list(items))
+        return np.array(items, dtype=np.float32)[:, None]  # [n, 1]
+
+    async def main():
+        batcher = Batcher(run, max_batch_tokens=10, max_wait_ms=0, metrics=Metrics().for_model("m"))
+        batcher.start()
+        result = await batcher.submit("k", list(range(8)), [5, 1, 9, 3, 3, 20, 2, 4])
+        await batcher.stop()
+        return result
+
+    result = asyncio.run(main())
+    assert calls == [[0, 1], [2], [3, 4], [5], [6, 7]]  # batching.budget_groups, as the library cuts
+    np.testing.assert_array_equal(result, np.arange(8, dtype=np.float32)[:, None])
 
 
 @pytest.mark.parametrize(

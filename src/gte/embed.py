@@ -23,6 +23,7 @@ from tokenizers import normalizers
 from torch.nn import functional as F
 
 from . import attention, hub, st_files
+from .batching import budget_groups
 from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
@@ -140,15 +141,8 @@ def cut_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """Indices sorted by length (longest first), cut into batches of at most `budget` tokens (at least one each)."""
     if budget < 1:
         raise ValueError(f"batch_tokens must be at least 1, got {budget}")
-    batches: list[list[int]] = []
-    used = budget
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
-        if used + lengths[i] > budget:
-            batches.append([])
-            used = 0
-        batches[-1].append(i)
-        used += lengths[i]
-    return batches
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    return [order[group.start : group.stop] for group in budget_groups((lengths[i] for i in order), budget)]
 
 
 def default_batch_tokens(device: torch.device) -> int:

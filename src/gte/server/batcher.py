@@ -1,22 +1,30 @@
-"""Dynamic batching: concurrent requests merged into token-budget batches for one inference worker.
+"""Dynamic batching with fair turns: concurrent requests merged into token-budget batches for one inference worker.
 
-A request submits a job: a key, its items (token-id lists, query-text pairs, ...) and their token
-count. One background task takes the oldest waiting job, adds later jobs with the same key in
-arrival order while the batch stays within `max_batch_tokens`, and, while the batch is not full,
-waits up to `max_wait_ms` after the oldest job arrived for more company. The merged items run on a
-single worker thread, so inference never blocks the event loop; each job gets back its own slice
-of the results, in its own order. Jobs whose client went away are dropped before they run.
+A request submits its items (token-id lists, query-text pairs, ...), their token counts and a key; items merge
+only with items of an equal key (same model options and prompt). Requests wait in line: a new request joins the
+back, and so does a request whose batch has just come back, if it has items left. One background task builds each
+batch from the request at the front: its next items, then the next items of the same-key requests behind it, in
+line order, until the next item would take the batch over `max_batch_tokens` (`batching.budget_groups`). So a
+request waits for the turns of the requests ahead of it, one batch at most each, never for all the batches of a
+big one: with one big request in flight, a one-text request runs in the batch after the one running when it
+arrived, beside the big request's next items. A big request alone runs in batches as full as the budget allows.
+While a batch is not full, the task waits up to `max_wait_ms` after the front request arrived for more company.
+The merged items run on a single worker thread, so inference never blocks the event loop; each request gets back
+its own results, in its own order. Requests whose client went away are dropped before their next items run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import itertools
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..batching import budget_groups
 from .metrics import ModelMetrics
 
 # run(key, items) -> one result per item, in order (a numpy array [n, d] or a list of length n)
@@ -24,12 +32,28 @@ RunBatch = Callable[[Hashable, list], Sequence]
 
 
 @dataclass(eq=False)
-class Job:
-    key: Hashable  # jobs merge only with jobs of an equal key
+class Request:
+    key: Hashable  # items merge only with items of an equal key
     items: list
-    tokens: int
+    lengths: list[int]  # tokens per item
     arrived: float  # event loop time
+    turn: int  # its place in line: drawn at arrival, and again each time a batch of its items comes back
     future: asyncio.Future = field(repr=False)
+    taken: int = 0  # items[:taken] went into batches
+    results: list[Sequence] = field(default_factory=list, repr=False)  # what its batches gave back, in order
+
+    @property
+    def waiting_tokens(self) -> int:
+        return sum(self.lengths[self.taken :])
+
+    def deliver(self, results: Sequence) -> None:
+        """The results of its next items; the whole answer once every item has one."""
+        self.results.append(results)
+        if sum(map(len, self.results)) == len(self.items):
+            _resolve(self.future, result=_joined(self.results))
+
+
+Share = tuple[Request, range]  # a request's items (by index) in one batch
 
 
 class Batcher:
@@ -39,9 +63,10 @@ class Batcher:
         self.run = run
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
-        self.batching = batching  # False: every request is its own batch
+        self.batching = batching  # False: every batch holds one request's items only
         self.metrics = metrics
-        self._pending: deque[Job] = deque()
+        self._waiting: list[Request] = []  # requests with items not yet in a batch, in arrival order
+        self._turns = itertools.count()
         self._arrived = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
@@ -52,15 +77,14 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._serve_forever(), name="gte-batcher")
 
     async def stop(self) -> None:
-        """Stop batching; jobs still waiting fail, the batch in the worker (if any) is abandoned."""
+        """Stop batching; requests still waiting fail, the batch in the worker (if any) is abandoned."""
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the server is shutting down; retry on another replica"))
-        self._pending.clear()
+        for request in self._waiting:
+            _resolve(request.future, error=RuntimeError("the server is shutting down; retry on another replica"))
+        self._waiting.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -68,28 +92,32 @@ class Batcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def submit(self, key: Hashable, items: list, tokens: int) -> Sequence:
-        """Queue `items` (costing `tokens`) and wait for their results, one per item."""
+    async def submit(self, key: Hashable, items: list, lengths: list[int]) -> Sequence:
+        """Queue `items` (of `lengths` tokens each) and wait for their results, one per item, in order."""
         if not self.running:
             raise RuntimeError("the batcher is not running; start it inside the server's lifespan")
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
-        job = Job(key, items, tokens, loop.time(), loop.create_future())
-        self._pending.append(job)
-        self.metrics.queue_depth.set(len(self._pending))
+        request = Request(key, items, lengths, loop.time(), next(self._turns), loop.create_future())
+        self._waiting.append(request)
+        self.metrics.queue_depth.set(len(self._waiting))
         self._arrived.set()
-        return await job.future
+        return await request.future
 
     async def _serve_forever(self) -> None:
         while True:
             batch = await self._next_batch()
             if batch:
                 await self._execute(batch)
+                for request, _ in batch:  # back of the line, behind the requests that came meanwhile
+                    request.turn = next(self._turns)
 
-    async def _next_batch(self) -> list[Job]:
-        while not self._pending:
+    async def _next_batch(self) -> list[Share]:
+        while not self._prune():
             self._arrived.clear()
             await self._arrived.wait()
-        first = self._pending[0]
+        first = min(self._waiting, key=_turn)
         deadline = first.arrived + self.max_wait
         loop = asyncio.get_running_loop()
         while self.batching and not self._full(first.key) and (left := deadline - loop.time()) > 0:
@@ -98,54 +126,71 @@ class Batcher:
                 await asyncio.wait_for(self._arrived.wait(), left)
         return self._take(first.key)
 
+    def _prune(self) -> list[Request]:
+        """Drop the requests whose client went away (or that failed); the ones left wait."""
+        self._waiting = [request for request in self._waiting if not request.future.done()]
+        return self._waiting
+
     def _full(self, key: Hashable) -> bool:
-        waiting = sum(job.tokens for job in self._pending if job.key == key)
+        waiting = sum(request.waiting_tokens for request in self._waiting if request.key == key)
         return waiting >= self.max_batch_tokens
 
-    def _take(self, key: Hashable) -> list[Job]:
-        """Remove and return the batch: same-key jobs in arrival order while they fit the budget."""
-        taken: list[Job] = []
-        kept: deque[Job] = deque()
-        tokens, closed = 0, False
-        for job in self._pending:
-            if job.future.done():  # the client went away
-                continue
-            fits = not taken or (self.batching and tokens + job.tokens <= self.max_batch_tokens)
-            if job.key == key and fits and not closed:
-                taken.append(job)
-                tokens += job.tokens
-            else:
-                closed = closed or job.key == key  # keep arrival order within a key
-                kept.append(job)
-        self._pending = kept
-        self.metrics.queue_depth.set(len(kept))
-        return taken
+    def _take(self, key: Hashable) -> list[Share]:
+        """Remove and return the next batch: the next items of the requests of `key`, in line order, while they
+        fit the budget (batching off: the first such request's only)."""
+        line = sorted((request for request in self._prune() if request.key == key), key=_turn)
+        line = line if self.batching else line[:1]
+        lengths = (n for request in line for n in request.lengths[request.taken :])
+        size = len(next(budget_groups(lengths, self.max_batch_tokens), range(0)))
+        batch: list[Share] = []
+        for request in line:
+            if not size:
+                break
+            share = range(request.taken, min(request.taken + size, len(request.items)))
+            batch.append((request, share))
+            request.taken, size = share.stop, size - len(share)
+        self._waiting = [request for request in self._waiting if request.taken < len(request.items)]
+        self.metrics.queue_depth.set(len(self._waiting))
+        return batch
 
-    async def _execute(self, batch: list[Job]) -> None:
-        items = [item for job in batch for item in job.items]
+    async def _execute(self, batch: list[Share]) -> None:
+        items = [request.items[i] for request, share in batch for i in share]
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self.run, batch[0].key, items)
+            results = await loop.run_in_executor(self._executor, self.run, batch[0][0].key, items)
         except Exception as error:
             if len(batch) == 1:
-                _resolve(batch[0].future, error=error)
-            else:  # run each request alone, so one request's failure stays its own
-                for job in batch:
-                    await self._execute([job])
+                _resolve(batch[0][0].future, error=error)
+            else:  # run each request's share alone, so one request's failure stays its own
+                for share in batch:
+                    await self._execute([share])
             return
         self._observe(batch, len(items))
         offset = 0
-        for job in batch:
-            _resolve(job.future, result=results[offset : offset + len(job.items)])
-            offset += len(job.items)
+        for request, share in batch:
+            request.deliver(results[offset : offset + len(share)])
+            offset += len(share)
 
-    def _observe(self, batch: list[Job], n_items: int) -> None:
-        tokens = sum(job.tokens for job in batch)
+    def _observe(self, batch: list[Share], n_items: int) -> None:
+        tokens = sum(request.lengths[i] for request, share in batch for i in share)
         self.metrics.batch_size.observe(n_items)
         self.metrics.batch_requests.observe(len(batch))
         self.metrics.batch_tokens.observe(tokens)
         self.metrics.tokens.inc(tokens)
         self.metrics.inputs.inc(n_items)
+
+
+def _turn(request: Request) -> int:
+    return request.turn
+
+
+def _joined(parts: list[Sequence]) -> Sequence:
+    """Results given back in several batches, as one sequence."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [result for part in parts for result in part]
 
 
 def _resolve(future: asyncio.Future, *, result: Sequence | None = None, error: Exception | None = None) -> None:

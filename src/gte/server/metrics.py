@@ -62,12 +62,14 @@ class Metrics:
         )  # fmt: skip
         per_model = ["model"]
         self._in_flight = Gauge("gte_requests_in_flight", "Inference requests being served now.", per_model, registry=registry)
-        self._queue_depth = Gauge("gte_queue_depth", "Jobs waiting for the inference worker.", per_model, registry=registry)
+        self._queue_depth = Gauge(
+            "gte_queue_depth", "Requests with inputs waiting for the inference worker.", per_model, registry=registry
+        )
         self._batch_size = Histogram(
             "gte_batch_size", "Inputs per inference batch.", per_model, buckets=BATCH_SIZE_BUCKETS, registry=registry
         )
         self._batch_requests = Histogram(
-            "gte_batch_requests", "Jobs (requests or parts of one) merged into one inference batch.", per_model,
+            "gte_batch_requests", "Requests (whole, or some of their inputs) merged into one inference batch.", per_model,
             buckets=BATCH_SIZE_BUCKETS, registry=registry,
         )  # fmt: skip
         self._batch_tokens = Histogram(

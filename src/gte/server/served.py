@@ -3,14 +3,12 @@ the routing of a request to one of them, by the `model` it names or by what its 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..embed import Embedder
@@ -83,16 +81,12 @@ class ServedModel:
         return self.model.score_tokens(ids, None if types[0] is None else types, normalize=normalize)
 
     async def infer(self, key: Hashable, items: list, lengths: list[int]) -> Sequence:
-        """Results for `items` (of `lengths` tokens), one per item: the request is cut into jobs of at most
-        --max-batch-tokens tokens, which the batcher merges with other requests' jobs."""
-        parts = split(lengths, self.settings.max_batch_tokens)
+        """Results for `items` (of `lengths` tokens), one per item: the batcher runs them in --max-batch-tokens
+        batches, taking turns with other requests and merging with those of the same key."""
         try:
-            results = await asyncio.gather(*(self.batcher.submit(key, items[s], sum(lengths[s])) for s in parts))
+            return await self.batcher.submit(key, items, lengths)
         except Exception as error:  # the model failed on input that passed validation: a server fault
             raise ApiError(500, f"inference failed: {type(error).__name__}: {error}", kind="backend") from error
-        if isinstance(results[0], np.ndarray):
-            return np.concatenate(results)
-        return [result for part in results for result in part]
 
     # ------------------------------------------------------------------ validation at the boundary
     @contextmanager
@@ -249,18 +243,6 @@ class Models:
 def is_token_ids(inputs: list) -> bool:
     """Whether a request's parsed inputs are token-id lists (else texts)."""
     return isinstance(inputs[0], list)
-
-
-def split(lengths: list[int], budget: int) -> list[slice]:
-    """Consecutive slices of `lengths` holding at most `budget` tokens each (an input over it alone)."""
-    parts, start, used = [], 0, 0
-    for i, n in enumerate(lengths):
-        if used + n > budget and i > start:
-            parts.append(slice(start, i))
-            start, used = i, 0
-        used += n
-    parts.append(slice(start, len(lengths)))
-    return parts
 
 
 async def _call(chars: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

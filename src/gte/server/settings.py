@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ServerSettings:
-    max_batch_tokens: int = 16384  # token budget of one merged batch (and of the jobs a big request is cut into)
+    max_batch_tokens: int = 16384  # token budget of one merged batch (a big request runs in several)
     max_wait_ms: float = 0.0  # how long the oldest queued job waits for company (jobs queued meanwhile merge anyway)
     max_concurrent_requests: int = 512  # inference requests in flight per model; more get 429
     max_client_batch_size: int = 2048  # inputs per request (OpenAI's limit); more get 413
