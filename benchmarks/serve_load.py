@@ -95,7 +95,7 @@ class Server:
     def __init__(self, model: Path, *, batching: bool, options: list[str]) -> None:
         self.url = f"http://127.0.0.1:{_free_port()}"
         command = [
-            sys.executable, "-m", "gte.cli", "serve", "--model", str(model), "--port", self.url.rsplit(":", 1)[1],
+            sys.executable, "-m", "gte_cli", "serve", "--model", str(model), "--port", self.url.rsplit(":", 1)[1],
             "--served-model-name", MODEL_NAME, "--device", "cpu", "--log-level", "warning",
             "--max-concurrent-requests", "1024", *options,
         ] + ([] if batching else ["--no-batching"])  # fmt: skip

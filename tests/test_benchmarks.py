@@ -168,12 +168,17 @@ def test_golden_cases_pass_with_the_per_token_work_in_small_chunks(unpad, monkey
         assert max(diffs.values()) <= golden_manifest()["tolerance"]["atol"], (case["name"], diffs)
 
 
-def test_cli_startup_benchmark_runs(monkeypatch):
+def test_cli_startup_benchmark_runs(monkeypatch, tiny_model_dir):
+    """Every case has its row, `gte embed` and `gte serve` (until /health answers) on the tiny model, and a row
+    with a target says whether it was met."""
     import cli_startup
 
-    monkeypatch.setattr(cli_startup, "CASES", {"gte --help": ["--help"]})
-    rows = cli_startup.table(cli_startup.measure(repeats=1)).splitlines()
-    assert len(rows) == 3 and rows[2].startswith("| gte --help | ") and rows[2].endswith("x |")
+    cases = {"gte --help": [*cli_startup.GTE, "--help"], cli_startup.BASELINE: ["-c", "pass"], "import gte": ["-c", "pass"]}
+    monkeypatch.setattr(cli_startup, "CASES", cases)
+    rows = table_rows("### start-up\n" + cli_startup.table(cli_startup.measure(1, str(tiny_model_dir))), "start-up")
+    assert list(rows) == [*cases, cli_startup.EMBED, cli_startup.SERVE]
+    assert rows["gte --help"][1:] == ["", ""]
+    assert all(rows[case][2] in ("yes", "no") for case in ("import gte", cli_startup.EMBED, cli_startup.SERVE))
 
 
 def test_onnx_bench_tiny_produces_every_table(capsys):

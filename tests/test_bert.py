@@ -147,7 +147,7 @@ def test_reranker_scores_are_the_classifiers_logits(bert_family, architecture):
 
 
 def test_cli_embeds_and_reranks_with_bert_family_checkpoints(bert_family, capsys):
-    from gte.cli import main
+    from gte_cli import main
 
     model = bert_family("BertModel", "mean")
     assert main(["embed", "--model", str(model), "paris", "the lazy dog"]) == 0
@@ -161,7 +161,7 @@ def test_cli_embeds_and_reranks_with_bert_family_checkpoints(bert_family, capsys
 
 
 def test_info_describes_a_converted_checkpoint(bert_family, capsys):
-    from gte.cli import main
+    from gte_cli import main
 
     assert main(["info", "--json", str(bert_family("XLMRobertaForSequenceClassification"))]) == 0
     report = json.loads(capsys.readouterr().out)

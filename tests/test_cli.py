@@ -22,10 +22,8 @@ import pytest
 
 import fixtures
 import gte
-import gte_cli
-from gte import cli, embed, hub, job, models, sinks, sources
-from gte.cli import main
-from gte.server import ServerSettings
+from gte import cli, hub, sinks, sources
+from gte_cli import main
 
 TEXTS = ["the quick brown fox", "", "paris london berlin", "deep neural network for search", "北京 hund"]
 
@@ -300,7 +298,8 @@ def test_serve_is_a_subcommand(capsys):
 
 # ------------------------------------------------------------------------------ start-up
 def test_help_and_argument_errors_import_neither_torch_nor_transformers():
-    """`gte` starts in gte_cli, which imports no part of gte: help and argument errors need no torch."""
+    """`gte` starts in gte_cli, which imports no part of gte (only gte_defaults): help and argument errors need no
+    torch."""
     probe = """
 import sys, gte_cli
 for argv in (["--help"], ["embed", "--help"], ["serve", "--help"], ["rerank", "-q", "q", "--top-k", "0"],
@@ -323,16 +322,6 @@ def test_the_command_starts_in_gte_cli():
 
     (script,) = entry_points(group="console_scripts", name="gte")
     assert script.value == "gte_cli:main"
-
-
-def test_cli_defaults_are_the_librarys():
-    assert gte_cli.DEFAULT_MODEL == models.DEFAULT_MODEL and gte_cli.DEFAULT_FIELD == sources.DEFAULT_FIELD
-    assert gte_cli.WINDOW_ROWS == job.WINDOW_ROWS
-    assert (gte_cli.CPU_BATCH_TOKENS, gte_cli.GPU_BATCH_TOKENS) == (embed.CPU_BATCH_TOKENS, embed.GPU_BATCH_TOKENS)
-    settings = ServerSettings()
-    assert gte_cli.SERVER_DEFAULTS == {name: getattr(settings, name) for name in gte_cli.SERVER_DEFAULTS}
-    served = gte_cli.build_parser().parse_args(["serve"])
-    assert ServerSettings(**{name: getattr(served, name.removesuffix("_s")) for name in gte_cli.SERVER_DEFAULTS}) == settings
 
 
 def test_install_hints_name_our_distribution():

@@ -39,6 +39,18 @@ def embedder(tiny_model_dir) -> gte.Embedder:
     return gte.Embedder(tiny_model_dir)
 
 
+def test_loading_prints_nothing(capfd, tiny_model_dir, reranker_model_dir):
+    """No progress bar ("Loading weights") and no load report from transformers, whose settings stay as they were."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    gte.Embedder(tiny_model_dir)
+    gte.Reranker(reranker_model_dir)
+    assert capfd.readouterr() == ("", "")
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == (verbosity, bars)
+    assert hf_logging.set_tqdm_hook(None) is None  # no hook of ours left behind
+
+
 GOLDEN_ATOL = golden_manifest()["tolerance"]["atol"]
 
 

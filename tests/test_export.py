@@ -21,10 +21,11 @@ from sentence_transformers import SentenceTransformer
 
 import fixtures
 import gte
-from gte import cli, export
+from gte import export
 from gte.embed import PoolingNotice
 from gte.export import ExportError, export_onnx, run_onnx
 from gte.models import DEFAULT_MODEL
+from gte_cli import main
 from model_helpers import convert_case, golden_manifest, random_batch
 
 TOLERANCE = 1e-4
@@ -228,7 +229,7 @@ def test_prompt_left_out_of_pooling(st_export, mode):
 
 def test_cli_prints_what_is_left_out(st_export, tmp_path, capsys):
     path, _ = st_export(pooling="mean", include_prompt=False, prompts={"query": "query: "}, default_prompt_name="query")
-    assert cli.main(["export", "onnx", str(path), str(tmp_path / "out")]) == 0
+    assert main(["export", "onnx", str(path), str(tmp_path / "out")]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert "gte export: sentence_embedding: mean (without the prompt)" in lines
     left_out = [line for line in lines if line.startswith("gte export: left out of the graph: ")]
@@ -246,9 +247,9 @@ def test_int8_cosine_is_of_sentence_embedding(st_export, tmp_path):
 
 
 def test_pooling_option(tiny_model_dir, reranker_model_dir, tmp_path, capsys):
-    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), "--pooling", "mean"]) == 0
+    assert main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), "--pooling", "mean"]) == 0
     assert "gte export: sentence_embedding: mean\n" in capsys.readouterr().err
-    assert cli.main(["export", "onnx", str(reranker_model_dir), str(tmp_path / "rr"), "--pooling", "mean"]) == 2
+    assert main(["export", "onnx", str(reranker_model_dir), str(tmp_path / "rr"), "--pooling", "mean"]) == 2
     assert "makes no sentence vectors: leave out pooling= / --pooling" in capsys.readouterr().err
     assert not (tmp_path / "rr").exists()
 
@@ -329,7 +330,7 @@ def test_fastembed_loads_the_export(default_export, monkeypatch):
 # ------------------------------------------------------------------------------ the command and its errors
 def test_cli_exports(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli.main(["export", "onnx", str(tiny_model_dir), str(out), "--opset", "18"]) == 0
+    assert main(["export", "onnx", str(tiny_model_dir), str(out), "--opset", "18"]) == 0
     assert (out / "onnx" / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
     assert onnx.load(str(out / "onnx" / "model.onnx"), load_external_data=False).opset_import[0].version == 18
     err = capsys.readouterr().err
@@ -344,7 +345,7 @@ def test_cli_exports(tiny_model_dir, tmp_path, capsys):
     ],
 )
 def test_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
-    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), *argv]) == 2
+    assert main(["export", "onnx", str(tiny_model_dir), str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -364,7 +365,7 @@ def test_an_output_directory_that_cannot_be_made_is_one_line(tiny_model_dir, tmp
     if where == "read-only":
         parent.chmod(0o555)
     try:
-        assert cli.main(["export", "onnx", str(tiny_model_dir), str(out)]) == 2
+        assert main(["export", "onnx", str(tiny_model_dir), str(out)]) == 2
     finally:
         parent.chmod(0o755)
     err = capsys.readouterr().err
@@ -373,21 +374,21 @@ def test_an_output_directory_that_cannot_be_made_is_one_line(tiny_model_dir, tmp
 
 
 def test_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
-    assert cli.main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert main(["export", "onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "is not a checkpoint directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_a_revision_not_in_the_cache_writes_nothing(hub_cache_env, tmp_path, capsys):
     argv = ["export", "onnx", fixtures.OFFICIAL_ID, str(tmp_path / "out"), "--revision", "v2"]
-    assert cli.main(argv) == 2
+    assert main(argv) == 2
     assert f"hub model '{fixtures.OFFICIAL_ID}' at revision 'v2' is not in the Hugging Face cache" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_non_empty_output_needs_force(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    assert cli.main(["export", "onnx", str(tiny_model_dir), str(tmp_path)]) == 2
+    assert main(["export", "onnx", str(tiny_model_dir), str(tmp_path)]) == 2
     assert "is not empty: pass --force" in capsys.readouterr().err
     assert not (tmp_path / "onnx").exists()
     export_to(tiny_model_dir, tmp_path, force=True)

@@ -6,6 +6,8 @@ model as Alibaba-NLP/gte-base-en-v1.5), at a revision when one is given."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,20 @@ def test_transformers_auto_classes_use_gte(tiny_model_dir):
     """config.json carries the official auto_map; after `import gte` no remote code is needed."""
     assert isinstance(AutoModel.from_pretrained(tiny_model_dir), gte.NewModel)
     assert AutoTokenizer.from_pretrained(tiny_model_dir)("fox")["input_ids"][0] == 2  # [CLS]
+
+
+def test_import_gte_registers_and_imports_the_rest_on_first_use(tiny_model_dir):
+    """`import gte` is enough for AutoModel, and imports nothing that embedding does not need first: not the model
+    classes (transformers' PreTrainedModel, torch._dynamo), attention kernels, the export, the server or pyarrow."""
+    code = f"""import sys, gte
+heavy = ["gte.modeling", "torch._dynamo", "transformers.modeling_utils", "gte.attention", "gte.export", "gte.job",
+         "gte.server", "pyarrow", "fastapi", "uvicorn", "onnx", "ray"]
+print([name for name in heavy if name in sys.modules])
+from transformers import AutoModel
+print(type(AutoModel.from_pretrained({str(tiny_model_dir)!r})).__name__, type(gte.Embedder).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines() == ["[]", "NewModel type"], done.stderr
 
 
 def test_hub_id_from_the_cache(hub_cache_env, tiny_model_dir):

@@ -20,7 +20,7 @@ import pytest
 
 import gte
 from gte import job, sources
-from gte.cli import main
+from gte_cli import main
 
 WORDS = "the quick brown fox jumps over a lazy dog paris london berlin deep neural network search".split()
 
@@ -169,7 +169,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(capsys, monkeypatch, 
 KILLABLE = textwrap.dedent("""
     import sys, time
     from gte import job
-    from gte.cli import main
+    from gte_cli import main
     real = job.embed_texts
     def slow(*args, **kwargs):
         time.sleep(0.2)
@@ -362,7 +362,7 @@ def test_csv_with_bom_and_an_unclosed_quote(capsys, tmp_path, tiny_model_dir, em
 
 
 def test_non_utf8_stdin_is_one_line(tmp_path, tiny_model_dir):
-    result = subprocess.run([sys.executable, "-m", "gte.cli", "embed", "-m", str(tiny_model_dir)], input=b"ok\ncaf\xe9\n",
+    result = subprocess.run([sys.executable, "-m", "gte_cli", "embed", "-m", str(tiny_model_dir)], input=b"ok\ncaf\xe9\n",
                             capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 2 and result.stdout == b""
     assert result.stderr.decode().strip() == "gte embed: error: <stdin>, line 2: not UTF-8 text (invalid continuation byte at byte 3 of the line)"

@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 
 import gte
 from gte import models
-from gte.cli import main
+from gte_cli import main
 
 TEXTS = [
     "what is the capital of China?", "how to implement quick sort in python?", "Beijing is the capital of China.",

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import gte
-from gte.cli import main
 from gte.ray import Embed, plan_pool
 from gte.sources import InputError
+from gte_cli import main
 
 ray = pytest.importorskip("ray")
 

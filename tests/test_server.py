@@ -25,18 +25,20 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from sentence_transformers import SentenceTransformer
 
 import fixtures
-from gte.cli import main
+from gte import threads
 from gte.embed import Embedder
 from gte.rerank import Reranker
 from gte.server import ServerSettings, create_app, load_model, served_name
 from gte.server.batcher import Batcher
 from gte.server.metrics import Metrics
 from gte.server.schemas import parse_inputs
+from gte_cli import main
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -414,6 +416,7 @@ def test_health_info_metrics(server, embedder):
     assert (info["dtype"], info["device"], info["backend"]) == ("float32", "cpu", embedder.backend)
     assert (info["max_input_length"], info["max_client_batch_size"], info["hidden_size"]) == (64, 8, 32)
     assert "api_key" not in info and info["auth"] is True
+    assert (info["threads"], info["threads_from"]) == (torch.get_num_threads(), threads.choose().source)
     before = metric_values(server)
     server.post("/embed", json={"inputs": TEXTS})
     server.post("/embed", json={"inputs": []})
@@ -562,7 +565,7 @@ def test_batching_backpressure_and_health_during_a_batch(tiny_model_dir, embedde
 def test_cli_serves_and_shuts_down_gracefully_on_sigterm(tiny_model_dir, embedder):
     """`gte serve` in a subprocess: at SIGTERM it stops accepting connections, completes the request
     in flight, and exits 0."""
-    command = [sys.executable, "-m", "gte.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
+    command = [sys.executable, "-m", "gte_cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
                "--max-wait-ms", "5000", "--served-model-name", "tiny"]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:

@@ -28,9 +28,9 @@ from test_server import (
     vectors,
 )
 
-from gte.cli import main
 from gte.embed import MAX_CHARS_PER_TOKEN, Embedder
 from gte.server import ServerSettings, create_app
+from gte_cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")
 SURROGATE = b'"\\ud800"'  # a lone UTF-16 surrogate, escaped as JSON allows but no UTF-8 text can hold
@@ -125,7 +125,7 @@ def test_stalled_bodies_hold_no_inference_slot_and_time_out(embedder):
 
 # ---------------------------------------------------------------------- finding 3: SIGTERM with a stalled client
 def test_sigterm_finishes_while_a_client_stalls(tiny_model_dir):
-    command = [sys.executable, "-m", "gte.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
+    command = [sys.executable, "-m", "gte_cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
                "--body-timeout", "600", "--graceful-shutdown-timeout", "1"]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:

@@ -1,11 +1,18 @@
 """gte: the GTE v1.5 "new" encoder family, exact and fast on CPU and GPU, no trust_remote_code.
 
-Importing the package registers model_type "new" with the transformers Auto classes, which needs torch
-and transformers (seconds): so the `gte` command starts in the module gte_cli, beside this package, and
-imports it only for the command it runs.
+`import gte` registers model_type "new" with the transformers Auto classes: the config at once, the model
+classes with the first NewConfig (`gte.configuration`), since no Auto class looks a model up before it has
+the config. Everything else loads on first use (`gte.Embedder`, `gte.export_onnx`, `gte.hub`, ...): the model
+classes pull in transformers' PreTrainedModel and with it torch._dynamo, the export torch.onnx, the corpus
+jobs pyarrow, seconds that an import should not cost. Registering needs torch and transformers all the same,
+so the `gte` command starts in the module gte_cli, beside this package, and imports it only for the command
+it runs.
 """
 
+import importlib
+import importlib.util
 import os
+from typing import Any
 
 # OpenMP threads that spin while they wait (libgomp's default) take the cores from everything else on the machine,
 # and from the server's event loop: beside one busy process on a 2-core machine, libgomp's default wait gave 1.2x
@@ -13,57 +20,39 @@ import os
 # torch loads; a value set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from transformers import (  # noqa: E402
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
-
-from .attention import available_backends
-from .configuration import NewConfig
-from .embed import Embedder
-from .export import export_onnx
-from .job import embed_corpus
-from .modeling import (
-    NewForMaskedLM,
-    NewForMultipleChoice,
-    NewForQuestionAnswering,
-    NewForSequenceClassification,
-    NewForTokenClassification,
-    NewModel,
-    NewPreTrainedModel,
-)
-from .rerank import Reranker
+from .configuration import NewConfig  # noqa: E402  (registers model_type "new" with AutoConfig)
 
 __version__ = "0.1.0"
 
-AutoConfig.register("new", NewConfig, exist_ok=True)
-for _auto, _cls in (
-    (AutoModel, NewModel),
-    (AutoModelForMaskedLM, NewForMaskedLM),
-    (AutoModelForSequenceClassification, NewForSequenceClassification),
-    (AutoModelForTokenClassification, NewForTokenClassification),
-    (AutoModelForMultipleChoice, NewForMultipleChoice),
-    (AutoModelForQuestionAnswering, NewForQuestionAnswering),
-):
-    _auto.register(NewConfig, _cls, exist_ok=True)
+_LAZY = {  # public name -> the module that defines it, imported on first use
+    "Embedder": "embed",
+    "Reranker": "rerank",
+    "embed_corpus": "job",
+    "NewPreTrainedModel": "modeling",
+    "NewModel": "modeling",
+    "NewForMaskedLM": "modeling",
+    "NewForSequenceClassification": "modeling",
+    "NewForTokenClassification": "modeling",
+    "NewForMultipleChoice": "modeling",
+    "NewForQuestionAnswering": "modeling",
+    "available_backends": "attention",
+    "export_onnx": "export",
+}
 
-__all__ = [
-    "Embedder",
-    "Reranker",
-    "embed_corpus",
-    "NewConfig",
-    "NewPreTrainedModel",
-    "NewModel",
-    "NewForMaskedLM",
-    "NewForSequenceClassification",
-    "NewForTokenClassification",
-    "NewForMultipleChoice",
-    "NewForQuestionAnswering",
-    "available_backends",
-    "export_onnx",
-]
+__all__ = ["NewConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name or a submodule, imported on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -7,18 +7,20 @@ on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from gte_cli import DEFAULT_RERANKER, load, main  # noqa: F401 (main: `python -m gte.cli` and tests)
+from gte_defaults import DEFAULT_RERANKER
 
-from . import convert, hub, sources, st_files
+from . import convert, hub, sources, st_files, threads
 from .embed import Embedder, TruncationWarning
 from .job import EmbedJob, Options
 from .models import EmbeddedModelError
@@ -36,6 +38,8 @@ RERANK_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r
 def run_command(args: argparse.Namespace) -> int:
     """Run the command `gte_cli` parsed (args.run names its function): a user error is one line, exit 2."""
     hf_logging.disable_progress_bar()  # the CLI's own progress bar is the one that counts
+    if getattr(args, "threads", None) is not None:
+        threads.configure(threads.Threads(args.threads, "--threads"))
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("default", TruncationWarning)  # once per command, even when a process runs several
@@ -46,6 +50,12 @@ def run_command(args: argparse.Namespace) -> int:
         except USER_ERRORS as error:
             print(f"gte {args.command}: error: {error}", file=sys.stderr)
             return 2
+
+
+def load(reference: str) -> Callable:
+    """The function a "module:name" reference names (imported now)."""
+    module, name = reference.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _source(given: list[str], args: argparse.Namespace) -> sources.Source:
@@ -94,7 +104,7 @@ def run_ray(args: argparse.Namespace, options: Options) -> None:
     rows, pool = ray.run(args.input, str(args.output), options, model=args.model, address=args.ray_address,
                          workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
                          gpus_per_worker=args.ray_gpus_per_worker, overwrite=args.overwrite, show_progress=args.progress,
-                         embedder_kwargs=kwargs)  # fmt: skip
+                         threads=args.threads, embedder_kwargs=kwargs)  # fmt: skip
     print(f"gte embed: wrote {rows} embeddings to {args.output} ({pool.describe()})", file=sys.stderr)
 
 
@@ -133,7 +143,8 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
-    """What a checkpoint is, read from its files (the weights are not loaded)."""
+    """What a checkpoint is, read from its files (the weights are not loaded), and how this machine would run it
+    (attention backends, CPU threads)."""
     import torch
 
     from .attention import available_backends
@@ -171,6 +182,7 @@ def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
         "max_seq_length": settings.max_seq_length or config.get("max_position_embeddings"),
         **{key: config.get(key) for key in keys},
         "attention_backends": backends,
+        **threads.choose().report(),
     }
 
 
@@ -200,6 +212,3 @@ def run_export_onnx(args: argparse.Namespace) -> None:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"gte: warning: {message}", file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,14 +3,20 @@
 Accepts every key that official `config.json` files carry, with the original implementation's
 defaults, and validates the values that shape the model. One key of our own, `gated_mlp` (default
 true, the official GLU), describes checkpoints converted from BERT-family models (`gte.convert`).
+
+Importing this module registers model_type "new" with transformers' AutoConfig; the first NewConfig built
+imports `gte.modeling`, which registers the model classes with AutoModel & co. An Auto class looks a model up
+by its config, so the classes are there when one is needed, and `import gte` does not import them (their
+import pulls in transformers' PreTrainedModel and torch._dynamo: seconds; the activations, which the
+validation reads, torch.distributed).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
+from transformers import AutoConfig, PretrainedConfig
 
 LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 POSITION_EMBEDDING_TYPES = ("rope", "absolute")
@@ -77,6 +83,7 @@ class NewConfig(PretrainedConfig):
         self.logn_attention_clip1 = logn_attention_clip1
         self.gated_mlp = gated_mlp
         self.validate_new()
+        importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
 
     @property
     def head_dim(self) -> int:
@@ -84,6 +91,8 @@ class NewConfig(PretrainedConfig):
 
     def validate_new(self) -> None:
         """Raise a ValueError naming the key for values the architecture cannot take."""
+        from transformers.activations import ACT2FN  # 0.6 s (torch.distributed), which `import gte` should not cost
+
         if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -110,3 +119,6 @@ class NewConfig(PretrainedConfig):
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {key} {value!r}: expected one of {', '.join(map(repr, choices))}")
+
+
+AutoConfig.register("new", NewConfig, exist_ok=True)

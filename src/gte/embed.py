@@ -22,6 +22,8 @@ import torch
 from tokenizers import normalizers
 from torch.nn import functional as F
 
+from gte_defaults import CPU_BATCH_TOKENS, DEFAULT_MODEL, GPU_BATCH_TOKENS
+
 from . import attention, hub, st_files
 from .batching import budget_groups
 from .configuration import NewConfig
@@ -29,10 +31,6 @@ from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
 from .pooling import Head, Pooling
 
-# Tokens per batch by device. On the CPU, larger batches make the GEMMs no faster, and measured a few percent
-# slower (their per-layer buffers are large fresh allocations, first touched in every layer).
-CPU_BATCH_TOKENS = 4096
-GPU_BATCH_TOKENS = 16384
 PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least this many batches
 # Texts are cut to max_length x this many characters before they are tokenized, so a huge text costs what a
 # long one does. Real text averages 3-6 characters per token; 64 leaves room for long words, markup and spaces.
@@ -249,7 +247,7 @@ class Embedder:
 
     def __init__(
         self,
-        model: str | os.PathLike | NewPreTrainedModel = hub.DEFAULT_MODEL,
+        model: str | os.PathLike | NewPreTrainedModel = DEFAULT_MODEL,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,

@@ -235,7 +235,8 @@ def _load(path: Path) -> NewPreTrainedModel:
     cls = getattr(modeling, name, None)
     if not (isinstance(cls, type) and issubclass(cls, NewPreTrainedModel)):
         raise ExportError(f"{path}: architecture {name!r} is not one gte runs")
-    return cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation=ATTENTION).eval()
+    with hub.quiet_transformers():
+        return cls.from_pretrained(str(path), dtype=torch.float32, attn_implementation=ATTENTION).eval()
 
 
 def _sentence_head(path: Path, model: NewPreTrainedModel, pooling: str | None) -> tuple[Head | None, list[str]]:

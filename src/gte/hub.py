@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import convert
+from gte_defaults import DEFAULT_MODEL
+
+from . import convert, threads
 from .configuration import NewConfig
-from .models import DEFAULT_MODEL, embedded_path
+from .models import embedded_path
 from .prepack import prepack
 
 # What a checkpoint needs; hub repos also hold ONNX exports and other large files we never read.
@@ -281,7 +284,9 @@ def load(
     revision: str | None = None,
 ) -> Loaded:
     """Load a checkpoint (directory, or hub id at `revision`) as the class `choose_class(architecture,
-    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is."""
+    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is.
+    torch gets its default thread count here, unless the user chose one (gte.threads)."""
+    threads.configure()
     if isinstance(model, torch.nn.Module):
         if revision is not None:
             raise ValueError(f"revision {revision!r} pins a hub commit of a model to load; this model is loaded "
@@ -296,13 +301,38 @@ def load(
     kwargs = {"dtype": resolve_dtype(dtype, target)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    with quiet_transformers():
+        loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
     _check_complete(path, info["missing_keys"])
     loaded = loaded.to(target).eval()
     prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     name = str(model) if revision is None else f"{model}@{revision}"
     return Loaded(loaded, tokenizer, name, path)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bar ("Loading weights") and load report stay off while gte loads a checkpoint (gte
+    checks the weights itself), unless its verbosity asks for more than warnings (TRANSFORMERS_VERBOSITY=info or
+    debug); its settings are as they were afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if verbosity < hf_logging.WARNING:
+        yield
+        return
+    hook = hf_logging.set_tqdm_hook(_no_progress_bar)
+    hf_logging.set_verbosity(max(verbosity, hf_logging.ERROR))
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.set_tqdm_hook(hook)
+
+
+def _no_progress_bar(factory: Callable, args: tuple, kwargs: dict) -> Any:
+    return factory(*args, **{**kwargs, "disable": True})
 
 
 def _check_complete(path: Path, missing: list[str] | set[str]) -> None:

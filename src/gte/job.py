@@ -30,11 +30,12 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 
+from gte_defaults import DEFAULT_FIELD, WINDOW_ROWS
+
 from .embed import Embedder, TruncationWarning
 from .sinks import FileSink, JsonlStream, NpyFile, Part, PartFiles, Sink, check_output
-from .sources import DEFAULT_FIELD, InputError, Source, open_source
+from .sources import InputError, Source, open_source
 
-WINDOW_ROWS = 8192  # rows sorted together by length: plenty for the GPU kernels and the CPU's equal-length runs
 WINDOW_CHARS = 4_000_000  # about a million tokens: bounds a window's memory when the documents are long
 MANIFEST = "manifest.json"
 

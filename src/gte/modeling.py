@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from transformers import PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -49,7 +57,7 @@ class NewPreTrainedModel(PreTrainedModel):
     ) -> str:
         """Our backends, not transformers': the choice is checked here and resolved per call."""
         if attn_implementation in (None, attention.AUTO) and self.config.use_memory_efficient_attention:
-            if attention.xformers.xops is not None:
+            if attention.xformers.kernel() is not None:
                 return "xformers"
             logger.warning_once(
                 "use_memory_efficient_attention=True but xformers is not installed: using the best memory-efficient "
@@ -617,3 +625,15 @@ class NewForQuestionAnswering(NewPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
+
+
+# model_type "new" for transformers' Auto classes (NewConfig imports this module as it is first built)
+for _auto, _cls in (
+    (AutoModel, NewModel),
+    (AutoModelForMaskedLM, NewForMaskedLM),
+    (AutoModelForSequenceClassification, NewForSequenceClassification),
+    (AutoModelForTokenClassification, NewForTokenClassification),
+    (AutoModelForMultipleChoice, NewForMultipleChoice),
+    (AutoModelForQuestionAnswering, NewForQuestionAnswering),
+):
+    _auto.register(NewConfig, _cls, exist_ok=True)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import hub
+from gte_defaults import DEFAULT_MODEL
+
 from .embed import Embedder
 from .job import Options, embed_texts
 from .sources import InputError
@@ -42,7 +43,7 @@ class Embed:
 
     def __init__(
         self,
-        model: str | os.PathLike = hub.DEFAULT_MODEL,
+        model: str | os.PathLike = DEFAULT_MODEL,
         *,
         field: str = "text",
         dim: int | None = None,
@@ -133,17 +134,19 @@ def run(
     output: str,
     options: Options,
     *,
-    model: str = hub.DEFAULT_MODEL,
+    model: str = DEFAULT_MODEL,
     address: str | None = None,
     workers: int | None = None,
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
+    threads: int | None = None,
     embedder_kwargs: dict[str, Any] | None = None,
 ) -> tuple[int, Pool]:
     """Embed `input` (parquet, jsonl, csv or txt files; a path, directory or URI) into a parquet dataset
-    directory `output` on a Ray cluster (`address`; a local one when None). Returns (rows written, pool)."""
+    directory `output` on a Ray cluster (`address`; a local one when None), each actor computing with `threads`
+    threads (default: its CPUs). Returns (rows written, pool)."""
     import ray
     import ray.data
 
@@ -163,7 +166,7 @@ def run(
         Embed,
         fn_constructor_kwargs=dict(model=str(model), field=options.field, dim=options.dim, normalize=options.normalize,
                                    sparse=options.sparse, prompt_name=options.prompt_name, prompt=options.prompt,
-                                   truncation_side=options.truncation_side, threads=int(pool.num_cpus),
+                                   truncation_side=options.truncation_side, threads=threads or int(pool.num_cpus),
                                    **(embedder_kwargs or {})),  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=pool.num_cpus,

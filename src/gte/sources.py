@@ -22,8 +22,9 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from gte_defaults import DEFAULT_FIELD
+
 INPUT_FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
-DEFAULT_FIELD = "text"
 CHUNK_ROWS = 4096
 
 Record = dict[str, Any]

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from functools import cache
+from types import ModuleType
+
 import torch
 
 from ..padding import Packing
 
-try:
-    import xformers.ops as xops
-except ImportError:  # optional extra: pip install 'gte-engine[xformers]'
-    xops = None
+
+@cache
+def kernel() -> ModuleType | None:
+    """xformers.ops; None without the optional extra (pip install 'gte-engine[xformers]'). Imported on first
+    use: xformers loads CUDA kernels, which a CPU run never needs."""
+    try:
+        import xformers.ops as xops
+    except ImportError:
+        return None
+    return xops
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
-    return xops is not None and device.type == "cuda"
+    return device.type == "cuda" and kernel() is not None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
+    xops = kernel()
     bias = xops.fmha.BlockDiagonalMask.from_seqlens(packing.seqlens_list)
     return xops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0]

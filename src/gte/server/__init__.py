@@ -15,6 +15,8 @@ import signal
 
 import uvicorn
 
+from gte_defaults import DEFAULT_MODEL
+
 from .. import hub
 from ..embed import Embedder
 from ..rerank import Reranker
@@ -58,7 +60,7 @@ def serve(args: argparse.Namespace) -> int:
         default_prompt_name=args.default_prompt_name,
         default_prompt=args.default_prompt,
     )
-    checkpoints = args.model or [hub.DEFAULT_MODEL]
+    checkpoints = args.model or [DEFAULT_MODEL]
     names = _served_names(checkpoints, args.served_model_name)
     revisions = _per_model("--revision", args.revision, checkpoints)
     models = {

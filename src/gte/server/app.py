@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from .. import __version__
+from .. import __version__, threads
 from ..embed import Embedder
 from .errors import ApiError, describe_validation_error, install_error_handlers
 from .guard import Guard
@@ -197,6 +197,7 @@ def _add_ops_routes(app: FastAPI, models: Models, settings: ServerSettings, metr
             "models": [served.info() for served in models.served],
             **{k: v for k, v in asdict(settings).items() if k != "api_key"},
             "auth": settings.api_key is not None,
+            **threads.choose().report(),
             "version": __version__,
         }
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gte_defaults as defaults
+
 
 @dataclass(frozen=True)
 class ServerSettings:
-    max_batch_tokens: int = 16384  # token budget of one merged batch (a big request runs in several)
-    max_wait_ms: float = 0.0  # how long the oldest queued job waits for company (jobs queued meanwhile merge anyway)
-    max_concurrent_requests: int = 512  # inference requests in flight per model; more get 429
-    max_client_batch_size: int = 2048  # inputs per request (OpenAI's limit); more get 413
+    max_batch_tokens: int = defaults.MAX_BATCH_TOKENS  # token budget of one merged batch (a big request runs in several)
+    max_wait_ms: float = defaults.MAX_WAIT_MS  # how long the oldest queued job waits for company
+    max_concurrent_requests: int = defaults.MAX_CONCURRENT_REQUESTS  # inference requests in flight per model; more get 429
+    max_client_batch_size: int = defaults.MAX_CLIENT_BATCH_SIZE  # inputs per request; more get 413
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     batching: bool = True  # False: every job is its own batch (a baseline for benchmarks)
-    payload_limit: int = 2_000_000  # bytes of one request body (TEI's default); more get 413 before they are read
-    body_timeout_s: float = 30.0  # a request body must arrive within this time; else 408
+    payload_limit: int = defaults.PAYLOAD_LIMIT  # bytes of one request body; more get 413 before they are read
+    body_timeout_s: float = defaults.BODY_TIMEOUT_S  # a request body must arrive within this time; else 408
     # the prompt put before the texts of a request without prompt_name (default: the checkpoint's default prompt)
     default_prompt_name: str | None = None  # one of the checkpoint's prompts, by name
     default_prompt: str | None = None  # the text itself
