@@ -14,6 +14,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..embed import Embedder
+from ..int8 import dtype_name
 from ..rerank import Reranker
 from .batcher import Batcher
 from .errors import ApiError
@@ -203,7 +204,8 @@ class ServedModel:
             "model_type": "reranker" if isinstance(model, Reranker) else "embedding",
             "sparse": SPARSE.fits(model),
             "hidden_size": model.model.config.hidden_size,
-            "dtype": str(model.dtype).removeprefix("torch."),
+            "dtype": dtype_name(model.dtype, model.int8_fidelity),
+            "int8_fidelity": None if model.int8_fidelity is None else model.int8_fidelity.as_dict(),
             "device": str(model.device),
             "backend": model.backend,
             "max_input_length": self.max_input_length,
