@@ -4,6 +4,7 @@ the server's /info), a warning under the bar, and clear refusals elsewhere."""
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -15,13 +16,15 @@ import gte
 import gte_cli
 from gte import int8, job
 from gte.cli import main
-from gte.prepack import Int8Linear, PackedLinear, int8_supported
+from gte.prepack import Int8Linear, PackedLinear, int8_supported, prepack, quantize, supported
+from model_helpers import random_batch, small_config
 
 pytestmark = pytest.mark.skipif(not int8_supported(), reason="no int8 kernels in this torch build")
 
 TEXTS = ["the quick brown fox", "", "paris london berlin", "deep neural network for search", "北京 hund"]
-# The tiny random checkpoints (hidden size 32) are a hard case for int8, much harder than real models: 32 or 64
-# products per output and random weights leave little averaging. Measured there: min cosine 0.99x.
+# The tiny random checkpoints (hidden size 32: 32 or 64 products per output) give int8 little to average over.
+# Measured on their probe texts (8-bit activations, a VNNI CPU): lowest cosine 0.9966 for the English embedder
+# (it warns), 0.9997 for the reranker; 7-bit activations (CPUs without VNNI) lose more.
 MIN_TINY_COSINE = 0.99
 
 
@@ -49,6 +52,22 @@ def test_the_projections_are_int8_and_the_rest_float32(quantized):
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # embeddings, norms
     assert quantized.dtype == torch.float32 and quantized.device == torch.device("cpu")
     assert "dtype=int8" in repr(quantized)
+
+
+@pytest.mark.skipif(not supported(), reason="no packed oneDNN kernel on this machine / torch build")
+@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}], ids=["packed-qkv", "split-qkv", "plain-mlp"])
+def test_quantize_after_prepack_gives_the_same_model(config):
+    """Packing then quantizing gives what quantizing alone does (a packed weight is the float32 weight); packing an
+    int8 model finds nothing to pack. The loader quantizes the unpacked model: packing first would be wasted."""
+    torch.manual_seed(0)
+    plain = gte.NewModel(small_config(**config)).eval()
+    packed = copy.deepcopy(plain)
+    projections = (6 if "pack_qkv" in config else 4) * plain.config.num_hidden_layers
+    assert prepack(packed) == projections
+    assert quantize(packed) == quantize(plain) == projections and prepack(plain) == 0
+    batch = random_batch(plain.config, [9, 3, 17])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(**batch).last_hidden_state, plain(**batch).last_hidden_state, atol=0, rtol=0)
 
 
 def test_int8_vectors_are_close_to_float32(quantized, fp32):
@@ -92,7 +111,9 @@ def test_reranker_int8(reranker_model_dir):
     query, docs = "le chat", ["le chat", "der hund", "casa", "北京 上海"]
     ids, types = fp32.tokenize_pairs(query, docs)
     assert cosines(quantized.pooled(ids, types).numpy(), fp32.pooled(ids, types).numpy()).min() >= MIN_TINY_COSINE
-    np.testing.assert_allclose(quantized.score(query, docs), fp32.score(query, docs), atol=0.05)
+    got, expected = quantized.score(query, docs), fp32.score(query, docs)
+    np.testing.assert_allclose(got, expected, atol=0.1)  # logits of about -0.9..-0.6 here, measured 0.04 apart at most
+    assert np.argsort(got).tolist() == np.argsort(expected).tolist()
     assert "dtype=int8" in repr(quantized)
 
 
