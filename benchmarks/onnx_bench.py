@@ -1,19 +1,25 @@
-"""ONNX Runtime (float32 and int8) on our export against gte.Embedder, on CPU: markdown on stdout.
+"""ONNX Runtime and OpenVINO (float32 and int8) on our export against gte.Embedder (float32 and int8), on CPU:
+markdown on stdout.
 
-    python benchmarks/onnx_bench.py             # gte-base shape, random weights (about 15 minutes on 2 cores)
+    python benchmarks/onnx_bench.py             # gte-base shape, random weights (about 25 minutes on 2 cores)
     python benchmarks/onnx_bench.py --tiny      # a tiny model, in seconds (the smoke test)
 
 The model is saved as a checkpoint and exported with `gte.export_onnx(..., quantize="int8")`. Contenders
-share its weights: ours (`Embedder.encode_tokens`: unpadded token-budget batches), ONNX Runtime float32
-(onnx/model.onnx) and int8 (onnx/model_quantized.onnx) on padded, length-sorted batches of 32 (the
-best case for a padded runtime), CPUExecutionProvider with as many threads as torch. Workloads: bench.py's
-mixed and short corpora (batches interleaved, each batch's best time over the repeats, suite.run_workload),
-and batch-1 latency of one 24-token query (the contenders alternating, best of the repeats).
+share its weights: ours (`Embedder.encode_tokens`: unpadded token-budget batches) in float32 and with
+`dtype="int8"`; ONNX Runtime on onnx/model.onnx (float32) and onnx/model_quantized.onnx (int8: weights per
+channel, activations quantized on each call), CPUExecutionProvider with as many threads as torch; OpenVINO's
+CPU plugin on the same two graphs (float32 inference precision, the latency hint, as many threads), when the
+`openvino` package is installed (skipped with a note otherwise). The runtimes run padded, length-sorted
+batches of 32 (the best case for a padded runtime). Workloads: bench.py's mixed and short corpora (batches
+interleaved, each batch's best time over the repeats, suite.run_workload), and batch-1 latency of one
+24-token query (the contenders alternating, best of the repeats).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import sys
 import tempfile
 import time
@@ -48,6 +54,38 @@ def ort_contender(model_file: Path, name: str, threads: int) -> suite.Contender:
         return torch.from_numpy(hidden[:, 0])
 
     return suite.Contender(name, suite.sorted_by_length(BATCH_SIZE), embed, padded=True)
+
+
+def openvino_contender(model_file: Path, name: str, threads: int) -> suite.Contender:
+    """OpenVINO's CPU plugin on padded, length-sorted batches; first-token hidden states [B, H]. Inference
+    precision float32 (on CPUs with bfloat16 units its default is bfloat16), one stream on `threads` threads."""
+    import openvino
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output("last_hidden_state")
+
+    def embed(docs: suite.Docs) -> torch.Tensor:
+        ids, mask = suite.padded_batch(docs, torch.device("cpu"))
+        hidden = request.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[output]
+        return torch.from_numpy(hidden[:, 0].copy())  # the request's buffer is reused by the next call
+
+    return suite.Contender(name, suite.sorted_by_length(BATCH_SIZE), embed, padded=True)
+
+
+def runtime_contenders(report: gte.export.ExportReport, threads: int) -> tuple[list[suite.Contender], str | None]:
+    """ONNX Runtime's and (when installed) OpenVINO's contenders on the export, and a note on what was skipped."""
+    contenders = [
+        ort_contender(report.model_file, "ONNX Runtime fp32", threads),
+        ort_contender(report.quantized_file, "ONNX Runtime int8", threads),
+    ]
+    if importlib.util.find_spec("openvino") is None:
+        return contenders, "OpenVINO: not installed (`pip install openvino`), its contenders skipped."
+    contenders += [
+        openvino_contender(report.model_file, "OpenVINO fp32", threads),
+        openvino_contender(report.quantized_file, "OpenVINO int8", threads),
+    ]
+    return contenders, None
 
 
 def export(model: suite.NewModel, out: Path) -> gte.export.ExportReport:
@@ -102,17 +140,17 @@ def main(argv: list[str] | None = None) -> None:
     plan, shape = (TINY, suite.SHAPES["tiny"]) if args.tiny else (FULL, suite.SHAPES["base"])
     threads = torch.get_num_threads()
     model = suite.build_model(shape)
-    print(f"Machine: {machine()}\n\n## {shape.name} shape: ONNX Runtime vs ours\n")
+    print(f"Machine: {machine()}\n\n## {shape.name} shape: ONNX Runtime and OpenVINO vs ours\n")
     with tempfile.TemporaryDirectory() as tmp:
         suite.log(f"{shape.name}: exporting to ONNX (float32 + int8)")
         report = export(model, Path(tmp))
         print(f"Export: opset {report.opset}, ONNX Runtime vs PyTorch max abs diff {report.max_abs_diff:.1e}, "
               f"int8 lowest cosine to float32 {report.int8_cosine:.4f} (random token ids)\n")  # fmt: skip
-        contenders = [
-            suite.ours(model, plan.batch_tokens),
-            ort_contender(report.model_file, "ONNX Runtime fp32", threads),
-            ort_contender(report.quantized_file, "ONNX Runtime int8", threads),
-        ]
+        ours_int8 = suite.ours(copy.deepcopy(model), plan.batch_tokens, "ours int8", dtype="int8")
+        runtimes, note = runtime_contenders(report, threads)
+        if note:
+            print(note + "\n")
+        contenders = [suite.ours(model, plan.batch_tokens), ours_int8, *runtimes]
         for workload in (suite.mixed(*plan.mixed, shape.vocab), suite.short(*plan.short, shape.vocab)):
             suite.log(f"{shape.name} {workload.name}: {', '.join(c.name for c in contenders)}")
             print(throughput_table(suite.run_workload(contenders, workload, args.repeats), workload) + "\n")

@@ -208,11 +208,13 @@ def st_style(native: torch.nn.Module, batch_size: int = 32) -> Contender:
 
 
 def ours(
-    model: NewModel, batch_tokens: int, name: str = "ours", backend: str | None = None, dtype: torch.dtype | None = None
-) -> Contender:
+    model: NewModel, batch_tokens: int, name: str = "ours", backend: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Contender:  # fmt: skip
     """`gte.Embedder.encode_tokens`, called once per batch of the Embedder's own plan (`cut_batches`):
     the same batches as one call over the whole workload, split so contenders can interleave.
-    A `dtype` converts `model` in place (the Embedder's dtype option). A float32 CPU model is copied and
+    A `dtype` converts `model` in place (the Embedder's dtype option; "int8" quantizes its projections, and the
+    Embedder's fidelity probe, without a tokenizer, runs on fixed token ids). A float32 CPU model is copied and
     packed as gte packs the models it loads (src/gte/prepack.py), so the contenders that share `model`
     keep nn.Linear; elsewhere nothing is packed and `model` is used as it is."""
     if dtype is None and model.device.type == "cpu":

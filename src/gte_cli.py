@@ -27,6 +27,9 @@ API_KEY_ENV = "GTE_API_KEY"  # `gte serve --api-key`'s default
 REVISION_HELP = "the commit hash, branch or tag to load a hub model at (default: main)"
 THREADS_HELP = ("CPU threads the model computes with (default: $OMP_NUM_THREADS if set, else the CPUs this process may "
                 "use: its CPU affinity and cgroup CPU quota; `gte info` shows the count and why)")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPE_HELP = ("default: float16 on GPU, float32 on CPU; int8 (CPU only): the encoder's projections in int8, its cosine "
+              "to float32 checked as it loads")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"directory or hub id (default: {defaults.DEFAULT_MODEL}, embedded)")
     info.add_argument("--revision", metavar="REV", help=REVISION_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--int8", action="store_true", help="also load the model in int8 and report its cosine to float32 "
+                      "on gte's probe texts (int8_fidelity)")  # fmt: skip
     info.set_defaults(run="gte.cli:run_info")
 
     _add_serve_parser(commands)
@@ -125,7 +130,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: %(default)s; 0 picks a free one)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
-    add("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
+    add("--dtype", choices=DTYPES, help=DTYPE_HELP)
     add("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     add("--max-input-length", type=positive_int, help="tokens per input (default: the model's max length)")
     add("--max-batch-tokens", type=positive_int, default=defaults.MAX_BATCH_TOKENS,
@@ -227,7 +232,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, h
     parser.add_argument("--model", "-m", default=default, help=help)
     parser.add_argument("--revision", metavar="REV", help=REVISION_HELP)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--max-length", type=positive_int, help="truncate inputs to this many tokens (default: from the checkpoint)")
     parser.add_argument("--batch-tokens", type=positive_int, help=f"tokens per batch (default: {defaults.CPU_BATCH_TOKENS} on "
                         f"CPU, {defaults.GPU_BATCH_TOKENS} on GPU)")

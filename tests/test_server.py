@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from sentence_transformers import SentenceTransformer
 import fixtures
 from gte import threads
 from gte.embed import Embedder
+from gte.int8 import Int8Warning
 from gte.rerank import Reranker
 from gte.server import ServerSettings, create_app, load_model, served_name
 from gte.server.batcher import Batcher
@@ -408,12 +410,24 @@ def test_load_model_at_a_revision(two_revisions_hub_cache, tiny_model_dir, monke
     np.testing.assert_allclose(model.encode(["paris"]), Embedder(tiny_model_dir).encode(["paris"]), atol=1e-6)
 
 
+def test_info_of_an_int8_model(tiny_model_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Int8Warning)  # the tiny random model may fall under int8's bar
+        quantized = Embedder(tiny_model_dir, dtype="int8")
+    with live(quantized) as client:
+        info = client.get("/info").json()
+        got = vectors(client.post("/embed", json={"inputs": TEXTS}))
+    assert info["dtype"] == "int8" and info["int8_fidelity"] == pytest.approx(quantized.int8_fidelity.as_dict())
+    np.testing.assert_allclose(got, quantized.encode(TEXTS), atol=ATOL)
+
+
 # ---------------------------------------------------------------------- operations
 def test_health_info_metrics(server, embedder):
     assert server.get("/health").json() == {"status": "ok"}
     info = server.get("/info").json()
     assert info["model_id"] == "tiny-gte" and info["model_type"] == "embedding" and info["sparse"] is False
     assert (info["dtype"], info["device"], info["backend"]) == ("float32", "cpu", embedder.backend)
+    assert info["int8_fidelity"] is None
     assert (info["max_input_length"], info["max_client_batch_size"], info["hidden_size"]) == (64, 8, 32)
     assert "api_key" not in info and info["auth"] is True
     assert (info["threads"], info["threads_from"]) == (torch.get_num_threads(), threads.choose().source)

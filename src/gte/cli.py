@@ -134,7 +134,7 @@ def run_rerank(args: argparse.Namespace) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    report = model_info(args.model, args.revision)
+    report = model_info(args.model, args.revision, args.int8)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -142,9 +142,9 @@ def run_info(args: argparse.Namespace) -> None:
         print(f"{key + ':':<28}{value}")
 
 
-def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
-    """What a checkpoint is, read from its files (the weights are not loaded), and how this machine would run it
-    (attention backends, CPU threads)."""
+def model_info(model: str, revision: str | None = None, int8: bool = False) -> dict[str, Any]:
+    """What a checkpoint is, read from its files, and how this machine would run it (attention backends, CPU threads).
+    The weights are not loaded, unless `int8` asks to measure the int8 model's fidelity to float32."""
     import torch
 
     from .attention import available_backends
@@ -183,7 +183,17 @@ def model_info(model: str, revision: str | None = None) -> dict[str, Any]:
         **{key: config.get(key) for key in keys},
         "attention_backends": backends,
         **threads.choose().report(),
+        **({"int8_fidelity": int8_fidelity(model, revision)} if int8 else {}),
     }
+
+
+def int8_fidelity(model: str, revision: str | None) -> dict[str, float | int]:
+    """The model loaded in int8 (an Embedder, or a Reranker for a reranker): its cosines to float32 on the probe
+    texts."""
+    from .server import load_model
+
+    loaded = load_model(model, device="cpu", dtype="int8", max_length=None, revision=revision)
+    return loaded.int8_fidelity.as_dict()
 
 
 def parameter_count(path: Path) -> int:

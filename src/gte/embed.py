@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from gte_defaults import CPU_BATCH_TOKENS, DEFAULT_MODEL, GPU_BATCH_TOKENS
 
-from . import attention, hub, st_files
+from . import attention, hub, int8, st_files
 from .batching import budget_groups
 from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
@@ -236,8 +236,11 @@ class Embedder:
         emb.encode_query("how do cats purr?")                   # with the checkpoint's query prompt, if any
 
     `model`: a checkpoint directory, a hub id, or a loaded gte model (then pass `tokenizer` too,
-    unless you only call `encode_tokens`). Device: CUDA when present; dtype: float16 on GPU, float32 on
-    CPU; batch_tokens: 4096 on CPU, 16384 on GPU. The checkpoint's sentence-transformers files decide what
+    unless you only call `encode_tokens`; a device or dtype converts it in place). Device: CUDA when present;
+    dtype: float16 on GPU, float32 on CPU; batch_tokens: 4096 on CPU, 16384 on GPU. dtype "int8" (CPU only):
+    the encoder layers' projections in int8, the rest float32, and `int8_fidelity` says how close it stays to
+    float32 (measured as it loads; an Int8Warning under cosine 0.999).
+    The checkpoint's sentence-transformers files decide what
     follows the encoder, exactly as sentence-transformers runs them (Pooling in any mode, Dense, Normalize;
     any other module is refused), the max length (max_seq_length, else the tokenizer's model_max_length
     within the model's positions), lower-casing and the prompts. Without those files: CLS pooling, with a
@@ -290,6 +293,12 @@ class Embedder:
         self.backend = backend_name(self.encoder)
         self._token_text: dict[int, str] = {}
         self._sided: dict[str, Any] = {}
+        self.int8_fidelity = int8.quantize_measured(self.model, self._probe, self.model_name) if loaded.int8 else None
+
+    def _probe(self) -> torch.Tensor:
+        """The vectors of int8's probe texts, [n, dimension]."""
+        ids, _ = int8.probe_tokens(self.tokenizer, self.vocab_size, self.max_length)
+        return torch.from_numpy(self.encode_tokens(ids, show_progress=False))
 
     def _default_max_length(self, config: NewConfig) -> int:
         """sentence-transformers' rule: max_seq_length, else the tokenizer's model_max_length within the positions."""
@@ -300,7 +309,8 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (
-            f"Embedder({self.model_name!r}, device={self.device}, dtype={self.dtype}, dimension={self.dimension}, "
+            f"Embedder({self.model_name!r}, device={self.device}, "
+            f"dtype={int8.dtype_name(self.dtype, self.int8_fidelity)}, dimension={self.dimension}, "
             f"max_length={self.max_length}, head={self.head.describe()!r}, backend={self.backend!r}, "
             f"sparse={self.has_sparse})"
         )

@@ -19,6 +19,7 @@ from gte_defaults import DEFAULT_MODEL
 
 from . import convert, threads
 from .configuration import NewConfig
+from .int8 import INT8
 from .models import embedded_path
 from .prepack import prepack
 
@@ -228,14 +229,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None: float16 on GPU, float32 on CPU."""
+    """None: float16 on GPU, float32 on CPU. (int8 is not a dtype to load in: see `load`.)"""
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype {dtype} is not a floating-point dtype: pass {INT8!r} for int8 projections, or one "
+                             "of float32, float16, bfloat16")  # fmt: skip
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join([*DTYPES, INT8])}")
     return DTYPES[dtype]
+
+
+def int8_device(device: str | torch.device | None) -> torch.device:
+    """The CPU (the default for int8); ValueError for any other device."""
+    target = resolve_device(device or "cpu")
+    if target.type != "cpu":
+        raise ValueError(f"dtype {INT8!r} runs on the CPU only (torch's dynamic int8 kernels are CPU kernels), not "
+                         f"on {target}: pass device='cpu' (--device cpu) or none, or use float16 / bfloat16 on "
+                         f"{target}")  # fmt: skip
+    return target
 
 
 def load_tokenizer(path: Path):
@@ -271,6 +285,7 @@ class Loaded:
     tokenizer: Any
     name: str
     path: Path | None  # the checkpoint directory; None for a model object passed in
+    int8: bool = False  # float32 now, for the caller to quantize (int8.quantize_measured) once it can measure
 
 
 def load(
@@ -284,9 +299,14 @@ def load(
     revision: str | None = None,
 ) -> Loaded:
     """Load a checkpoint (directory, or hub id at `revision`) as the class `choose_class(architecture,
-    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is.
-    torch gets its default thread count here, unless the user chose one (gte.threads)."""
+    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is
+    (moved or converted in place when a device or dtype is given). dtype "int8": float32 on the CPU, unpacked,
+    with `Loaded.int8` set for the caller to quantize. torch gets its default thread count here, unless the user
+    chose one (gte.threads)."""
     threads.configure()
+    int8 = dtype == INT8
+    if int8:
+        device, dtype = int8_device(device), torch.float32
     if isinstance(model, torch.nn.Module):
         if revision is not None:
             raise ValueError(f"revision {revision!r} pins a hub commit of a model to load; this model is loaded "
@@ -294,7 +314,7 @@ def load(
         choose_class(type(model).__name__, model.config.num_labels)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
-        return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, None)
+        return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, None, int8)
     target = resolve_device(device)
     path = resolve(model, revision)
     cls = choose_class(*architecture(path))
@@ -305,10 +325,11 @@ def load(
         loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
     _check_complete(path, info["missing_keys"])
     loaded = loaded.to(target).eval()
-    prepack(loaded)  # ours alone to change: a model object passed in is used as it is
+    if not int8:
+        prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     name = str(model) if revision is None else f"{model}@{revision}"
-    return Loaded(loaded, tokenizer, name, path)
+    return Loaded(loaded, tokenizer, name, path, int8)
 
 
 @contextmanager

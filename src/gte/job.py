@@ -302,7 +302,8 @@ class EmbedJob:
         identity = {
             "model": embedder.model_name, "max_length": embedder.max_length, "head": embedder.head.describe(),
             "prompt": "" if self.options.sparse else embedder.resolve_prompt(self.options.prompt_name, self.options.prompt),
-            "dtype": str(embedder.dtype), "options": asdict(self.options), "input": self.source.fingerprint(),
+            "dtype": str(embedder.dtype) if embedder.int8_fidelity is None else "int8", "options": asdict(self.options),
+            "input": self.source.fingerprint(),
         }  # fmt: skip
         if self.output is None:
             return Manifest(identity, self.source.num_rows), JsonlStream(stream or sys.stdout)

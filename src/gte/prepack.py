@@ -1,20 +1,24 @@
-"""Weights packed once for oneDNN: the encoder layers' projections, for float32 inference on x86 CPUs.
+"""The encoder layers' projections swapped, once, for CPU modules that hold their weights ready for the kernel:
+float32 weights packed for oneDNN (`prepack`), or int8 weights for dynamic quantization (`quantize`).
 
 nn.Linear on CPU passes its weight to a GEMM that lays it out for the kernel again on every call. For the
 few rows of a query that copy is most of the work: at gte-base size a 24-token query took 77 ms, and 39 ms
 with the weights laid out once, up front, as torch.compile's CPU backend does; batches of mixed texts ran
 1.2x faster (benchmarks/prepack_bench.py, BENCHMARKS.md). Results differ from nn.Linear's by float32
-rounding only.
+rounding only. Only models that gte loads itself are packed (never a model object a user passes in), and
+only where a probe shows that this torch build runs the packed kernel correctly.
 
-`prepack(model)` swaps the layers' nn.Linear modules for `PackedLinear` in place. Only models that gte
-loads itself are packed (never a model object a user passes in), and only where a probe shows that this
-torch build runs the packed kernel correctly.
+int8 (`Embedder(dtype="int8")`) replaces the same projections with `Int8Linear` instead: its weights are int8
+from the start, packed by torch's quantized engine, so there is nothing left for `prepack` to do.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +26,11 @@ from torch import nn
 from .layers import NewAttention, NewGatedMLP, NewMLP
 
 PACKED_LAYERS = (NewAttention, NewGatedMLP, NewMLP)  # their projections hold nearly all of a forward's FLOPs
+# CPU flags with which x86 int8 kernels add 8-bit products straight into 32 bits (VNNI, AMX). Without them they
+# add pairs of products in 16 bits, which full 8-bit activations can overflow: activations then get 7 bits, as
+# torch's own dynamic quantization always does. 8 bits measured on all-MiniLM-L6-v2 (probe texts): lowest cosine
+# to float32 0.993 instead of 0.974.
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 class PackedLinear(nn.Module):
@@ -50,28 +59,79 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class Int8Linear(nn.Module):
+    """An inference-only nn.Linear with int8 weights (symmetric, one scale per output row) whose float32 input is
+    quantized to int8 on every call, with the scale of that call's values (dynamic quantization); float32 out,
+    CPU. The weights live in torch's quantized engine (fbgemm or oneDNN): the module has no parameters, and its
+    state dict no weight."""
+
+    def __init__(self, linear: nn.Linear | PackedLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [out]
+        zeros = torch.zeros(len(scales), dtype=torch.long)
+        with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; its int8 kernels still take them
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scales.double(), zeros, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel"
+
+
 def prepack(model: nn.Module) -> int:
     """Pack the float32 CPU projections of `model`'s encoder layers in place; how many were packed
     (0 where this machine or torch build cannot run the packed kernel)."""
     if not supported():
         return 0
-    packed = 0
+
+    def pack(child: nn.Module) -> nn.Module | None:
+        if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+            return PackedLinear(child)
+        return None
+
+    return _swap_projections(model, pack)
+
+
+def quantize(model: nn.Module) -> int:
+    """Make the projections of `model`'s encoder layers (on the CPU, nn.Linear or packed) `Int8Linear` in place;
+    how many were quantized. ValueError where this torch build has no int8 kernels."""
+    if not int8_supported():
+        raise ValueError(f"this torch build has no working int8 kernels (quantized engine "
+                         f"{torch.backends.quantized.engine!r}): use dtype float32 or bfloat16")  # fmt: skip
+
+    def int8(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, (nn.Linear, PackedLinear)) and child.weight.device.type == "cpu":
+            return Int8Linear(child)
+        return None
+
+    return _swap_projections(model, int8)
+
+
+def _swap_projections(model: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Replace each child of the encoder layers for which `swap` gives a module; how many were replaced."""
+    swapped = 0
     for layer in model.modules():
         if not isinstance(layer, PACKED_LAYERS):
             continue
         for name, child in list(layer.named_children()):
-            if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
-                setattr(layer, name, PackedLinear(child))
-                packed += 1
-    if packed:
+            if (replacement := swap(child)) is not None:
+                setattr(layer, name, replacement)
+                swapped += 1
+    if swapped:
         _own_the_rest(model)
-    return packed
+    return swapped
 
 
 @torch.no_grad()
 def _own_the_rest(model: nn.Module) -> None:
-    """Copy the tensors left unpacked into the process's own memory. The loader maps the checkpoint file,
-    and every tensor read from it keeps the whole mapping alive: its pages of the packed projections
+    """Copy the tensors left unswapped into the process's own memory. The loader maps the checkpoint file,
+    and every tensor read from it keeps the whole mapping alive: its pages of the swapped projections
     would stay in the resident set beside their packed copies (gte-base: RSS 1.33 GB instead of 0.98)."""
     for tensor in (*model.parameters(), *model.buffers()):
         tensor.data = tensor.data.clone()
@@ -82,6 +142,28 @@ def supported() -> bool:
     """x86 (where it was measured), a torch with oneDNN, and the packed kernel giving nn.Linear's numbers."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
+    return _probe(PackedLinear, tolerance=1e-5)
+
+
+@functools.cache
+def reduce_range() -> bool:
+    """Whether activations get 7 bits, not 8: on CPUs without VNNI (and where the CPU flags cannot be read)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return not flags & VNNI_FLAGS
+
+
+@functools.cache
+def int8_supported() -> bool:
+    """A quantized engine in this torch build, and its int8 kernel close to nn.Linear's numbers."""
+    return torch.backends.quantized.engine != "none" and _probe(Int8Linear, tolerance=0.05)
+
+
+def _probe(make: Callable[[nn.Linear], nn.Module], tolerance: float) -> bool:
+    """Whether `make(linear)` runs and gives a small random nn.Linear's outputs, off by at most `tolerance` times
+    their largest magnitude."""
     generator = torch.Generator().manual_seed(0)  # the caller's random state stays untouched
     probe = nn.utils.skip_init(nn.Linear, 64, 48)
     with torch.no_grad():
@@ -90,6 +172,7 @@ def supported() -> bool:
     x = torch.randn(5, 64, generator=generator)
     try:
         with torch.inference_mode():
-            return torch.allclose(PackedLinear(probe)(x), probe(x), atol=1e-5)
+            expected = probe(x)
+            return bool((make(probe)(x) - expected).abs().max() <= tolerance * expected.abs().max())
     except (AttributeError, RuntimeError):  # an op this torch lacks, or a build without the kernel
         return False

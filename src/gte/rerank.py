@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import hub
+from . import hub, int8
 from .embed import backend_name, check_max_length, check_side, check_texts, default_batch_tokens, run_packed, sided, tokenize_texts
 from .modeling import NewForSequenceClassification
 from .padding import Packing
@@ -18,6 +18,8 @@ from .padding import Packing
 class Reranker:
     """Scores (query, document) pairs, encoded together; score = the logit (its sigmoid with normalize=True).
     An over-long pair is cut on `truncation_side`: "right" cuts the end of its longer text, "left" the start.
+    dtype "int8" (CPU only) quantizes the encoder layers' projections, as in `Embedder`; `int8_fidelity` then holds
+    the cosines of the pooled pair vectors (the classifier's input) to float32's.
 
         reranker = gte.Reranker("Alibaba-NLP/gte-multilingual-reranker-base")
         reranker.rank("what is a panda?", ["The giant panda is a bear.", "Paris is in France."], top_k=1)
@@ -50,10 +52,18 @@ class Reranker:
         self.backend = backend_name(self.model.new)
         self._type_ids = config.type_vocab_size > 1  # with one type every id is 0: nothing to pass
         self._sided: dict[str, Any] = {}
+        self.int8_fidelity = int8.quantize_measured(self.model, self._probe, self.model_name) if loaded.int8 else None
+
+    def _probe(self) -> torch.Tensor:
+        """The pooled vectors of int8's probe pairs, [n, hidden]."""
+        ids, types = int8.probe_tokens(self.tokenizer, self.model.config.vocab_size, self.max_length, pairs=True,
+                                       type_ids=self._type_ids)  # fmt: skip
+        return self.pooled(ids, types, show_progress=False).float()
 
     def __repr__(self) -> str:
         return (
-            f"Reranker({self.model_name!r}, device={self.device}, dtype={self.dtype}, max_length={self.max_length}, "
+            f"Reranker({self.model_name!r}, device={self.device}, "
+            f"dtype={int8.dtype_name(self.dtype, self.int8_fidelity)}, max_length={self.max_length}, "
             f"backend={self.backend!r})"
         )
 
@@ -100,19 +110,29 @@ class Reranker:
         show_progress: bool | None = None,
     ) -> list[float]:
         """Scores of already-tokenized pairs (special tokens included)."""
-        scores = [0.0] * len(token_ids)
+        pooled = self.pooled(token_ids, token_type_ids, batch_tokens=batch_tokens, show_progress=show_progress)
+        logits = self.model.classifier(pooled).squeeze(-1).float()  # [n]
+        return (torch.sigmoid(logits) if normalize else logits).tolist()
+
+    @torch.inference_mode()
+    def pooled(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        token_type_ids: Sequence[Sequence[int]] | None = None,
+        *,
+        batch_tokens: int | None = None,
+        show_progress: bool | None = None,
+    ) -> torch.Tensor:
+        """The pooler's output for each already-tokenized pair, [n, hidden] in input order (what the classifier
+        scores)."""
+        out = torch.empty(len(token_ids), self.model.config.hidden_size, dtype=self.dtype, device=self.device)
         show = self.show_progress if show_progress is None else show_progress
-        budget = batch_tokens or self.batch_tokens
         types = token_type_ids if self._type_ids else None
-        batches = run_packed(self.model.new, token_ids, budget, type_ids=types, picks=Packing.first_token_index,
-                             show_progress=show)  # fmt: skip
+        batches = run_packed(self.model.new, token_ids, batch_tokens or self.batch_tokens, type_ids=types,
+                             picks=Packing.first_token_index, show_progress=show)  # fmt: skip
         for batch, first, _ in batches:
-            logits = self.model.classifier(self.model.new.pooler(first)).squeeze(-1).float()  # [B]
-            if normalize:
-                logits = torch.sigmoid(logits)
-            for i, value in zip(batch, logits.tolist()):
-                scores[i] = value
-        return scores
+            out[batch] = self.model.new.pooler(first)  # [B, hidden]
+        return out
 
 
 def _reranker_class(name: str, num_labels: int) -> type[NewForSequenceClassification]:

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from ..embed import Embedder
+from ..int8 import dtype_name
 from ..rerank import Reranker
 from .batcher import Batcher
 from .errors import ApiError
@@ -197,7 +198,8 @@ class ServedModel:
             "model_type": "reranker" if isinstance(model, Reranker) else "embedding",
             "sparse": SPARSE.fits(model),
             "hidden_size": model.model.config.hidden_size,
-            "dtype": str(model.dtype).removeprefix("torch."),
+            "dtype": dtype_name(model.dtype, model.int8_fidelity),
+            "int8_fidelity": None if model.int8_fidelity is None else model.int8_fidelity.as_dict(),
             "device": str(model.device),
             "backend": model.backend,
             "max_input_length": self.max_input_length,
