@@ -15,8 +15,8 @@ import torch
 import gte
 import gte_cli
 from gte import int8, job
-from gte.cli import main
 from gte.prepack import Int8Linear, PackedLinear, int8_supported, prepack, quantize, supported
+from gte_cli import main
 from model_helpers import random_batch, small_config
 
 pytestmark = pytest.mark.skipif(not int8_supported(), reason="no int8 kernels in this torch build")
