@@ -288,7 +288,7 @@ def build_sentence_transformer(
     """A directory saved by sentence-transformers itself: `base`'s Transformer, Pooling(pooling, include_prompt),
     one Dense per (out_features, torch.nn activation class name) with random weights, Normalize, prompts."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st
+    from sentence_transformers.sentence_transformer import modules as st
 
     torch.manual_seed(seed)
     transformer = st.Transformer(str(base))

@@ -224,8 +224,9 @@ def test_serve_fairness_tiny_measures_every_scenario(capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     rows = table_rows(out, "machine:")
-    assert set(rows) == {"idle", "big request alone", "big + one-text"}
+    assert set(rows) == {"idle", "big request alone", "big + one-text, back to back", "big + one-text, random, 0.05 s apart"}
     assert rows["idle"][0] == "3" and rows["big request alone"][4] != "-"  # 3 idle requests; the big one's time
+    assert "one batch of the big request alone:" in out
     assert "server exit status after SIGTERM: 0" in out
 
 

@@ -41,6 +41,20 @@ def test_sentence_transformers_gives_the_same_vectors(tiny_model_dir, native_dir
     np.testing.assert_allclose(gte.Embedder(tiny_model_dir).encode(TEXTS), expected, atol=1e-5)
 
 
+def test_token_vectors_and_similarity_are_sentence_transformers(tiny_model_dir, native_dir):
+    """encode_all is ST's token_embeddings (no padding), Embedder.similarity is ST's cosine similarity."""
+    reference = native_reference(native_dir(tiny_model_dir))
+    expected = reference.encode(TEXTS, output_value="token_embeddings")
+    embedder = gte.Embedder(tiny_model_dir)
+    got = embedder.encode_all(TEXTS)
+    assert [vectors.shape for vectors in got] == [tuple(e.shape) for e in expected]
+    for vectors, e in zip(got, expected):
+        np.testing.assert_allclose(vectors, e.numpy(), atol=1e-5)
+    a, b = embedder.encode(TEXTS[:2], normalize=False), embedder.encode(TEXTS[2:], normalize=False)
+    np.testing.assert_allclose(embedder.similarity(a, b), reference.similarity(a, b).numpy(), atol=1e-6)
+    assert embedder.encode_all([]) == []
+
+
 def test_sentence_transformers_on_the_sparse_checkpoint(sparse_model_dir, native_dir):
     model = SentenceTransformer(str(sparse_model_dir), device="cpu")  # modules: Transformer, Pooling, Normalize
     expected = native_reference(native_dir(sparse_model_dir)).encode(TEXTS)

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
+import cohere
 import httpx
+import huggingface_hub
 import numpy as np
 import openai
 import pytest
@@ -236,6 +238,123 @@ def test_rerank(reranker):
     assert "/rerank" in assert_tei_error(not_embedder, 400)
     assert "truncate" in assert_tei_error(too_long, 413)
     assert "texts" in assert_tei_error(empty, 422)
+
+
+def assert_cohere_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"message"} and body["message"]
+    return body["message"]
+
+
+def test_cohere_client_reranks(reranker):
+    """Cohere's own client against /v1/rerank and /v2/rerank: Cohere's shapes, the reranker's sigmoid scores."""
+    query, texts = "chat", ["le chat", "der hund", "casa", "北京 上海"]
+    expected = reranker.rank(query, texts, normalize=True)
+    with live(reranker, names=["tiny-reranker"]) as client:
+        v2 = cohere.ClientV2(api_key=KEY, base_url=str(client.base_url)).rerank(
+            model="tiny-reranker", query=query, documents=texts, top_n=2
+        )
+        v1 = cohere.Client(api_key=KEY, base_url=str(client.base_url)).rerank(
+            model="tiny-reranker", query=query, documents=[{"text": t, "id": str(i)} for i, t in enumerate(texts)],
+            return_documents=True,
+        )  # fmt: skip
+        with pytest.raises(cohere.core.ApiError) as unknown:
+            cohere.ClientV2(api_key=KEY, base_url=str(client.base_url)).rerank(model="rerank-v3.5", query=query, documents=texts)
+    assert [r.index for r in v2.results] == [r["index"] for r in expected[:2]]
+    assert [r.relevance_score for r in v2.results] == pytest.approx([r["score"] for r in expected[:2]], abs=ATOL)
+    assert v2.meta.api_version.version == "2" and v2.meta.billed_units.search_units == 1
+    assert [r.index for r in v1.results] == [r["index"] for r in expected]
+    assert [r.document.model_dump() for r in v1.results] == [{"text": r["text"], "id": str(r["index"])} for r in expected]
+    assert unknown.value.status_code == 404 and "tiny-reranker" in unknown.value.body["message"]
+
+
+def test_cohere_rerank_over_http(reranker):
+    """The request forms Jina's API and LangChain send, and every refusal in Cohere's error shape."""
+    query, texts = "chat", ["le chat", "der hund", "casa"]
+    expected = reranker.rank(query, texts, normalize=True)
+    with live(reranker, max_client_batch_size=3) as client:
+        strings = client.post("/v1/rerank", json={"query": query, "documents": texts, "return_documents": True}).json()
+        fields = client.post("/v1/rerank", json={
+            "query": query, "documents": [{"title": t} for t in texts], "rank_fields": ["title"], "top_n": 10,
+        }).json()  # fmt: skip
+        refusals = [
+            (client.post("/v1/rerank", json={"query": query, "documents": [{"title": "x"}]}), 422, "no field 'text'"),
+            (client.post("/v1/rerank", json={"query": query, "documents": []}), 422, "documents"),
+            (client.post("/v1/rerank", json={"query": query, "documents": texts, "top_n": 0}), 422, "top_n"),
+            (client.post("/v1/rerank", json={"query": query, "documents": texts * 2}), 413, "max-client-batch-size"),
+            (client.post("/v2/rerank", json={"query": query, "documents": texts, "max_tokens_per_doc": 9}), 422,
+             "'max_tokens_per_doc' is not supported"),
+            (client.post("/v2/rerank", json={"query": query, "documents": [{"text": "x"}]}), 422, "documents"),
+            (client.post("/rerank", json={"query": query, "documents": texts}), 422, "/v1/rerank"),
+        ]
+    assert [(r["index"], r["document"]) for r in strings["results"]] == [(r["index"], {"text": r["text"]}) for r in expected]
+    assert [r["relevance_score"] for r in strings["results"]] == pytest.approx([r["score"] for r in expected], abs=ATOL)
+    assert strings["usage"]["total_tokens"] == strings["meta"]["tokens"]["input_tokens"] > 0
+    assert [r["index"] for r in fields["results"]] == [r["index"] for r in expected] and "document" not in fields["results"][0]
+    for response, status, needle in refusals[:-1]:
+        assert needle in assert_cohere_error(response, status)
+    assert "/v1/rerank" in assert_tei_error(*refusals[-1][:2])
+
+
+def test_tokenize_and_decode(prompted_dirs):
+    """TEI's /tokenize (ids, token texts, offsets in the text sent, the prompt /embed would use) and /decode."""
+    embedder = Embedder(prompted_dirs["dense"])
+    text = "the quick brown fox"
+    with live(embedder) as client:
+        plain = client.post("/tokenize", json={"inputs": text, "prompt_name": "passage"}).json()
+        bare = client.post("/tokenize", json={"inputs": [text, "a dog"], "add_special_tokens": False,
+                                              "prompt_name": "passage"}).json()  # fmt: skip
+        default = client.post("/tokenize", json={"inputs": text}).json()
+        ids = [token["id"] for token in plain[0]]
+        decoded = client.post("/decode", json={"ids": ids}).json()
+        kept = client.post("/decode", json={"ids": [ids, ids[:2]], "skip_special_tokens": False}).json()
+        refusals = [
+            (client.post("/tokenize", json={"inputs": []}), "inputs"),
+            (client.post("/tokenize", json={"inputs": text, "prompt_name": "nope"}), "prompt_name"),
+            (client.post("/decode", json={"ids": [embedder.vocab_size]}), "outside the vocabulary"),
+            (client.post("/decode", json={"ids": ["a"]}), "token ids"),
+        ]
+    assert ids == embedder.tokenize(text, prompt=PROMPTS["passage"])[0]
+    assert [t["special"] for t in plain[0]] == [True] + [False] * (len(ids) - 2) + [True]
+    words = [t for t in plain[0] if t["start"] is not None]
+    assert "".join(text[t["start"] : t["stop"]] for t in words).replace(" ", "") == text.replace(" ", "")
+    assert all(t["text"] == text[t["start"] : t["stop"]] for t in words)
+    assert [t["id"] for t in bare[0]] == ids[1:-1] and len(bare) == 2
+    assert [t["id"] for t in default[0]] == embedder.tokenize(text, prompt=embedder.resolve_prompt(None))[0]
+    assert decoded == [embedder.tokenizer.decode(ids, skip_special_tokens=True)]
+    assert kept == [embedder.tokenizer.decode(ids), embedder.tokenizer.decode(ids[:2])]
+    for response, needle in refusals:
+        assert needle in assert_tei_error(response, 422)
+
+
+def test_embed_all_and_similarity(server, embedder, monkeypatch):
+    """TEI's /embed_all and /similarity, and huggingface_hub's InferenceClient on the root route as TEI serves it."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # it blocks loopback too; nothing else runs
+    hub_client = huggingface_hub.InferenceClient(model=str(server.base_url), token=KEY)
+    tokens = server.post("/embed_all", json={"inputs": TEXTS[:2]})
+    scores = server.post("/similarity", json={"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]}})
+    via_hub = hub_client.sentence_similarity(TEXTS[0], other_sentences=TEXTS[1:])
+    features = hub_client.feature_extraction(TEXTS[0], normalize=False, truncate=True)
+    refusals = [
+        server.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": []}}),
+        server.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"k": 1}}),
+        server.post("/embed_all", json={"inputs": "a", "prompt_name": "nope"}),
+    ]
+    assert tokens.status_code == 200, tokens.text
+    for got, expected in zip(tokens.json(), embedder.encode_all(TEXTS[:2])):
+        np.testing.assert_allclose(np.array(got, dtype=np.float32), expected, atol=ATOL)
+    vectors = embedder.encode(TEXTS)
+    expected = embedder.similarity(vectors[:1], vectors[1:])[0]
+    assert scores.json() == pytest.approx(expected.tolist(), abs=ATOL) and via_hub == pytest.approx(expected.tolist(), abs=ATOL)
+    np.testing.assert_allclose(features.reshape(-1), embedder.encode(TEXTS[0], normalize=False)[0], atol=ATOL)
+    for response in refusals:
+        assert_tei_error(response, 422)
+
+
+def test_head_health(server):
+    response = server.head("/health")
+    assert response.status_code == 200 and response.content == b""
 
 
 # ---------------------------------------------------------------------- truncation_direction, prompts
@@ -743,30 +862,38 @@ def labelled(key, items) -> list[str]:
 BIG = ("k", list(range(12)))  # three full batches alone
 
 
-def test_a_small_request_runs_in_the_batch_after_the_one_running_beside_the_big_requests_items():
-    calls, results = run_behind(BIG, [("k", ["s"])])
-    assert calls == [("k", [0, 1, 2, 3]), ("k", ["s", 4, 5, 6]), ("k", [7, 8, 9, 10]), ("k", [11])]
-    assert results == [labelled(*BIG), ["k:s"]]
-    calls, results = run_behind(BIG, [("k", ["s"])], batching=False)  # every batch one request's, still in turns
-    assert calls == [("k", [0, 1, 2, 3]), ("k", ["s"]), ("k", [4, 5, 6, 7]), ("k", [8, 9, 10, 11])]
-    assert results == [labelled(*BIG), ["k:s"]]
+def test_a_small_request_runs_in_a_batch_of_its_own_size_after_the_one_running():
+    for batching in (True, False):  # without batching too, every batch one request's, in turns
+        calls, results = run_behind(BIG, [("k", ["s"])], batching=batching)
+        assert calls == [("k", [0, 1, 2, 3]), ("k", ["s"]), ("k", [4, 5, 6, 7]), ("k", [8, 9, 10, 11])]
+        assert results == [labelled(*BIG), ["k:s"]]
 
 
 def test_small_requests_merge_by_key_and_take_turns_with_a_big_one():
     later = [("k", ["s1"]), ("k", ["s2"]), ("other", ["o"]), ("k", ["s3"])]
     calls, results = run_behind(BIG, later)
     assert calls == [
-        ("k", [0, 1, 2, 3]), ("k", ["s1", "s2", "s3", 4]), ("other", ["o"]), ("k", [5, 6, 7, 8]), ("k", [9, 10, 11])
+        ("k", [0, 1, 2, 3]), ("k", ["s1", "s2", "s3"]), ("other", ["o"]), ("k", [4, 5, 6, 7]), ("k", [8, 9, 10, 11])
     ]  # fmt: skip
     assert results == [labelled(*BIG), *(labelled(*request) for request in later)]
+
+
+def test_requests_behind_the_front_join_only_whole():
+    """The front request fills the budget; a request behind it joins only if all of its items fit what is left."""
+    later = [("k", ["m1", "m2"]), ("k", ["x1", "x2", "x3"]), ("k", ["s"])]
+    calls, results = run_behind(("k", list(range(6))), later)
+    assert calls == [
+        ("k", [0, 1, 2, 3]), ("k", ["m1", "m2", "s"]), ("k", ["x1", "x2", "x3"]), ("k", [4, 5])
+    ]  # fmt: skip
+    assert results == [labelled("k", range(6)), *(labelled(*request) for request in later)]
 
 
 def test_big_requests_alternate_and_a_small_one_waits_one_batch_of_each():
     other = ("k", [f"b{i}" for i in range(8)])
     calls, results = run_behind(("k", list(range(8))), [other, ("k", ["s"])])
     assert calls == [
-        ("k", [0, 1, 2, 3]), ("k", ["b0", "b1", "b2", "b3"]), ("k", ["s", 4, 5, 6]), ("k", ["b4", "b5", "b6", "b7"]),
-        ("k", [7]),
+        ("k", [0, 1, 2, 3]), ("k", ["b0", "b1", "b2", "b3"]), ("k", ["s"]), ("k", [4, 5, 6, 7]),
+        ("k", ["b4", "b5", "b6", "b7"]),
     ]  # fmt: skip
     assert results == [labelled("k", range(8)), labelled(*other), ["k:s"]]
 

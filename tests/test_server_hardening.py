@@ -210,6 +210,16 @@ def test_bad_port_is_one_line_and_exit_2(capsys):
     assert err.count("\n") == 1 and "--port 99999" in err
 
 
+def test_a_busy_port_fails_before_the_model_loads(capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--model", "no/such-model-anywhere", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
 # ---------------------------------------------------------------------- finding 7: the served name
 def test_the_served_name_is_the_directory_name(tiny_model_dir, embedder):
     with live(embedder) as client:

@@ -415,6 +415,36 @@ class Embedder:
             out[batch] = vectors.cpu().numpy()
         return out
 
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """float32 [n, m] cosine similarities of the rows of `a` [n, d] and `b` [m, d] (sentence-transformers'
+        `similarity`, cosine)."""
+        a, b = (unit_rows(np.atleast_2d(np.asarray(x, dtype=np.float32))) for x in (a, b))
+        return a @ b.T
+
+    # -------------------------------------------------------------------------- token vectors
+    def encode_all(
+        self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
+        batch_tokens: int | None = None, max_length: int | None = None, show_progress: bool | None = None,
+        truncate: bool = True, truncation_side: str | None = None,
+    ) -> list[np.ndarray]:  # fmt: skip
+        """float32 [tokens, hidden] per text: the encoder's last hidden state of each of its tokens (prompt and special
+        tokens included, no padding), as sentence-transformers' `token_embeddings` and TEI's /embed_all give them."""
+        text = self.resolve_prompt(prompt_name, prompt)
+        ids = self.tokenize(texts, prompt=text, max_length=max_length, truncate=truncate, truncation_side=truncation_side)
+        return self.token_vectors(ids, batch_tokens=batch_tokens, show_progress=show_progress)
+
+    @torch.inference_mode()
+    def token_vectors(
+        self, token_ids: Sequence[Sequence[int]], *, batch_tokens: int | None = None, show_progress: bool | None = None
+    ) -> list[np.ndarray]:
+        """Token ids -> float32 [len(ids), hidden] per sequence, in input order (see `encode_all`)."""
+        out: list[np.ndarray] = [np.empty((0, self.encoder.config.hidden_size), np.float32)] * len(token_ids)
+        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress):
+            for i, rows in zip(batch, hidden.float().cpu().split(packing.seqlens_list)):
+                out[i] = rows.numpy()
+        return out
+
     # -------------------------------------------------------------------------- sparse
     def encode_sparse(
         self, texts: str | Sequence[str], *, batch_tokens: int | None = None, max_length: int | None = None,
@@ -472,6 +502,11 @@ class Embedder:
         if not 1 <= dim <= self.dimension:
             raise ValueError(f"dim must be between 1 and the model's {self.dimension} dimensions, got {dim}")
         return dim
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of `x` scaled to length 1 (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def lowercased(tokenizer: Any) -> Any:

@@ -1,4 +1,4 @@
-"""`gte serve`: an embedding / reranking server speaking the OpenAI and TEI APIs (FastAPI + uvicorn).
+"""`gte serve`: an embedding / reranking server speaking the OpenAI, TEI and Cohere APIs (FastAPI + uvicorn).
 
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --model Alibaba-NLP/gte-multilingual-reranker-base
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 
 import uvicorn
 
@@ -60,6 +61,7 @@ def serve(args: argparse.Namespace) -> int:
         default_prompt_name=args.default_prompt_name,
         default_prompt=args.default_prompt,
     )
+    _check_port(args.host, args.port)  # before the models load: a busy port fails at once, not a minute later
     checkpoints = args.model or [DEFAULT_MODEL]
     names = _served_names(checkpoints, args.served_model_name)
     revisions = _per_model("--revision", args.revision, checkpoints)
@@ -74,6 +76,24 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_shutdown_timeout,  # type: ignore[arg-type]  (a float works)
     )  # fmt: skip
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind host:port and let it go again (uvicorn binds it once the models are loaded), or a ValueError saying why
+    it cannot be bound."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}): give an address of this "
+                         "machine with --host") from None  # fmt: skip
+    with listener:
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            listener.bind(address)
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}): stop what holds the port, "
+                             "or give another with --port (0 picks a free one)") from None  # fmt: skip
 
 
 def _served_names(models: list[str], names: list[str] | None) -> dict[str, str]:

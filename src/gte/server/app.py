@@ -1,5 +1,6 @@
-"""The HTTP API over one or more `Embedder`s and `Reranker`s: OpenAI's /v1/embeddings and /v1/models,
-TEI's /embed, /embed_sparse and /rerank, and /health, /info, /metrics.
+"""The HTTP API over one or more `Embedder`s and `Reranker`s: OpenAI's /v1/embeddings and /v1/models; TEI's
+/embed, /embed_all, /embed_sparse, /similarity, /rerank, /tokenize, /decode and its root route; Cohere's (and
+Jina's) /v1/rerank and /v2/rerank; and /health, /info, /metrics.
 
 Every request first passes the `Guard` (API key, payload limit, body-read timeout, request metrics).
 An inference request is then parsed, routed to a served model (by its `model`, or by what its route
@@ -12,6 +13,8 @@ stays responsive while a batch computes.
 from __future__ import annotations
 
 import base64
+import math
+import uuid
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -29,12 +32,17 @@ from ..embed import Embedder
 from .errors import ApiError, describe_validation_error, install_error_handlers
 from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
-from .schemas import EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, RequestBody, RerankRequest
+from .schemas import (
+    CohereRerankRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
+    OpenAIEmbeddingRequest, RequestBody, RerankRequest, SimilarityParameters, SimilarityRequest, TokenizeRequest,
+)  # fmt: skip
 from .served import EMBEDDINGS, RERANKING, SPARSE, Model, Models
 from .settings import ServerSettings
 
-INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_sparse", "/rerank")
-ENDPOINTS = (*INFERENCE_PATHS, "/v1/models", "/health", "/info", "/metrics")
+INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/similarity", "/rerank", "/v1/rerank",
+                   "/v2/rerank")  # fmt: skip
+COHERE_SEARCH_UNIT = 100  # documents per billed search unit, as Cohere counts them
+ENDPOINTS = (*INFERENCE_PATHS, "/", "/tokenize", "/decode", "/v1/models", "/health", "/info", "/metrics")
 
 
 def served_name(model_name: str) -> str:
@@ -101,22 +109,24 @@ def create_app(models: Mapping[str, Model], settings: ServerSettings | None = No
     )  # fmt: skip
     _add_openai_routes(app, served)
     _add_tei_routes(app, served)
+    _add_cohere_routes(app, served)
     _add_ops_routes(app, served, settings, metrics)
     return app
 
 
 async def _embeddings(
-    models: Models, body: Any, inputs: list, param: str, *, normalize: bool, truncation_side: str | None
+    models: Models, name: str | None, inputs: list, param: str, *, normalize: bool, dimensions: int | None = None,
+    prompt_name: str | None = None, truncate: bool = True, truncation_side: str | None = None,
 ) -> tuple[Any, list, list[int]]:
     """(the served model, its dense vectors, token counts) for an OpenAI or TEI embedding request."""
-    served = models.pick(body.model, EMBEDDINGS)
-    served.check_dimensions(body.dimensions)
-    prompt = served.prompt(body.prompt_name, inputs)
+    served = models.pick(name, EMBEDDINGS)
+    served.check_dimensions(dimensions)
+    prompt = served.prompt(prompt_name, inputs)
     with served.admitted():
-        ids = await served.token_lists(inputs, prompt=prompt, truncate=body.truncate, truncation_side=truncation_side,
+        ids = await served.token_lists(inputs, prompt=prompt, truncate=truncate, truncation_side=truncation_side,
                                        param=param)  # fmt: skip
         lengths = list(map(len, ids))
-        key = ("embed", normalize, body.dimensions, served.model.prompt_length(prompt))  # one batch per pooling
+        key = ("embed", normalize, dimensions, served.model.prompt_length(prompt))  # one batch per pooling
         return served, await served.infer(key, ids, lengths), lengths
 
 
@@ -124,7 +134,10 @@ def _add_openai_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request) -> Response:
         body = await parse_body(request, OpenAIEmbeddingRequest)
-        served, vectors, lengths = await _embeddings(models, body, body.input, "input", normalize=True, truncation_side=None)
+        served, vectors, lengths = await _embeddings(
+            models, body.model, body.input, "input", normalize=True, dimensions=body.dimensions,
+            prompt_name=body.prompt_name, truncate=body.truncate,
+        )  # fmt: skip
         data = [
             {"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(vectors)
@@ -142,9 +155,44 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
     @app.post("/embed")
     async def embed(request: Request) -> Response:
         body = await parse_body(request, EmbedRequest)
-        _, vectors, _ = await _embeddings(models, body, body.inputs, "inputs", normalize=body.normalize,
-                                          truncation_side=body.truncation_direction)  # fmt: skip
+        _, vectors, _ = await _embeddings(
+            models, body.model, body.inputs, "inputs", normalize=body.normalize, dimensions=body.dimensions,
+            prompt_name=body.prompt_name, truncate=body.truncate, truncation_side=body.truncation_direction,
+        )  # fmt: skip
         return json_response(vectors)
+
+    @app.post("/embed_all")
+    async def embed_all(request: Request) -> Response:
+        """Every token's vector (the encoder's last hidden state), per input, without padding."""
+        body = await parse_body(request, EmbedAllRequest)
+        served = models.pick(body.model, EMBEDDINGS)
+        prompt = served.prompt(body.prompt_name, body.inputs)
+        with served.admitted():
+            ids = await served.token_lists(body.inputs, prompt=prompt, truncate=body.truncate,
+                                           truncation_side=body.truncation_direction, param="inputs")  # fmt: skip
+            return json_response(await served.infer(("tokens",), ids, list(map(len, ids))))
+
+    @app.post("/similarity")
+    async def similarity(request: Request) -> Response:
+        """The cosine of source_sentence's vector to each of sentences'."""
+        body = await parse_body(request, SimilarityRequest)
+        options = body.parameters or SimilarityParameters()
+        texts = [body.inputs.source_sentence, *body.inputs.sentences]
+        _, vectors, _ = await _embeddings(
+            models, body.model, texts, "inputs.sentences", normalize=True, prompt_name=options.prompt_name,
+            truncate=options.truncate, truncation_side=options.truncation_direction,
+        )  # fmt: skip
+        return json_response(Embedder.similarity(vectors[:1], vectors[1:])[0])
+
+    @app.post("/")
+    async def root(request: Request) -> Response:
+        """TEI's root route, where huggingface_hub's `InferenceClient(model=URL)` posts: a body whose inputs are an
+        object (sentence_similarity's) is a /similarity request, any other an /embed request (feature_extraction's)."""
+        try:
+            inputs = orjson.loads(await request.body()).get("inputs")
+        except (orjson.JSONDecodeError, AttributeError):
+            inputs = None  # /embed's parser says what is wrong
+        return await (similarity if isinstance(inputs, dict) else embed)(request)
 
     @app.post("/embed_sparse")
     async def embed_sparse(request: Request) -> Response:
@@ -159,16 +207,48 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
     @app.post("/rerank")
     async def rerank(request: Request) -> Response:
         body = await parse_body(request, RerankRequest)
-        served = models.pick(body.model, RERANKING)
-        with served.admitted():
-            pairs = await served.pair_tokens(body.query, body.texts, truncate=body.truncate,
-                                             truncation_side=body.truncation_direction)  # fmt: skip
-            scores = await served.infer(("rerank", not body.raw_scores), pairs, [len(ids) for ids, _ in pairs])
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        _, scores, _ = await _rerank(models, body.model, body.query, body.texts, "texts", normalize=not body.raw_scores,
+                                     truncate=body.truncate, truncation_side=body.truncation_direction)  # fmt: skip
         return json_response([
-            {"index": i, "score": float(scores[i]), **({"text": body.texts[i]} if body.return_text else {})}
-            for i in order
+            {"index": i, "score": scores[i], **({"text": body.texts[i]} if body.return_text else {})}
+            for i in best_first(scores)
         ])  # fmt: skip
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        """The tokens /embed (or /rerank) would run for each text: the default prompt's too, unless prompt_name."""
+        body = await parse_body(request, TokenizeRequest)
+        served = models.named(body.model)
+        if body.prompt_name is not None and not EMBEDDINGS.fits(served.model):
+            raise ApiError(422, f"{served.name} is a reranker: prompts apply to embedding models", param="prompt_name")
+        prompt = served.prompt(body.prompt_name, body.inputs)
+        return json_response(await served.token_details(body.inputs, add_special_tokens=body.add_special_tokens,
+                                                        prompt=prompt))  # fmt: skip
+
+    @app.post("/decode")
+    async def decode(request: Request) -> Response:
+        body = await parse_body(request, DecodeRequest)
+        served = models.named(body.model)
+        ids = served.check_vocabulary(body.ids, "ids")
+        return json_response(served.model.tokenizer.batch_decode(ids, skip_special_tokens=body.skip_special_tokens))
+
+
+async def _rerank(
+    models: Models, name: str | None, query: str, texts: list[str], param: str, *, normalize: bool, truncate: bool = True,
+    truncation_side: str | None = None,
+) -> tuple[Any, list[float], int]:
+    """(the served reranker, one score per text in input order, tokens scored) for a TEI or Cohere rerank request."""
+    served = models.pick(name, RERANKING)
+    with served.admitted():
+        pairs = await served.pair_tokens(query, texts, truncate=truncate, truncation_side=truncation_side, param=param)
+        lengths = [len(ids) for ids, _ in pairs]
+        scores = await served.infer(("rerank", normalize), pairs, lengths)
+    return served, [float(score) for score in scores], sum(lengths)
+
+
+def best_first(scores: list[float]) -> list[int]:
+    """Indices of `scores`, highest first (input order among equals)."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
 
 
 def _sparse_values(embedder: Embedder, token_ids: list[int], weights: dict[str, float]) -> list[dict]:
@@ -182,8 +262,45 @@ def _sparse_values(embedder: Embedder, token_ids: list[int], weights: dict[str, 
     return [{"index": index[token], "value": value, "token": token} for token, value in weights.items()]
 
 
+def _add_cohere_routes(app: FastAPI, models: Models) -> None:
+    """Cohere's rerank API, which Jina's, LangChain's and LlamaIndex's Cohere rerankers speak: relevance scores
+    in [0, 1] (the sigmoid of the reranker's logit), best first, cut to `top_n`."""
+
+    @app.post("/v1/rerank")
+    async def cohere_rerank(request: Request) -> Response:
+        body = await parse_body(request, CohereRerankRequest)
+        try:
+            texts = body.texts()
+        except ValueError as error:
+            raise ApiError(422, str(error), param="documents") from None
+        answer = await _cohere_rerank(models, body, texts, version="1")
+        if body.return_documents:
+            for result in answer["results"]:
+                document = body.documents[result["index"]]
+                result["document"] = document if isinstance(document, dict) else {"text": document}
+        return json_response(answer)
+
+    @app.post("/v2/rerank")
+    async def cohere_rerank_v2(request: Request) -> Response:
+        body = await parse_body(request, CohereV2RerankRequest)
+        return json_response(await _cohere_rerank(models, body, body.documents, version="2"))
+
+
+async def _cohere_rerank(models: Models, body: Any, texts: list[str], *, version: str) -> dict:
+    """Cohere's answer: results, meta (API version, billed units, tokens), plus Jina's model and usage."""
+    served, scores, tokens = await _rerank(models, body.model, body.query, texts, "documents", normalize=True)
+    results = [{"index": i, "relevance_score": scores[i]} for i in best_first(scores)[: body.top_n]]
+    meta = {
+        "api_version": {"version": version},
+        "billed_units": {"search_units": math.ceil(len(texts) / COHERE_SEARCH_UNIT)},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    return {"id": str(uuid.uuid4()), "results": results, "meta": meta, "model": served.name,
+            "usage": {"total_tokens": tokens}}  # fmt: skip
+
+
 def _add_ops_routes(app: FastAPI, models: Models, settings: ServerSettings, metrics: Metrics) -> None:
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         if not all(served.batcher.running for served in models.served):
             return JSONResponse({"status": "unavailable"}, status_code=503)

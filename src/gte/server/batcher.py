@@ -3,12 +3,13 @@
 A request submits its items (token-id lists, query-text pairs, ...), their token counts and a key; items merge
 only with items of an equal key (same model options and prompt). Requests wait in line: a new request joins the
 back, and so does a request whose batch has just come back, if it has items left. One background task builds each
-batch from the request at the front: its next items, then the next items of the same-key requests behind it, in
-line order, until the next item would take the batch over `max_batch_tokens` (`batching.budget_groups`). So a
-request waits for the turns of the requests ahead of it, one batch at most each, never for all the batches of a
-big one: with one big request in flight, a one-text request runs in the batch after the one running when it
-arrived, beside the big request's next items. A big request alone runs in batches as full as the budget allows.
-While a batch is not full, the task waits up to `max_wait_ms` after the front request arrived for more company.
+batch from the request at the front: its next items, as many as fit `max_batch_tokens` (`batching.budget_groups`),
+then, in line order, every same-key request behind it whose remaining items all fit the budget left. A request
+behind the front is never split, so a big request's items run only in its own turns: with one big request in
+flight, a one-text request waits for the batch running when it arrived and then runs in a batch of its own size
+(with the other short requests that came meanwhile), not beside a budget-full share of the big one. A big request
+alone runs in batches as full as the budget allows. While a batch is not full, the task waits up to `max_wait_ms`
+after the front request arrived for more company.
 The merged items run on a single worker thread, so inference never blocks the event loop; each request gets back
 its own results, in its own order. Requests whose client went away are dropped before their next items run.
 """
@@ -136,19 +137,21 @@ class Batcher:
         return waiting >= self.max_batch_tokens
 
     def _take(self, key: Hashable) -> list[Share]:
-        """Remove and return the next batch: the next items of the requests of `key`, in line order, while they
-        fit the budget (batching off: the first such request's only)."""
+        """Remove and return the next batch: the front request's next items of `key` within the budget, then every
+        request behind it whose remaining items all fit what is left (batching off: the front request's only)."""
         line = sorted((request for request in self._prune() if request.key == key), key=_turn)
-        line = line if self.batching else line[:1]
-        lengths = (n for request in line for n in request.lengths[request.taken :])
-        size = len(next(budget_groups(lengths, self.max_batch_tokens), range(0)))
-        batch: list[Share] = []
-        for request in line:
-            if not size:
-                break
-            share = range(request.taken, min(request.taken + size, len(request.items)))
-            batch.append((request, share))
-            request.taken, size = share.stop, size - len(share)
+        if not line:  # the front request's client went away while it waited for company
+            return []
+        first, *behind = line
+        size = len(next(budget_groups(first.lengths[first.taken :], self.max_batch_tokens)))
+        batch = [(first, range(first.taken, first.taken + size))]
+        used = sum(first.lengths[first.taken : first.taken + size])
+        for request in behind if self.batching else []:
+            if used + request.waiting_tokens <= self.max_batch_tokens:
+                batch.append((request, range(request.taken, len(request.items))))
+                used += request.waiting_tokens
+        for request, share in batch:
+            request.taken = share.stop
         self._waiting = [request for request in self._waiting if request.taken < len(request.items)]
         self.metrics.queue_depth.set(len(self._waiting))
         return batch

@@ -1,6 +1,7 @@
 """API errors, rendered in the shape each API's clients expect.
 
-Routes under /v1/ answer in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+Cohere's rerank routes (/v1/rerank, /v2/rerank) answer in Cohere's shape: {"message": message}.
+Other routes under /v1/ answer in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 The TEI routes answer in TEI's: {"error": message, "error_type": type}.
 """
 
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from .schemas import RequestBody
 
+COHERE_PATHS = ("/v1/rerank", "/v2/rerank")
 # kind -> (OpenAI "type", TEI "error_type")
 KINDS = {
     "validation": ("invalid_request_error", "Validation"),
@@ -43,7 +45,9 @@ class ApiError(Exception):
 
 def error_response(path: str, error: ApiError) -> JSONResponse:
     openai_type, tei_type = KINDS[error.kind]
-    if path.startswith("/v1/"):
+    if path in COHERE_PATHS:
+        body = {"message": error.message}
+    elif path.startswith("/v1/"):
         body = {"error": {"message": error.message, "type": openai_type, "param": error.param, "code": error.code}}
     else:
         body = {"error": error.message, "error_type": tei_type}

@@ -1,4 +1,4 @@
-"""Request bodies of the OpenAI and TEI routes, validated by pydantic (failures become readable 422s).
+"""Request bodies of the OpenAI, TEI and Cohere routes, validated by pydantic (failures become readable 422s).
 
 Bodies say exactly what they mean: a field a route does not take is refused by name (never ignored), and
 types are strict (no "false" for false, no "3" or 3.0 for 3). Fields that OpenAI's, TEI's or Cohere's
@@ -94,6 +94,33 @@ class EmbedRequest(RequestBody):
     }
 
 
+class EmbedAllRequest(RequestBody):
+    inputs: Inputs
+    model: str | None = None
+    truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+    prompt_name: str | None = None
+
+
+class SimilarityInputs(RequestBody):
+    source_sentence: str
+    sentences: Annotated[list[str], Field(min_length=1)]
+
+
+class SimilarityParameters(RequestBody):
+    prompt_name: str | None = None
+    truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+
+
+class SimilarityRequest(RequestBody):
+    """TEI's /similarity, which huggingface_hub's `InferenceClient.sentence_similarity` sends."""
+
+    inputs: SimilarityInputs
+    parameters: SimilarityParameters | None = None
+    model: str | None = None
+
+
 class EmbedSparseRequest(RequestBody):
     inputs: Inputs
     model: str | None = None
@@ -104,6 +131,37 @@ class EmbedSparseRequest(RequestBody):
     }
 
 
+def parse_texts(value: Any) -> list[str]:
+    """A string or a non-empty list of strings, as a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise _invalid("must be a string or a non-empty list of strings")
+
+
+def parse_id_lists(value: Any) -> list[list[int]]:
+    """A list of token ids or a list of token-id lists, as a list of lists."""
+    if isinstance(value, list) and value and all(_is_token_id(v) for v in value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, list) and all(map(_is_token_id, v)) for v in value):
+        return value
+    raise _invalid("must be a non-empty list of integer token ids, or a list of such lists")
+
+
+class TokenizeRequest(RequestBody):
+    inputs: Annotated[list[str], BeforeValidator(parse_texts)]
+    model: str | None = None  # extension: which served model's tokenizer (default: the first model's)
+    add_special_tokens: bool = True
+    prompt_name: str | None = None  # embedding models: one of the checkpoint's prompts, put before each text
+
+
+class DecodeRequest(RequestBody):
+    ids: Annotated[list[list[int]], BeforeValidator(parse_id_lists)]
+    model: str | None = None
+    skip_special_tokens: bool = True
+
+
 class RerankRequest(RequestBody):
     query: str
     model: str | None = None
@@ -112,11 +170,48 @@ class RerankRequest(RequestBody):
     return_text: bool = False
     truncate: bool = True
     truncation_direction: TruncationDirection | None = None
-    unsupported = {  # Cohere's rerank fields
-        "documents": "this is TEI's /rerank: send the documents as `texts` (a list of strings)",
-        "top_n": "every text is ranked, best first: keep the first N of the answer",
-        "return_documents": 'send "return_text": true for the texts in the answer',
-        "rank_fields": "texts are plain strings here: send the field to rank by as the text",
-        "max_chunks_per_doc": "texts are not chunked: each is cut to the model's input limit (see `truncate`)",
-        "max_tokens_per_doc": "each text is cut to the model's input limit, --max-input-length (see `truncate`)",
+    unsupported = dict.fromkeys(  # Cohere's rerank fields
+        ("documents", "top_n", "return_documents", "rank_fields", "max_chunks_per_doc", "max_tokens_per_doc"),
+        "this is TEI's /rerank (`query`, `texts`); Cohere's rerank request goes to POST /v1/rerank or /v2/rerank",
+    )
+
+
+
+class CohereRerankRequest(RequestBody):
+    """Cohere's (and Jina's) /v1/rerank: documents as strings or objects with a text field."""
+
+    query: str
+    documents: Annotated[list[str | dict[str, str]], Field(min_length=1)]
+    model: str | None = None
+    top_n: Annotated[int | None, Field(ge=1)] = None
+    return_documents: bool = False
+    rank_fields: Annotated[list[str] | None, Field(min_length=1, max_length=1)] = None
+    unsupported = {
+        "max_chunks_per_doc": "documents are not chunked: each is cut to the model's input limit, --max-input-length",
+        "max_tokens_per_doc": "each document is cut to the model's input limit, --max-input-length",
+    }
+
+    def texts(self) -> list[str]:
+        """Each document's text: the string, or the object's `rank_fields` field ("text" by default)."""
+        field = self.rank_fields[0] if self.rank_fields else "text"
+        texts = []
+        for i, document in enumerate(self.documents):
+            if isinstance(document, dict) and field not in document:
+                raise ValueError(f"documents[{i}] has no field {field!r} (it has {', '.join(document) or 'none'}): "
+                                 f"give each document object a {field!r} field, or send strings")  # fmt: skip
+            texts.append(document[field] if isinstance(document, dict) else document)
+        return texts
+
+
+class CohereV2RerankRequest(RequestBody):
+    """Cohere's /v2/rerank: documents as strings, scores only."""
+
+    query: str
+    documents: Annotated[list[str], Field(min_length=1)]
+    model: str | None = None
+    top_n: Annotated[int | None, Field(ge=1)] = None
+    priority: int | None = None  # accepted and ignored: every request gets its fair turn
+    unsupported = {
+        "max_tokens_per_doc": "each document is cut to the model's input limit, --max-input-length",
+        "relevant_spans": "relevant spans are not computed: rank whole documents, or split them and rank the parts",
     }

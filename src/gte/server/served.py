@@ -77,6 +77,8 @@ class ServedModel:
             )
         if kind == "sparse":
             return self.model.sparse_tokens(items, show_progress=False)
+        if kind == "tokens":
+            return self.model.token_vectors(items, show_progress=False)
         (normalize,) = options
         ids, types = zip(*items)
         return self.model.score_tokens(ids, None if types[0] is None else types, normalize=normalize)
@@ -163,18 +165,33 @@ class ServedModel:
                                truncation_side=truncation_side)  # fmt: skip
 
     async def pair_tokens(
-        self, query: str, texts: list[str], *, truncate: bool, truncation_side: str | None
+        self, query: str, texts: list[str], *, truncate: bool, truncation_side: str | None, param: str
     ) -> list[tuple]:
         """(token ids, token type ids or None) per (query, text) pair."""
-        self.check_count(len(texts), "texts")
-        with _too_long("texts"):
+        self.check_count(len(texts), param)
+        with _too_long(param):
             chars = len(query) * len(texts) + sum(map(len, texts))
             ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate,
                                      truncation_side=truncation_side)  # fmt: skip
         return list(zip(ids, types or [None] * len(ids)))
 
+    async def token_details(self, texts: list[str], *, add_special_tokens: bool, prompt: str) -> list[list[dict]]:
+        """TEI's /tokenize answer: per text (after `prompt`), its tokens as {id, text, special, start, stop}, the
+        offsets in characters of the text sent (the prompt's tokens have none), not cut to the input limit."""
+        self.check_count(len(texts), "inputs")
+        full = [prompt + text for text in texts]
+        encoded = await _call(sum(map(len, full)), self.model.tokenizer, full, add_special_tokens=add_special_tokens,
+                              return_offsets_mapping=True, return_special_tokens_mask=True, return_attention_mask=False,
+                              verbose=False)  # fmt: skip
+        return [
+            [_token(token_id, special, start - len(prompt), stop - len(prompt), text, self.model.tokenizer)
+             for token_id, special, (start, stop) in zip(ids, specials, offsets)]
+            for text, ids, specials, offsets in zip(
+                texts, encoded["input_ids"], encoded["special_tokens_mask"], encoded["offset_mapping"]
+            )
+        ]  # fmt: skip
+
     def _check_token_ids(self, lists: list[list[int]], param: str) -> list[list[int]]:
-        vocab_size = self.model.vocab_size
         for i, ids in enumerate(lists):
             if len(ids) > self.max_input_length:
                 raise ApiError(
@@ -183,6 +200,11 @@ class ServedModel:
                     "token ids are never truncated: shorten the list",
                     param=param,
                 )
+        return self.check_vocabulary(lists, param)
+
+    def check_vocabulary(self, lists: list[list[int]], param: str) -> list[list[int]]:
+        vocab_size = self.model.vocab_size
+        for i, ids in enumerate(lists):
             if bad := [t for t in ids if not 0 <= t < vocab_size]:
                 raise ApiError(
                     422,
@@ -216,15 +238,21 @@ class Models:
         self.by_name = {served.name: served for served in self.served}
         self.started = int(time.time())
 
-    def pick(self, name: str | None, need: Need) -> ServedModel:
-        """The model named `name`, or, without a name, the one served model that fits `need`."""
-        names = ", ".join(f"`{served.name}`" for served in self.served)
-        if name is not None and name not in self.by_name:
+    def named(self, name: str | None) -> ServedModel:
+        """The model named `name` (a 404 listing the served ones if there is none), or the default (first) one."""
+        if name is None:
+            return self.served[0]
+        if name not in self.by_name:
+            names = ", ".join(f"`{served.name}`" for served in self.served)
             raise ApiError(
                 404, f"The model `{name}` does not exist: this server serves {names} (see GET /v1/models)",
                 param="model", code="model_not_found",
             )  # fmt: skip
-        candidates = [self.by_name[name]] if name is not None else self.served
+        return self.by_name[name]
+
+    def pick(self, name: str | None, need: Need) -> ServedModel:
+        """The model named `name`, or, without a name, the one served model that fits `need`."""
+        candidates = [self.named(name)] if name is not None else self.served
         fitting = [served for served in candidates if need.fits(served.model)]
         if len(fitting) == 1:
             return fitting[0]
@@ -240,6 +268,15 @@ class Models:
     async def stop(self) -> None:
         for served in self.served:
             await served.batcher.stop()
+
+
+def _token(token_id: int, special: int, start: int, stop: int, text: str, tokenizer: Any) -> dict:
+    """One token of /tokenize: a special token (or a prompt's) by its vocabulary string, without offsets; another by
+    the characters of `text` it covers."""
+    if special or start < 0:
+        return {"id": token_id, "text": tokenizer.convert_ids_to_tokens(token_id), "special": bool(special),
+                "start": None, "stop": None}  # fmt: skip
+    return {"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop}
 
 
 def is_token_ids(inputs: list) -> bool:
