@@ -37,6 +37,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "NewForQuestionAnswering": "modeling",
     "available_backends": "attention",
     "export_onnx": "export",
+    "quantize_embeddings": "quantize",
 }
 
 __all__ = ["NewConfig", *_LAZY]

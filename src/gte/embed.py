@@ -30,6 +30,7 @@ from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
 from .pooling import Head, Pooling
+from .quantize import check_precision, quantize_embeddings
 
 PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least this many batches
 # Texts are cut to max_length x this many characters before they are tokenized, so a huge text costs what a
@@ -366,13 +367,19 @@ class Embedder:
         show_progress: bool | None = None,
         truncate: bool = True,
         truncation_side: str | None = None,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
     ) -> np.ndarray:
         """float32 [n, dim] embeddings in input order (dim: Matryoshka truncation, re-normalised), each text
-        after the prompt `resolve_prompt` picks."""
+        after the prompt `resolve_prompt` picks; at another `precision` (int8, uint8, binary, ubinary) quantized
+        as sentence-transformers' `quantize_embeddings` does, int8 / uint8 within `ranges` [2, dim]
+        (`gte.quantize`)."""
+        check_precision(precision)
         text = self.resolve_prompt(prompt_name, prompt)
         ids = self.tokenize(texts, prompt=text, max_length=max_length, truncate=truncate, truncation_side=truncation_side)
-        return self.encode_tokens(ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
-                                  normalize=normalize, dim=dim, show_progress=show_progress)  # fmt: skip
+        vectors = self.encode_tokens(ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
+                                     normalize=normalize, dim=dim, show_progress=show_progress)  # fmt: skip
+        return quantize_embeddings(vectors, precision, ranges)
 
     def encode_query(self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs: Any) -> np.ndarray:  # fmt: skip
