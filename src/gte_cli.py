@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
     embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
     embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    embed.add_argument("--precision", choices=defaults.PRECISIONS, default=defaults.PRECISIONS[0], help="quantize the "
+                       "vectors as sentence-transformers' quantize_embeddings does: int8 / uint8 (one byte per dimension, "
+                       "needs --ranges), binary / ubinary (one bit per dimension, packed) (default: %(default)s)")  # fmt: skip
+    embed.add_argument("--ranges", type=Path, metavar="FILE.npy", help="int8 / uint8: each dimension's low and high value, "
+                       "a [2, dim] .npy (numpy.save of gte.quantize.calibration_ranges(vectors) of representative texts)")  # fmt: skip
     prompts = embed.add_mutually_exclusive_group()
     prompts.add_argument("--prompt-name", metavar="NAME", help="put the checkpoint's prompt NAME (e.g. query) before each "
                          "text (default: the checkpoint's default prompt, if it names one)")  # fmt: skip

@@ -100,6 +100,52 @@ def test_embed_every_output_format(capsys, tmp_path, tiny_model_dir, embedder):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.jsonl", "v.npy", "v.parquet"]  # no temporary files left
 
 
+def test_embed_quantized_outputs(capsys, tmp_path, tiny_model_dir):
+    """--precision writes sentence-transformers' quantization of the vectors the float32 job writes, in every output
+    format, with the types the schema names; int8 / uint8 take --ranges."""
+    from sentence_transformers.util import quantize_embeddings as st_quantize
+
+    from gte.quantize import calibration_ranges
+
+    common = ["embed", "-m", tiny_model_dir, "--overwrite", *TEXTS]
+    assert run(capsys, *common, "-o", tmp_path / "f.npy")[0] == 0
+    vectors = np.load(tmp_path / "f.npy")
+    np.save(tmp_path / "ranges.npy", calibration_ranges(vectors))
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        ranges = ["--ranges", tmp_path / "ranges.npy"] if precision.endswith("int8") else []
+        expected = st_quantize(vectors, precision, ranges=np.load(tmp_path / "ranges.npy") if ranges else None)
+        for name in ("q.npy", "q.parquet", "q.jsonl"):
+            code, _, err = run(capsys, *common, "--precision", precision, *ranges, "-o", tmp_path / name)
+            assert code == 0, err
+        stored = np.load(tmp_path / "q.npy")
+        assert stored.dtype == expected.dtype and stored.shape == expected.shape
+        np.testing.assert_array_equal(stored, expected)
+        table = pq.read_table(tmp_path / "q.parquet")
+        assert table.schema.field("embedding").type == pa.list_(pa.from_numpy_dtype(expected.dtype), expected.shape[1])
+        np.testing.assert_array_equal(np.array(table["embedding"].to_pylist()), expected)
+        np.testing.assert_array_equal([r["embedding"] for r in read_jsonl((tmp_path / "q.jsonl").read_text())], expected)
+    (tmp_path / "empty.txt").write_text("")
+    assert run(capsys, "embed", "-m", tiny_model_dir, "-i", tmp_path / "empty.txt", "--precision", "ubinary",
+               "-o", tmp_path / "empty.parquet")[0] == 0  # fmt: skip
+    assert pq.read_table(tmp_path / "empty.parquet").schema.field("embedding").type == pa.list_(pa.uint8(), 4)
+
+
+def test_embed_quantized_errors(capsys, tmp_path, tiny_model_dir):
+    common = ["embed", "-m", tiny_model_dir, *TEXTS]
+    code, _, err = run(capsys, *common, "--precision", "int8")
+    assert code == 2 and "needs each dimension's range (--ranges" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *common, "--ranges", tmp_path / "none.npy")
+    assert code == 2 and "not a readable .npy file" in err
+    np.save(tmp_path / "r.npy", np.zeros((3, 4)))
+    code, _, err = run(capsys, *common, "--precision", "uint8", "--ranges", tmp_path / "r.npy")
+    assert code == 2 and "not float [2, dim]" in err
+    np.save(tmp_path / "r.npy", np.zeros((2, 4), dtype=np.float32))
+    code, _, err = run(capsys, *common, "--precision", "uint8", "--ranges", tmp_path / "r.npy")
+    assert code == 2 and "the ranges hold 4 dimensions and the vectors 32" in err
+    code, _, err = run(capsys, *common, "--precision", "binary", "--ranges", tmp_path / "r.npy")
+    assert code == 2 and "ranges apply to the int8 and uint8 precisions only" in err
+
+
 def test_embed_sparse(capsys, tmp_path, sparse_model_dir):
     texts = ["der hund der hund", "北京 上海", ""]
     expected = gte.Embedder(sparse_model_dir).encode_sparse(texts)

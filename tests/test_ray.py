@@ -49,6 +49,21 @@ def test_embed_batches_keep_their_columns(tiny_model_dir):
     np.testing.assert_allclose(batch["embedding"], expected, atol=1e-5)
 
 
+def test_embed_batches_quantized(tiny_model_dir):
+    """precision and ranges: sentence-transformers' quantization of the float32 vectors of the same batch."""
+    from sentence_transformers.util import quantize_embeddings as st_quantize
+
+    batch = pa.table({"text": TEXTS[:8]})
+    vectors = np.array(Embed(str(tiny_model_dir))(batch)["embedding"].to_pylist(), dtype=np.float32)
+    ranges = tuple(map(tuple, gte.quantize.calibration_ranges(vectors).tolist()))
+    for precision, given in [("int8", ranges), ("ubinary", None)]:
+        table = Embed(str(tiny_model_dir), precision=precision, ranges=given)(batch)
+        expected = st_quantize(vectors, precision, ranges=None if given is None else np.array(given, dtype=np.float32))
+        np.testing.assert_array_equal(np.array(table["embedding"].to_pylist()), expected)
+    with pytest.raises(ValueError, match="needs each dimension's range"):
+        Embed(str(tiny_model_dir), precision="uint8")
+
+
 def test_embed_applies_the_checkpoints_modules_and_prompts(st_dir):
     """Dense, Normalize and the prompts, as sentence-transformers applies them."""
     from sentence_transformers import SentenceTransformer

@@ -81,7 +81,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_embed(args: argparse.Namespace) -> None:
     options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window,
-                      prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side)  # fmt: skip
+                      prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side,
+                      precision=args.precision, ranges=_ranges(args.ranges))  # fmt: skip
     if args.ray:
         return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,
@@ -92,6 +93,22 @@ def run_embed(args: argparse.Namespace) -> None:
     summary = job.run(Embedder(args.model, pooling=args.pooling, **_model_kwargs(args)), show_progress=args.progress)
     if args.output is not None or sys.stderr.isatty():
         print(f"gte embed: {summary.line(args.sparse)}", file=sys.stderr)
+
+
+def _ranges(path: Path | None) -> tuple[tuple[float, ...], ...] | None:
+    """--ranges: a [2, dim] float .npy, as nested tuples."""
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        ranges = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise sources.InputError(f"--ranges {path}: not a readable .npy file ({error})") from None
+    if ranges.ndim != 2 or ranges.shape[0] != 2 or not np.issubdtype(ranges.dtype, np.floating):
+        raise sources.InputError(f"--ranges {path}: holds {ranges.dtype} {list(ranges.shape)}, not float [2, dim] (each "
+                                 "dimension's low and high: gte.quantize.calibration_ranges(vectors))")  # fmt: skip
+    return tuple(tuple(map(float, row)) for row in ranges.astype(np.float32))
 
 
 def run_ray(args: argparse.Namespace, options: Options) -> None:

@@ -33,6 +33,7 @@ import pyarrow as pa
 from gte_defaults import DEFAULT_FIELD, WINDOW_ROWS
 
 from .embed import Embedder, TruncationWarning
+from .quantize import check_precision, quantize_embeddings, stored_as
 from .sinks import FileSink, JsonlStream, NpyFile, Part, PartFiles, Sink, check_output
 from .sources import InputError, Source, open_source
 
@@ -55,10 +56,20 @@ class Options:
     prompt_name: str | None = None  # the checkpoint's prompt of this name (else its default prompt, if any)
     prompt: str | None = None  # or this text before each one
     truncation_side: str | None = None  # "right" (the Embedder's default) or "left"
+    precision: str = "float32"  # or int8, uint8, binary, ubinary (gte.quantize)
+    ranges: tuple[tuple[float, ...], ...] | None = None  # int8 / uint8: each dimension's low and high, [2, dim]
 
     def __post_init__(self) -> None:
         if self.window_rows < 1 or self.window_chars < 1:
             raise ValueError("a window needs at least one row and one character")
+        if check_precision(self.precision) != "float32" and self.sparse:
+            raise ValueError("precision applies to dense vectors, not to sparse ones")
+        if self.precision.endswith("int8") and self.ranges is None:
+            raise ValueError(f"{self.precision} in a corpus job needs each dimension's range (--ranges / ranges): a job "
+                             "embeds window by window, and one window's ranges would quantize the next differently; "
+                             "save gte.quantize.calibration_ranges(vectors) of representative texts with numpy.save")  # fmt: skip
+        if self.ranges is not None and not self.precision.endswith("int8"):
+            raise ValueError("ranges apply to the int8 and uint8 precisions only")
         if self.sparse and (self.dim is not None or not self.normalize):
             raise ValueError("dim and normalize apply to dense vectors, not to sparse ones")
         if self.sparse and (self.prompt_name is not None or self.prompt is not None):
@@ -111,7 +122,8 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
     else:
         vectors = embedder.encode_tokens(ids, prompt_length=embedder.prompt_length(prompt), dim=options.dim,
                                          normalize=options.normalize, show_progress=False)  # fmt: skip
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
+        vectors = quantize_embeddings(vectors, options.precision, options.ranges)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
     return Embedded(column, tokens, truncated)
 
 
@@ -236,6 +248,10 @@ class EmbedJob:
                 shutil.rmtree(self.work)  # a job killed between its last rename and its clean-up
             return Summary(0, 0, 0, 0.0, str(self.output))
         embedder.check_dim(self.options.dim)
+        dim = self.options.dim or embedder.dimension
+        if self.options.ranges is not None and len(self.options.ranges[0]) != dim:
+            raise InputError(f"the ranges hold {len(self.options.ranges[0])} dimensions and the vectors {dim}: "
+                             "calibrate on vectors of this model (and --dim)")  # fmt: skip
         manifest, sink = self._start(embedder, stream)
         summary = Summary(manifest.done, 0, 0, 0.0, "stdout" if self.output is None else str(self.output))
         started, release = time.perf_counter(), _heap_release()
@@ -314,7 +330,8 @@ class EmbedJob:
         else:
             self.work.mkdir(exist_ok=True)
         if self.output.suffix.lower() == ".npy":
-            sink: FileSink = NpyFile(self.output, self.work, self.source.num_rows, self.options.dim or embedder.dimension)
+            dtype, width = stored_as(self.options.precision, self.options.dim or embedder.dimension)
+            sink: FileSink = NpyFile(self.output, self.work, self.source.num_rows, width, dtype)
         else:
             sink = PartFiles(self.output, self.work)
         if resuming:
@@ -371,8 +388,8 @@ class EmbedJob:
         return pa.table(columns)
 
     def _empty(self, embedder: Embedder) -> pa.Table:
-        dim = self.options.dim or embedder.dimension
-        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.float32(), dim)
+        dtype, width = stored_as(self.options.precision, self.options.dim or embedder.dimension)
+        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.from_numpy_dtype(dtype), width)
         window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
         ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
         return self._table(window, ids, pa.array([], vector))

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+from gte_defaults import PRECISIONS
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     return precision
+
+
+def stored_as(precision: str, dim: int) -> tuple[np.dtype, int]:
+    """The dtype and the width of a `dim`-dimensional vector at `precision`."""
+    width = (dim + 7) // 8 if check_precision(precision).endswith("binary") else dim
+    dtype = {"float32": np.float32, "uint8": np.uint8, "ubinary": np.uint8}.get(precision, np.int8)
+    return np.dtype(dtype), width
 
 
 def calibration_ranges(vectors: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ class Embed:
     """A callable class for `Dataset.map_batches`: the model loads once per actor.
 
     `model` and the Embedder's options (device, dtype, max_length, batch_tokens, pooling); `field`: the text
-    column; `dim`, `normalize`, `sparse`, `prompt_name`, `prompt`, `truncation_side` as in `Embedder.encode`;
+    column; `dim`, `normalize`, `sparse`, `prompt_name`, `prompt`, `truncation_side`, `precision`, `ranges` as in
+    `Embedder.encode` (int8 / uint8 need `ranges`: the batches must share them);
     `threads`: torch threads (default: Ray's OMP_NUM_THREADS for this actor, which is its num_cpus).
     """
 
@@ -52,6 +53,8 @@ class Embed:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: str | None = None,
+        precision: str = "float32",
+        ranges: tuple[tuple[float, ...], ...] | None = None,
         threads: int | None = None,
         **embedder_kwargs: Any,
     ):
@@ -59,9 +62,9 @@ class Embed:
 
         if threads:
             torch.set_num_threads(threads)
-        self.embedder = Embedder(model, show_progress=False, **embedder_kwargs)
         self.options = Options(field=field, dim=dim, normalize=normalize, sparse=sparse, prompt_name=prompt_name,
-                               prompt=prompt, truncation_side=truncation_side)  # fmt: skip
+                               prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges)  # fmt: skip
+        self.embedder = Embedder(model, show_progress=False, **embedder_kwargs)
         self.embedder.check_dim(dim)
         self.embedder.resolve_prompt(prompt_name, prompt)  # an unknown prompt name fails here, not in a batch
 
@@ -166,7 +169,8 @@ def run(
         Embed,
         fn_constructor_kwargs=dict(model=str(model), field=options.field, dim=options.dim, normalize=options.normalize,
                                    sparse=options.sparse, prompt_name=options.prompt_name, prompt=options.prompt,
-                                   truncation_side=options.truncation_side, threads=threads or int(pool.num_cpus),
+                                   truncation_side=options.truncation_side, precision=options.precision,
+                                   ranges=options.ranges, threads=threads or int(pool.num_cpus),
                                    **(embedder_kwargs or {})),  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=pool.num_cpus,

@@ -8,8 +8,8 @@ with its row count and the sha256 of its bytes (for .npy, of its rows' byte rang
 data.npy), so a resumed job keeps only the parts it can prove are the ones written.
 
 Schema of a table (parquet columns, JSON fields): the id column (the `--id-field`'s name and values, or `id`,
-the int64 row number), then `embedding` (fixed-size list<float32>[dim]) or `sparse` (map<string, float32>),
-then the kept columns.
+the int64 row number), then `embedding` (fixed-size list<float32>[dim]; quantized: of int8 or uint8, [dim], or
+[dim / 8] packed bits for binary / ubinary) or `sparse` (map<string, float32>), then the kept columns.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _rows(table: pa.Table, names: list[str]) -> list[dict]:
 
 
 def _vectors(table: pa.Table) -> np.ndarray:
-    """The embedding column as float32 [n, dim]."""
+    """The embedding column as [n, width] (float32, or the quantized dtype)."""
     column = table.column("embedding").combine_chunks()
     return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
@@ -173,14 +173,15 @@ def unify(schemas: list[pa.Schema]) -> pa.Schema:
 
 
 class NpyFile(FileSink):
-    """An .npy file of float32 [rows, dim], preallocated in the work directory and filled window by window.
+    """An .npy file of [rows, width] vectors (float32, or the quantized dtype), preallocated in the work directory
+    and filled window by window.
 
-    The header and the size depend only on (rows, dim), so they are (re)written whenever the sink opens the
-    file, a resumed one included; each window's rows are a byte range, proven by its own sha256."""
+    The header and the size depend only on (rows, width, dtype), so they are (re)written whenever the sink opens
+    the file, a resumed one included; each window's rows are a byte range, proven by its own sha256."""
 
-    def __init__(self, output: Path, work: Path, rows: int, dim: int):
-        self.output, self.data, self.row_bytes = output, work / "data.npy", dim * 4
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (rows, dim)}
+    def __init__(self, output: Path, work: Path, rows: int, width: int, dtype: np.dtype = np.dtype(np.float32)):
+        self.output, self.data, self.dtype, self.row_bytes = output, work / "data.npy", dtype, width * dtype.itemsize
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, width)}
         with os.fdopen(os.open(self.data, os.O_RDWR | os.O_CREAT, 0o666), "r+b") as f:
             np.lib.format.write_array_header_1_0(f, header)
             self.offset = f.tell()
@@ -192,7 +193,7 @@ class NpyFile(FileSink):
         return self.data, self.offset + start * self.row_bytes, rows * self.row_bytes
 
     def write(self, index: int, start: int, table: pa.Table) -> Part:
-        data = np.ascontiguousarray(_vectors(table), dtype=np.float32).tobytes()
+        data = np.ascontiguousarray(_vectors(table), dtype=self.dtype).tobytes()
         path, offset, _ = self.span(index, start, table.num_rows)
         with path.open("r+b") as f:
             f.seek(offset)
