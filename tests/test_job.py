@@ -103,6 +103,18 @@ def test_tiny_windows_give_the_output_of_one_window(tmp_path, tiny_model_dir, em
     assert pq.ParquetFile(tmp_path / "tiny.parquet").metadata.num_row_groups == 50  # one per window
 
 
+def test_quantized_job_quantizes_every_window_alike(tmp_path, embedder):
+    """With fixed ranges, a job of many windows writes the quantization of the float32 job's vectors."""
+    texts = corpus(40, seed=2)
+    gte.embed_corpus(texts, tmp_path / "f.npy", embedder=embedder, window_rows=3)
+    floats = np.load(tmp_path / "f.npy")
+    ranges = gte.quantize.calibration_ranges(floats[:10])  # some vectors fall outside: they clip
+    gte.embed_corpus(texts, tmp_path / "q.npy", embedder=embedder, window_rows=3, precision="uint8", ranges=ranges)
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), gte.quantize_embeddings(floats, "uint8", ranges))
+    with pytest.raises(ValueError, match="needs each dimension's range"):
+        gte.embed_corpus(texts, tmp_path / "r.npy", embedder=embedder, precision="int8")
+
+
 def test_character_budget_cuts_windows():
     table = pa.table({"text": ["a" * 10] * 10})
     options = job.Options(window_rows=4, window_chars=25)

@@ -444,20 +444,24 @@ def embed_corpus(
     prompt_name: str | None = None,
     prompt: str | None = None,
     truncation_side: str | None = None,
+    precision: str = "float32",
+    ranges: np.ndarray | None = None,
     resume: bool = False,
     overwrite: bool = False,
     window_rows: int = WINDOW_ROWS,
     show_progress: bool | None = None,
 ) -> Summary:
     """Embed a corpus file (.txt, .jsonl, .csv, parquet file / directory / glob / URI) or a list of texts into
-    a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order.
+    a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order; `precision` and
+    `ranges` [2, dim] as in `Embedder.encode`, except that int8 / uint8 need the ranges.
 
         gte.embed_corpus("docs.parquet", "vectors.parquet", field="body", id_field="doc_id")
     """
     from .sources import ListSource
 
     source = ListSource(input, field) if isinstance(input, (list, tuple)) else open_source(input, field)
+    ranges = None if ranges is None else tuple(map(tuple, np.asarray(ranges, dtype=np.float32).tolist()))
     options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows, prompt_name=prompt_name,
-                      prompt=prompt, truncation_side=truncation_side)  # fmt: skip
+                      prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges)  # fmt: skip
     job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
     return job.run(embedder or Embedder(), show_progress=show_progress)
