@@ -132,6 +132,9 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "reranker (a sequence classifier) serves /rerank, any other checkpoint the embedding routes; repeat it to "
         "serve several models (requests name theirs in `model`)")  # fmt: skip
     add("--revision", action="append", metavar="REV", help=f"{REVISION_HELP}; with several --model, one per --model")
+    add("--ranges", action="append", metavar="FILE.npy", help="int8 / uint8 calibration of an embedding model: each "
+        "dimension's low and high, a [2, dim] .npy (numpy.save of gte.quantize.calibration_ranges(vectors)), for Cohere's "
+        "embedding_types; with several --model, one per --model (`none` for a model without)")  # fmt: skip
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     add("--port", type=int, default=8080, help="port to listen on, 0 to 65535 (default: %(default)s; 0 picks a free one)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")

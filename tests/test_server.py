@@ -32,11 +32,13 @@ import torch
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import quantize_embeddings as st_quantize
 
 import fixtures
 from gte import threads
 from gte.embed import Embedder
 from gte.int8 import Int8Warning
+from gte.quantize import calibration_ranges
 from gte.rerank import Reranker
 from gte.server import ServerSettings, create_app, load_model, served_name
 from gte.server.batcher import Batcher
@@ -83,10 +85,10 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live(*models, names: list[str] | None = None, **settings) -> Iterator[httpx.Client]:
+def live(*models, names: list[str] | None = None, ranges: dict | None = None, **settings) -> Iterator[httpx.Client]:
     """A client of a live server of `models` (served as `names`, default: their directory names)."""
     names = names or [served_name(model.model_name) for model in models]
-    app = create_app(dict(zip(names, models)), ServerSettings(**settings))
+    app = create_app(dict(zip(names, models)), ServerSettings(**settings), ranges)
     with LiveServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
@@ -267,6 +269,68 @@ def test_cohere_client_reranks(reranker):
     assert [r.index for r in v1.results] == [r["index"] for r in expected]
     assert [r.document.model_dump() for r in v1.results] == [{"text": r["text"], "id": str(r["index"])} for r in expected]
     assert unknown.value.status_code == 404 and "tiny-reranker" in unknown.value.body["message"]
+
+
+EMBEDDING_TYPES = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+
+
+def test_cohere_client_embeds(embedder, prompted_dirs):
+    """Cohere's own client against /v2/embed and /v1/embed: every embedding type, each quantized one exactly
+    sentence-transformers' quantization of the float vectors (int8 / uint8 within the ranges given at start), and
+    input_type as the checkpoint's prompt."""
+    texts = ["le chat", "der hund", "casa", "北京 上海", ""]
+    ranges = calibration_ranges(embedder.encode(TEXTS))
+    prompted = Embedder(prompted_dirs["dense"])
+    with live(embedder, prompted, names=["tiny", "prompted"], ranges={"tiny": ranges}) as client:
+        v2 = cohere.ClientV2(api_key=KEY, base_url=str(client.base_url)).embed(
+            model="tiny", texts=texts, input_type="search_document", embedding_types=EMBEDDING_TYPES
+        )
+        v1 = cohere.Client(api_key=KEY, base_url=str(client.base_url))
+        floats = v1.embed(model="prompted", texts=texts, input_type="search_query")
+        bits = v1.embed(model="prompted", texts=texts, input_type="search_document", embedding_types=["float", "ubinary"])
+    vectors = np.array(v2.embeddings.float_, dtype=np.float32)  # float32 written as the shortest text that reads back
+    np.testing.assert_allclose(vectors, embedder.encode(texts), atol=ATOL)
+    for kind in ["int8", "uint8", "binary", "ubinary"]:
+        expected = st_quantize(vectors, kind, ranges=ranges if kind.endswith("int8") else None)
+        np.testing.assert_array_equal(np.array(getattr(v2.embeddings, kind)), expected)
+    decoded = [np.frombuffer(base64.b64decode(b), dtype="<f4") for b in v2.embeddings.base64]
+    np.testing.assert_array_equal(decoded, vectors)
+    assert v2.texts == texts and v2.meta.billed_units.input_tokens > 0
+    assert floats.response_type == "embeddings_floats"
+    np.testing.assert_allclose(floats.embeddings, prompted.encode_query(texts), atol=ATOL)
+    assert bits.response_type == "embeddings_by_type"
+    np.testing.assert_allclose(bits.embeddings.float_, prompted.encode_document(texts), atol=ATOL)
+    np.testing.assert_array_equal(bits.embeddings.ubinary, st_quantize(np.array(bits.embeddings.float_, dtype=np.float32), "ubinary"))
+
+
+def test_cohere_embed_over_http(embedder):
+    """Matryoshka output_dimension, truncation, and each refusal in Cohere's error shape."""
+    ranges = calibration_ranges(embedder.encode(TEXTS))
+    with live(embedder, names=["tiny"], ranges={"tiny": ranges}, max_client_batch_size=4) as client, \
+            live(embedder, names=["plain"]) as plain:  # fmt: skip
+        short = client.post("/v2/embed", json={"texts": ["a b c"], "output_dimension": 8}).json()
+        long_text = " ".join(["word"] * 500)
+        cut = client.post("/v2/embed", json={"texts": [long_text], "truncate": "START"}).json()
+        refusals = [
+            (plain.post("/v2/embed", json={"texts": ["a"], "embedding_types": ["int8"]}), 422, "--ranges"),
+            (client.post("/v2/embed", json={"texts": ["a"], "embedding_types": ["uint8"], "output_dimension": 8}), 422,
+             "full dimension"),
+            (client.post("/v2/embed", json={"texts": [long_text], "truncate": "NONE"}), 413, "tokens"),
+            (client.post("/v2/embed", json={"texts": ["a"], "images": ["data:x"]}), 422, "'images' is not supported"),
+            (client.post("/v2/embed", json={"texts": ["a"], "max_tokens": 9}), 422, "'max_tokens' is not supported"),
+            (client.post("/v1/embed", json={"texts": ["a"], "output_dimension": 8}), 422, "output_dimension"),
+            (client.post("/v1/embed", json={"texts": []}), 422, "texts"),
+            (client.post("/v1/embed", json={"texts": ["a"], "embedding_types": ["int4"]}), 422, "embedding_types"),
+            (client.post("/v1/embed", json={"texts": ["a"] * 5}), 413, "max-client-batch-size"),
+            (client.post("/embed", json={"inputs": "a", "embedding_types": ["int8"]}), 422, "/v2/embed"),
+        ]
+    assert np.array(short["embeddings"]["float"]).shape == (1, 8)
+    np.testing.assert_allclose(short["embeddings"]["float"], embedder.encode(["a b c"], dim=8), atol=ATOL)
+    np.testing.assert_allclose(cut["embeddings"]["float"], embedder.encode([long_text], truncation_side="left"), atol=ATOL)
+    for response, status, words in refusals:
+        assert response.status_code == status, (words, response.text)
+        message = assert_cohere_error(response, status) if response.request.url.path != "/embed" else response.json()["error"]
+        assert words in message, (words, message)
 
 
 def test_cohere_rerank_over_http(reranker):

@@ -220,6 +220,15 @@ def test_a_busy_port_fails_before_the_model_loads(capsys):
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
 
 
+def test_bad_ranges_fail_before_the_model_loads(capsys, tmp_path):
+    np.save(tmp_path / "r.npy", np.zeros((3, 4)))
+    assert main(["serve", "--model", "no/such-model-anywhere", "--ranges", str(tmp_path / "r.npy"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not float [2, dim]" in err
+    assert main(["serve", "--model", "a/b", "--model", "c/d", "--ranges", str(tmp_path / "r.npy"), "--port", "0"]) == 2
+    assert "1 --ranges for 2 --model" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- finding 7: the served name
 def test_the_served_name_is_the_directory_name(tiny_model_dir, embedder):
     with live(embedder) as client:

@@ -99,16 +99,9 @@ def _ranges(path: Path | None) -> tuple[tuple[float, ...], ...] | None:
     """--ranges: a [2, dim] float .npy, as nested tuples."""
     if path is None:
         return None
-    import numpy as np
+    from .quantize import load_ranges
 
-    try:
-        ranges = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise sources.InputError(f"--ranges {path}: not a readable .npy file ({error})") from None
-    if ranges.ndim != 2 or ranges.shape[0] != 2 or not np.issubdtype(ranges.dtype, np.floating):
-        raise sources.InputError(f"--ranges {path}: holds {ranges.dtype} {list(ranges.shape)}, not float [2, dim] (each "
-                                 "dimension's low and high: gte.quantize.calibration_ranges(vectors))")  # fmt: skip
-    return tuple(tuple(map(float, row)) for row in ranges.astype(np.float32))
+    return tuple(map(tuple, load_ranges(path).tolist()))
 
 
 def run_ray(args: argparse.Namespace, options: Options) -> None:

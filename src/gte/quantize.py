@@ -10,6 +10,8 @@ under the same ranges.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from gte_defaults import PRECISIONS
@@ -34,6 +36,18 @@ def calibration_ranges(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2 or len(vectors) < 2:
         raise ValueError(f"calibration needs at least two vectors [n, dim], got shape {vectors.shape}")
     return np.stack([vectors.min(axis=0), vectors.max(axis=0)])
+
+
+def load_ranges(path: str | os.PathLike) -> np.ndarray:
+    """float32 [2, dim] ranges from a .npy file (numpy.save of `calibration_ranges`); ValueError saying what is wrong."""
+    try:
+        ranges = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"ranges {path}: not a readable .npy file ({error})") from None
+    if ranges.ndim != 2 or ranges.shape[0] != 2 or not np.issubdtype(ranges.dtype, np.floating):
+        raise ValueError(f"ranges {path}: holds {ranges.dtype} {list(ranges.shape)}, not float [2, dim] (each dimension's "
+                         "low and high: gte.quantize.calibration_ranges(vectors))")  # fmt: skip
+    return ranges.astype(np.float32)
 
 
 def quantize_embeddings(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:

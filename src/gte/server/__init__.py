@@ -20,6 +20,7 @@ from gte_defaults import DEFAULT_MODEL
 
 from .. import hub
 from ..embed import Embedder
+from ..quantize import load_ranges
 from ..rerank import Reranker
 from .app import create_app, served_name
 from .served import Model
@@ -65,11 +66,16 @@ def serve(args: argparse.Namespace) -> int:
     checkpoints = args.model or [DEFAULT_MODEL]
     names = _served_names(checkpoints, args.served_model_name)
     revisions = _per_model("--revision", args.revision, checkpoints)
+    ranges = {
+        name: load_ranges(path)
+        for name, path in zip(names, _per_model("--ranges", args.ranges, checkpoints))
+        if path not in (None, "none")
+    }
     models = {
         name: load_model(model, device=args.device, dtype=args.dtype, max_length=args.max_input_length, revision=revision)
         for (name, model), revision in zip(names.items(), revisions)
     }
-    app = create_app(models, settings)
+    app = create_app(models, settings, ranges)
     _exit_cleanly_after_shutdown()
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level,

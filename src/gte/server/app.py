@@ -1,6 +1,6 @@
 """The HTTP API over one or more `Embedder`s and `Reranker`s: OpenAI's /v1/embeddings and /v1/models; TEI's
 /embed, /embed_all, /embed_sparse, /similarity, /rerank, /tokenize, /decode and its root route; Cohere's (and
-Jina's) /v1/rerank and /v2/rerank; and /health, /info, /metrics.
+Jina's) /v1/rerank and /v2/rerank, Cohere's /v1/embed and /v2/embed; and /health, /info, /metrics.
 
 Every request first passes the `Guard` (API key, payload limit, body-read timeout, request metrics).
 An inference request is then parsed, routed to a served model (by its `model`, or by what its route
@@ -33,14 +33,17 @@ from .errors import ApiError, describe_validation_error, install_error_handlers
 from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
-    CohereRerankRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
+    CohereEmbedRequest, CohereRerankRequest, CohereV2EmbedRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
     OpenAIEmbeddingRequest, RequestBody, RerankRequest, SimilarityParameters, SimilarityRequest, TokenizeRequest,
 )  # fmt: skip
 from .served import EMBEDDINGS, RERANKING, SPARSE, Model, Models
 from .settings import ServerSettings
 
 INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/similarity", "/rerank", "/v1/rerank",
-                   "/v2/rerank")  # fmt: skip
+                   "/v2/rerank", "/v1/embed", "/v2/embed")  # fmt: skip
+# Cohere's input_type -> the checkpoint's prompt of that name (sentence-transformers' names for the two searches)
+COHERE_PROMPTS = {"search_query": "query", "search_document": "document", "classification": "classification",
+                  "clustering": "clustering"}  # fmt: skip
 COHERE_SEARCH_UNIT = 100  # documents per billed search unit, as Cohere counts them
 ENDPOINTS = (*INFERENCE_PATHS, "/", "/tokenize", "/decode", "/v1/models", "/health", "/info", "/metrics")
 
@@ -89,11 +92,14 @@ def json_response(content: Any) -> Response:
 
 
 # ---------------------------------------------------------------------- the app
-def create_app(models: Mapping[str, Model], settings: ServerSettings | None = None) -> FastAPI:
-    """The app serving `models` ({served name: Embedder or Reranker}; the first is the default one)."""
+def create_app(
+    models: Mapping[str, Model], settings: ServerSettings | None = None, ranges: Mapping[str, np.ndarray] | None = None
+) -> FastAPI:
+    """The app serving `models` ({served name: Embedder or Reranker}; the first is the default one), with int8 / uint8
+    calibration `ranges` ({served name: [2, dim]}) for the embedding models that have them."""
     settings = settings or ServerSettings()
     metrics = Metrics()
-    served = Models(models, settings, metrics)
+    served = Models(models, settings, metrics, ranges)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -263,8 +269,9 @@ def _sparse_values(embedder: Embedder, token_ids: list[int], weights: dict[str, 
 
 
 def _add_cohere_routes(app: FastAPI, models: Models) -> None:
-    """Cohere's rerank API, which Jina's, LangChain's and LlamaIndex's Cohere rerankers speak: relevance scores
-    in [0, 1] (the sigmoid of the reranker's logit), best first, cut to `top_n`."""
+    """Cohere's rerank API, which Jina's, LangChain's and LlamaIndex's Cohere rerankers speak (relevance scores in
+    [0, 1], the sigmoid of the reranker's logit, best first, cut to `top_n`), and its embed API (float, base64 and
+    quantized vectors)."""
 
     @app.post("/v1/rerank")
     async def cohere_rerank(request: Request) -> Response:
@@ -284,6 +291,43 @@ def _add_cohere_routes(app: FastAPI, models: Models) -> None:
     async def cohere_rerank_v2(request: Request) -> Response:
         body = await parse_body(request, CohereV2RerankRequest)
         return json_response(await _cohere_rerank(models, body, body.documents, version="2"))
+
+    @app.post("/v1/embed")
+    async def cohere_embed(request: Request) -> Response:
+        """Without embedding_types, v1 answers the float vectors as a plain list ("embeddings_floats")."""
+        body = await parse_body(request, CohereEmbedRequest)
+        answer = await _cohere_embed(models, body, body.embedding_types or ["float"], dimensions=None, version="1")
+        if body.embedding_types is None:
+            return json_response({**answer, "response_type": "embeddings_floats", "embeddings": answer["embeddings"]["float"]})
+        return json_response({**answer, "response_type": "embeddings_by_type"})
+
+    @app.post("/v2/embed")
+    async def cohere_embed_v2(request: Request) -> Response:
+        body = await parse_body(request, CohereV2EmbedRequest)
+        types = body.embedding_types or ["float"]
+        return json_response(await _cohere_embed(models, body, types, dimensions=body.output_dimension, version="2"))
+
+
+async def _cohere_embed(models: Models, body: CohereEmbedRequest, types: list[str], *, dimensions: int | None,
+                        version: str) -> dict:  # fmt: skip
+    """Cohere's answer: {type: one vector per text} for each of `types`, the texts, meta."""
+    served = models.pick(body.model, EMBEDDINGS)
+    prompt = COHERE_PROMPTS.get(body.input_type)
+    _, vectors, lengths = await _embeddings(
+        models, served.name, body.texts, "texts", normalize=True, dimensions=dimensions,
+        prompt_name=prompt if prompt in served.model.prompts else None, truncate=body.truncate != "NONE",
+        truncation_side="left" if body.truncate == "START" else "right",
+    )  # fmt: skip
+    embeddings = {kind: _cohere_vectors(served, vectors, kind) for kind in dict.fromkeys(types)}
+    meta = {"api_version": {"version": version}, "billed_units": {"input_tokens": sum(lengths)}}
+    return {"id": str(uuid.uuid4()), "embeddings": embeddings, "texts": body.texts, "meta": meta}
+
+
+def _cohere_vectors(served: Any, vectors: np.ndarray, kind: str) -> np.ndarray | list[str]:
+    """One of Cohere's embedding types: float, base64 (of the float32 bytes), or a precision of gte.quantize."""
+    if kind == "base64":
+        return [encode_vector(vector, "base64") for vector in vectors]
+    return served.quantized(vectors, "float32" if kind == "float" else kind, "embedding_types")
 
 
 async def _cohere_rerank(models: Models, body: Any, texts: list[str], *, version: str) -> dict:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from .schemas import RequestBody
 
-COHERE_PATHS = ("/v1/rerank", "/v2/rerank")
+COHERE_PATHS = ("/v1/rerank", "/v2/rerank", "/v1/embed", "/v2/embed")
 # kind -> (OpenAI "type", TEI "error_type")
 KINDS = {
     "validation": ("invalid_request_error", "Validation"),

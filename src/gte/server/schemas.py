@@ -90,7 +90,8 @@ class EmbedRequest(RequestBody):
     dimensions: Dimensions = None
     unsupported = {  # Cohere's embed fields
         "input_type": INPUT_TYPE,
-        "embedding_types": "the vectors are float32; for base64 use POST /v1/embeddings with \"encoding_format\": \"base64\"",
+        "embedding_types": "the vectors are float32; Cohere's POST /v1/embed and /v2/embed return int8, uint8, binary, "
+        "ubinary and base64 ones",
     }
 
 
@@ -175,6 +176,31 @@ class RerankRequest(RequestBody):
         "this is TEI's /rerank (`query`, `texts`); Cohere's rerank request goes to POST /v1/rerank or /v2/rerank",
     )
 
+
+
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+TEXTS_ONLY = "gte embeds texts: send them in texts"
+
+
+class CohereEmbedRequest(RequestBody):
+    """Cohere's /v1/embed: texts, their input type (a prompt, `cohere_prompt_name`), the embedding types to return
+    and which end of an over-long text to cut (NONE: refuse it)."""
+
+    texts: Annotated[list[str], Field(min_length=1)]
+    model: str | None = None
+    input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = None
+    embedding_types: Annotated[list[EmbeddingType] | None, Field(min_length=1)] = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    unsupported = {"images": TEXTS_ONLY, "inputs": TEXTS_ONLY}
+
+
+class CohereV2EmbedRequest(CohereEmbedRequest):
+    """Cohere's /v2/embed: /v1/embed's fields, Matryoshka `output_dimension`."""
+
+    output_dimension: Dimensions = None
+    priority: int | None = None  # accepted and ignored: every request gets its fair turn
+    unsupported = {**CohereEmbedRequest.unsupported,
+                   "max_tokens": "each text is cut to the model's input limit, --max-input-length"}  # fmt: skip
 
 
 class CohereRerankRequest(RequestBody):

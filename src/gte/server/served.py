@@ -9,10 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..embed import Embedder
 from ..int8 import dtype_name
+from ..quantize import quantize_embeddings
 from ..rerank import Reranker
 from .batcher import Batcher
 from .errors import ApiError
@@ -52,8 +54,11 @@ RERANKING = Need(
 class ServedModel:
     """One model behind the routes: its limits, tokenization, batcher and worker calls."""
 
-    def __init__(self, name: str, model: Model, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, name: str, model: Model, settings: ServerSettings, metrics: Metrics, ranges: np.ndarray | None = None
+    ) -> None:
         self.name, self.model, self.settings = name, model, settings
+        self.ranges = self._check_ranges(ranges)  # int8 / uint8 calibration: each dimension's low and high, [2, dim]
         self.max_input_length = model.max_length  # tokens per input: the model object's own limit
         self.default_prompt = self._default_prompt(settings) if isinstance(model, Embedder) else ""
         self.metrics = metrics.for_model(name)
@@ -108,6 +113,29 @@ class ServedModel:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
+
+    def _check_ranges(self, ranges: np.ndarray | None) -> np.ndarray | None:
+        if ranges is None:
+            return None
+        if not isinstance(self.model, Embedder):
+            raise ValueError(f"{self.name} is a reranker: ranges quantize embeddings")
+        if ranges.shape != (2, self.model.dimension):
+            raise ValueError(f"the ranges for {self.name} are [2, {ranges.shape[-1]}], its vectors have {self.model.dimension} "
+                             "dimensions: calibrate on vectors of this model")  # fmt: skip
+        return ranges
+
+    def quantized(self, vectors: np.ndarray, precision: str, param: str) -> np.ndarray:
+        """`vectors` [n, dim] at `precision` (gte.quantize); int8 / uint8 within the ranges given at start only, so
+        that every request quantizes alike."""
+        if precision.endswith("int8"):
+            if self.ranges is None:
+                raise ApiError(422, f"{self.name} has no calibration ranges, so no {precision} embeddings: start gte serve "
+                               "with --ranges FILE.npy (each dimension's low and high, [2, dim]); binary and ubinary "
+                               "need none", param=param)  # fmt: skip
+            if vectors.shape[1] != self.ranges.shape[1]:
+                raise ApiError(422, f"the ranges are for all {self.ranges.shape[1]} dimensions: {precision} embeddings "
+                               "come at the full dimension only", param=param)  # fmt: skip
+        return quantize_embeddings(vectors, precision, self.ranges)
 
     def check_dimensions(self, dim: int | None) -> None:
         if dim is not None and dim > self.model.dimension:
@@ -231,10 +259,16 @@ class ServedModel:
 class Models:
     """The served models, by name, in the order given (the first is the default one /info describes)."""
 
-    def __init__(self, models: Mapping[str, Model], settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, models: Mapping[str, Model], settings: ServerSettings, metrics: Metrics,
+        ranges: Mapping[str, np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
         if not models:
             raise ValueError("create_app needs at least one Embedder or Reranker to serve")
-        self.served = [ServedModel(name, model, settings, metrics) for name, model in models.items()]
+        ranges = ranges or {}
+        if set(ranges) - set(models):
+            raise ValueError(f"ranges for {', '.join(sorted(set(ranges) - set(models)))}, which is not served")
+        self.served = [ServedModel(name, model, settings, metrics, ranges.get(name)) for name, model in models.items()]
         self.by_name = {served.name: served for served in self.served}
         self.started = int(time.time())
 
