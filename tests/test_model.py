@@ -282,6 +282,25 @@ def test_unavailable_backend_falls_back_with_a_warning(caplog, backends_used):
     assert set(backends_used) == {"sdpa"}
 
 
+@pytest.mark.parametrize("head_dim", [8, 12, 20])
+def test_varlen_pads_head_sizes_its_kernel_cannot_take(monkeypatch, head_dim):
+    """torch's varlen kernel takes head sizes in multiples of 8 only (a CUDA kernel: a stand-in with the
+    same contract runs here); other sizes are zero-padded and give eager's numbers."""
+    from gte.attention import eager, varlen
+    from gte.padding import Packing
+
+    def kernel_contract(q, k, v, cu_q, cu_k, max_q, max_k, *, scale):
+        assert q.shape[-1] % 8 == 0, "head_size must be a multiple of 8"
+        grid = Packing.from_seqlens(torch.diff(cu_q).long())
+        return eager.attend(q * (scale * q.shape[-1] ** 0.5), k, v, grid)  # eager scales by the padded size
+
+    monkeypatch.setattr(varlen, "kernel", lambda: kernel_contract)
+    torch.manual_seed(0)
+    packing = Packing.from_seqlens(torch.tensor([5, 1, 3]))
+    q, k, v = (torch.randn(9, 2, head_dim) for _ in range(3))
+    torch.testing.assert_close(varlen.attend(q, k, v, packing), eager.attend(q, k, v, packing), rtol=0, atol=1e-6)
+
+
 @pytest.mark.skipif(gte.attention.xformers.kernel() is not None, reason="xformers is installed")
 def test_memory_efficient_attention_without_xformers_warns_once_and_runs(caplog, backends_used):
     case_dir = golden_case("p01")["dir"]

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 from ..padding import Packing
+
+HEAD_DIM_MULTIPLE = 8  # the kernel takes head sizes in multiples of 8 only
 
 
 @cache
 def kernel() -> Callable | None:
-    """varlen_attn; None on a torch without it. Imported on first use: the module imports torch._dynamo
-    (about a second), which a CPU run never needs."""
+    """varlen_attn; None on a torch without it, or whose varlen_attn takes no `scale`. Imported on first use:
+    the module imports torch._dynamo (about a second), which a CPU run never needs."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # older torch
         return None
-    return varlen_attn
+    return varlen_attn if "scale" in inspect.signature(varlen_attn).parameters else None
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -26,5 +30,12 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Other head sizes are zero-padded up to the next multiple of 8: zeros change neither the scores
+    (q·k) nor the kept output columns, and the scale stays the true head size's."""
+    head_dim = q.shape[-1]
+    extra = -head_dim % HEAD_DIM_MULTIPLE
+    if extra:
+        q, k, v = (F.pad(t, (0, extra)) for t in (q, k, v))
     cu = packing.cu_seqlens
-    return kernel()(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen)
+    out = kernel()(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, scale=head_dim**-0.5)
+    return out[..., :head_dim]
