@@ -10,7 +10,10 @@ the padded batch, for the backends that can take one): the max abs diff and the 
 against the fixtures' float64 expected outputs, on valid positions only (the fixtures' README; the project's
 copy is tests/golden/, read with tests/model_helpers.py).
 A float32 row passes within the fixtures' tolerance; a half-precision row passes when its cosine
-reaches --min-cosine. Exits 1 if any row fails; exits 0 with a message when there is no CUDA device.
+reaches --min-cosine. Then the user's path on the device with its defaults (dtype auto: float16 on CUDA):
+Embedder (dense and sparse), Reranker and a BERT checkpoint, built as the tests build them (tests/fixtures.py),
+against the same objects on the CPU in float32; a row passes when its lowest cosine reaches --min-cosine.
+Exits 1 if any row fails; exits 0 with a message when there is no CUDA device.
 """
 
 from __future__ import annotations
@@ -18,16 +21,23 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import transformers
 
 import gte
 import gte.attention
+from gte.embed import TruncationWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fixtures  # noqa: E402
 from model_helpers import GOLDEN, golden_diffs, golden_manifest, golden_tensors, load_golden_model, run_golden, zero_padding  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -75,6 +85,64 @@ def compare(model: torch.nn.Module, case: dict, unpad: bool, device: str) -> dic
     return dict(diff=diffs[worst], worst=worst, cosine=cosine(case, got), errors=[])
 
 
+TEXTS = ["the quick brown fox", "a lazy dog sleeps in the sun", "fox", "", "the " * 40 + "end"]
+
+
+def lowest_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The lowest cosine similarity between matching rows of a and b [n, d]; two all-zero rows agree."""
+    a, b = (np.asarray(x, dtype=np.float64).reshape(len(x), -1) for x in (a, b))
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = ~a.any(1) & ~b.any(1)
+    return float(np.min(np.where(both_zero, 1.0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0))))
+
+
+def sparse_matrix(weights: list[dict[str, float]], vocab: list[str]) -> np.ndarray:
+    return np.array([[w.get(token, 0.0) for token in vocab] for w in weights])
+
+
+def pipeline_runs(tmp: Path) -> dict[str, tuple[Path, Callable]]:
+    """name: (checkpoint directory, run(device) -> [n, d] numbers to compare)."""
+
+    def dense(path: Path, cls=gte.Embedder) -> Callable:
+        return lambda device: (m := cls(path, device=device), m.encode(TEXTS), m.dtype)
+
+    def sparse(device):
+        m = gte.Embedder(tmp / "sparse", device=device)
+        return m, m.encode_sparse(TEXTS), m.dtype
+
+    def rerank(device):
+        m = gte.Reranker(tmp / "reranker", device=device)
+        return m, np.array([m.score(TEXTS[0], TEXTS)]), m.dtype
+
+    fixtures.build_tiny_model(tmp / "tiny")
+    fixtures.build_sparse_model(tmp / "sparse")
+    fixtures.build_reranker_model(tmp / "reranker")
+    fixtures.build_bert_family_model(tmp / "bert", "BertModel", pooling="mean")
+    return {"Embedder.encode": dense(tmp / "tiny"), "Embedder.encode_sparse": sparse,
+            "Reranker.score": rerank, "Embedder.encode (BERT)": dense(tmp / "bert")}  # fmt: skip
+
+
+def check_pipeline(device: torch.device, min_cosine: float) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # TEXTS holds one long text on purpose
+        for name, run in pipeline_runs(Path(tmp)).items():
+            row = dict(case=name, backend="auto", mode="unpad", worst=None, errors=[])
+            try:
+                _, expected, _ = run(torch.device("cpu"))
+                model, got, dtype = run(device)
+                if isinstance(got, list):  # sparse {token: weight} per text
+                    vocab = sorted({t for w in expected + got for t in w})
+                    expected, got = sparse_matrix(expected, vocab), sparse_matrix(got, vocab)
+                row |= dict(dtype=next(k for k, v in DTYPES.items() if v == dtype),
+                            backend=model.backend, diff=float(np.abs(got - expected).max()),
+                            cosine=lowest_cosine(got, expected))  # fmt: skip
+            except Exception as exc:  # report it and go on
+                row |= dict(dtype="?", diff=math.inf, cosine=math.nan, errors=[f"{type(exc).__name__}: {exc}"])
+            rows.append(row | dict(ok=not row["errors"] and row["cosine"] >= min_cosine))
+    return rows
+
+
 def print_row(row: dict, width: int) -> None:
     notes = f"  ({'; '.join(map(str, row['errors']))})" if row["errors"] else ""
     print(
@@ -116,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             print_row(row, width)
             failed += not row["ok"]
             total += 1
+    print(f"\nthe user's path, defaults on {device} against the CPU in float32:")
+    for row in check_pipeline(device, args.min_cosine):
+        print_row(row, width)
+        failed += not row["ok"]
+        total += 1
     print(f"{total - failed}/{total} rows passed in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
 

@@ -57,7 +57,8 @@ def test_the_copy_equals_the_shared_fixtures():
 
 
 def test_gpu_check_logic_on_cpu(capsys):
-    """benchmarks/gpu_check.py's whole table for one case, on the CPU: fp32 within tolerance, halves close."""
+    """benchmarks/gpu_check.py's whole table for one case, on the CPU: fp32 within tolerance, halves close;
+    then the user's path (Embedder, Reranker) against itself."""
     gpu_check = import_file(REPO / "benchmarks" / "gpu_check.py")
     case = CASES[0]["name"]
     assert gpu_check.main(["--device", "cpu", "--case", case]) == 0
@@ -67,6 +68,8 @@ def test_gpu_check_logic_on_cpu(capsys):
     assert {tuple(r[1:4]) for r in rows} == expected_rows
     assert all(r[-1] == "PASS" for r in rows)
     assert all(float(r[4]) <= ATOL for r in rows if r[1] == "fp32")
+    user_path = [line for line in out.splitlines() if line.startswith(("Embedder.", "Reranker."))]
+    assert len(user_path) == 4 and all(line.endswith("PASS") for line in user_path)  # dense, sparse, rerank, BERT
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
