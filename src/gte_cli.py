@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="gte", description="GTE v1.5 embeddings and reranking, fast and exact.")
+    parser = CommandParser(prog="gte", description="GTE v1.5 embeddings, reranking and classification, fast and exact.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     embed = commands.add_parser("embed", help="embed texts (arguments, stdin or a file)", description=EMBED_HELP,
@@ -111,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
                         '{"index", "score", "text"} per line (default: %(default)s)')  # fmt: skip
     rerank.set_defaults(run="gte.cli:run_rerank")
 
+    classify = commands.add_parser("classify", help="each label's score for texts (or text pairs), best first")
+    classify.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: --input, else stdin lines)")
+    _add_model_arguments(classify, None, "sequence classifier checkpoint directory or hub id (required: none ships "
+                         "with gte)")  # fmt: skip
+    _add_input_arguments(classify)
+    classify.add_argument("--pair", metavar="TEXT", help="encode TEXT as the second text of a pair with each text (an "
+                          "NLI hypothesis, say)")  # fmt: skip
+    classify.add_argument("--top-k", type=positive_int, help="print only the best K labels of each text (K >= 1)")
+    classify.add_argument("--activation", choices=defaults.ACTIVATIONS, help="softmax over the labels, sigmoid of each, "
+                          "or none (the logits) (default: the checkpoint's: sigmoid for a multi-label or one-label "
+                          "checkpoint, else softmax)")  # fmt: skip
+    _add_truncation_side(classify, "text (or pair)")
+    classify.add_argument("--format", choices=RERANK_FORMATS, default="text", help="text: index, then label<TAB>score "
+                          "for each label, tab-separated, one text a line; jsonl: {\"index\", \"text\", \"labels\": "
+                          "[{\"label\", \"score\"}, ...]} per line (default: %(default)s)")  # fmt: skip
+    classify.set_defaults(run="gte.cli:run_classify")
+
     info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
     info.add_argument("model", nargs="?", default=defaults.DEFAULT_MODEL,
                       help=f"directory or hub id (default: {defaults.DEFAULT_MODEL}, embedded)")
@@ -126,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="HTTP embedding and reranking server (OpenAI and TEI APIs)")
+    serve = commands.add_parser("serve", help="HTTP embedding, reranking and classification server (OpenAI, TEI and "
+                                "Cohere APIs)")  # fmt: skip
     add = serve.add_argument
     add("--model", "-m", action="append", help=f"checkpoint directory or hub id (default: {defaults.DEFAULT_MODEL}); a "
-        "reranker (a sequence classifier) serves /rerank, any other checkpoint the embedding routes; repeat it to "
-        "serve several models (requests name theirs in `model`)")  # fmt: skip
+        "sequence classifier with one label (a reranker) serves /rerank and /predict, one with more labels /predict, "
+        "any other checkpoint the embedding routes; repeat it to serve several models (requests name theirs in "
+        "`model`)")  # fmt: skip
     add("--revision", action="append", metavar="REV", help=f"{REVISION_HELP}; with several --model, one per --model")
     add("--ranges", action="append", metavar="FILE.npy", help="int8 / uint8 calibration of an embedding model: each "
         "dimension's low and high, a [2, dim] .npy (numpy.save of gte.quantize.calibration_ranges(vectors)), for Cohere's "

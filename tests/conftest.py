@@ -44,6 +44,12 @@ def reranker_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def classifier_model_dir(tmp_path_factory) -> Path:
+    """An NLI-style sequence classifier: three named labels (contradiction, neutral, entailment), token types."""
+    return fixtures.build_classifier_model(tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="session")
 def fake_hub_cache(tmp_path_factory, tiny_model_dir) -> Path:
     """A huggingface_hub cache directory holding the tiny English model as Alibaba-NLP/gte-base-en-v1.5.
 

@@ -213,6 +213,20 @@ def build_reranker_model(out: Path, *, seed: int = 3) -> Path:
     return out
 
 
+CLASSIFIER_LABELS = {0: "contradiction", 1: "neutral", 2: "entailment"}
+
+
+def build_classifier_model(out: Path, *, seed: int = 5) -> Path:
+    """An NLI-style NewForSequenceClassification: three named labels, token types for pairs, English tokenizer."""
+    tok = _english_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_config(tok, architecture="NewForSequenceClassification", multilingual=False, type_vocab_size=2,
+                         id2label=CLASSIFIER_LABELS, label2id={v: k for k, v in CLASSIFIER_LABELS.items()})  # fmt: skip
+    save_model(NewForSequenceClassification(config), out)
+    save_tokenizer(tok, out, multilingual=False, max_length=config.max_position_embeddings)
+    return out
+
+
 def build_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = FAKE_REVISION, ref: str = "main") -> Path:
     """A huggingface_hub cache holding `source` as `repo_id` at `revision` (the branch or tag `ref` points at it);
     call it again with another revision to add one."""

@@ -334,12 +334,40 @@ def test_info(capsys, sparse_model_dir):
     assert code == 0 and "architecture:" in out and "NewForTokenClassification" in out
 
 
+# ------------------------------------------------------------------------------ classify
+def test_classify(capsys, monkeypatch, tmp_path, classifier_model_dir, tiny_model_dir):
+    texts = ["a man is sleeping", "the dog runs", ""]
+    classifier = gte.Classifier(classifier_model_dir)
+    code, out, err = run(capsys, "classify", "-m", classifier_model_dir, *texts)
+    assert code == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    for i, (row, expected) in enumerate(zip(rows, classifier.predict(texts))):
+        assert int(row[0]) == i and row[1::2] == [p["label"] for p in expected]
+        np.testing.assert_allclose([float(v) for v in row[2::2]], [p["score"] for p in expected], atol=1e-5)
+
+    source = write_inputs(tmp_path, texts)[".jsonl"]
+    code, out, _ = run(capsys, "classify", "-m", classifier_model_dir, "-i", source, "--pair", "a person rests",
+                       "--top-k", 1, "--activation", "none", "--format", "jsonl")  # fmt: skip
+    expected = classifier.predict([(text, "a person rests") for text in texts], activation="none", top_k=1)
+    got = read_jsonl(out)
+    assert code == 0 and [r["text"] for r in got] == texts and [r["index"] for r in got] == [0, 1, 2]
+    for row, want in zip(got, expected):
+        assert [p["label"] for p in row["labels"]] == [p["label"] for p in want]
+        np.testing.assert_allclose([p["score"] for p in row["labels"]], [p["score"] for p in want], atol=1e-5)
+
+    monkeypatch.setattr(sys, "stdin", stdio.StringIO(""))
+    assert run(capsys, "classify", "-m", classifier_model_dir)[:2] == (0, "")  # no texts: nothing to print
+    assert "needs --model" in error_of(capsys, "classify", "x")
+    assert "not a sequence classifier" in error_of(capsys, "classify", "-m", tiny_model_dir, "x")
+    assert "invalid choice: 'tanh'" in error_of(capsys, "classify", "-m", tiny_model_dir, "--activation", "tanh", "x")
+
+
 def test_serve_is_a_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert all(command in usage for command in ("embed", "rerank", "info", "serve"))
+    assert all(command in usage for command in ("embed", "rerank", "classify", "info", "serve"))
 
 
 # ------------------------------------------------------------------------------ start-up
@@ -348,7 +376,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_transformers():
     torch."""
     probe = """
 import sys, gte_cli
-for argv in (["--help"], ["embed", "--help"], ["serve", "--help"], ["rerank", "-q", "q", "--top-k", "0"],
+for argv in (["--help"], ["embed", "--help"], ["serve", "--help"], ["classify", "--help"], ["rerank", "-q", "q", "--top-k", "0"],
              ["embed", "--dim", "x"], ["serve", "--port", "x"], []):
     try:
         gte_cli.main(argv)
@@ -359,7 +387,7 @@ print(sorted(name for name in ("torch", "transformers", "gte") if name in sys.mo
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     lines = done.stderr.splitlines()
     assert lines[-1] == "[]", done.stderr
-    assert [line for line in lines if line.startswith("exit")] == ["exit 0"] * 3 + ["exit 2"] * 4
+    assert [line for line in lines if line.startswith("exit")] == ["exit 0"] * 4 + ["exit 2"] * 4
     assert "usage: gte embed" in done.stdout
 
 

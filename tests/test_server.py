@@ -36,11 +36,12 @@ from sentence_transformers.util import quantize_embeddings as st_quantize
 
 import fixtures
 from gte import threads
+from gte.classify import Classifier
 from gte.embed import Embedder
 from gte.int8 import Int8Warning
 from gte.quantize import calibration_ranges
 from gte.rerank import Reranker
-from gte.server import ServerSettings, create_app, load_model, served_name
+from gte.server import Http11, ServerSettings, create_app, load_model, served_name
 from gte.server.batcher import Batcher
 from gte.server.metrics import Metrics
 from gte.server.schemas import parse_inputs
@@ -70,7 +71,7 @@ class LiveServer:
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=Http11))  # as gte serve runs
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> str:
@@ -240,6 +241,50 @@ def test_rerank(reranker):
     assert "/rerank" in assert_tei_error(not_embedder, 400)
     assert "truncate" in assert_tei_error(too_long, 413)
     assert "texts" in assert_tei_error(empty, 422)
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_model_dir) -> Classifier:
+    return Classifier(classifier_model_dir)
+
+
+def test_predict(classifier, reranker, monkeypatch):
+    """TEI's /predict: a text, a pair, a batch of both; softmax over several labels, the sigmoid of one, raw logits;
+    and huggingface_hub's InferenceClient.text_classification on the root route."""
+    text, pair = "a man is sleeping", ["a man is sleeping", "a person rests"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # it blocks loopback too; nothing else runs
+    with live(classifier, max_client_batch_size=4) as client:
+        single = client.post("/predict", json={"inputs": text}).json()
+        one_pair = client.post("/predict", json={"inputs": pair}).json()
+        batch = client.post("/predict", json={"inputs": [[text], pair], "raw_scores": True}).json()
+        hub_client = huggingface_hub.InferenceClient(model=str(client.base_url))
+        via_hub = hub_client.text_classification(text)
+        via_hub_top = hub_client.text_classification(text, top_k=1, function_to_apply="sigmoid")
+        refusals = [
+            (client.post("/predict", json={"inputs": ["a", "b", "c"]}), 422, "a list of strings is one pair"),
+            (client.post("/predict", json={"inputs": [["a"], ["a", "b", "c"]]}), 422, "item 1 must be [text] or"),
+            (client.post("/predict", json={"inputs": [["a"]] * 5}), 413, "max-client-batch-size"),
+            (client.post("/predict", json={"inputs": "a", "raw_scores": "yes"}), 422, "raw_scores"),
+            (client.post("/embed", json={"inputs": "a"}), 400, "use POST /predict"),
+            (client.post("/rerank", json={"query": "a", "texts": ["b"]}), 400, "a classifier, not a reranker"),
+        ]
+        info = client.get("/info").json()
+    assert [p["label"] for p in single] == [p["label"] for p in classifier.predict(text)[0]]
+    assert [p["score"] for p in single] == pytest.approx([p["score"] for p in classifier.predict(text)[0]], abs=ATOL)
+    assert [p["label"] for p in one_pair] == [p["label"] for p in classifier.predict(tuple(pair))[0]]
+    expected = classifier.predict([text, tuple(pair)], activation="none")
+    for got, want in zip(batch, expected):
+        assert [p["label"] for p in got] == [p["label"] for p in want]
+        assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=ATOL)
+    assert [(e.label, e.score) for e in via_hub] == [(p["label"], pytest.approx(p["score"], abs=ATOL)) for p in single]
+    best = classifier.predict(text, activation="sigmoid", top_k=1)[0][0]
+    assert [(e.label, e.score) for e in via_hub_top] == [(best["label"], pytest.approx(best["score"], abs=ATOL))]
+    for response, status, needle in refusals:
+        assert needle in assert_tei_error(response, status)
+    assert info["model_type"] == "classifier"
+    with live(reranker) as client:  # a reranker predicts too, as TEI serves one: the sigmoid of its one logit
+        scored = client.post("/predict", json={"inputs": [["chat", "le chat"]]}).json()
+    assert scored[0][0]["score"] == pytest.approx(reranker.score("chat", ["le chat"], normalize=True)[0], abs=ATOL)
 
 
 def assert_cohere_error(response: httpx.Response, status: int) -> str:
@@ -584,6 +629,13 @@ def test_a_broken_checkpoint_is_a_refused_start(tiny_model_dir, tmp_path, capsys
         assert main(["serve", "--model", str(tiny_model_dir), "--model", str(broken)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"gte serve: error: {broken}"), err
+
+
+def test_load_model_picks_the_class_from_the_checkpoint(tiny_model_dir, reranker_model_dir, classifier_model_dir):
+    options = dict(device=None, dtype=None, max_length=None)
+    assert type(load_model(str(tiny_model_dir), **options)) is Embedder
+    assert type(load_model(str(reranker_model_dir), **options)) is Reranker  # one label
+    assert type(load_model(str(classifier_model_dir), **options)) is Classifier  # three
 
 
 def test_load_model_at_a_revision(two_revisions_hub_cache, tiny_model_dir, monkeypatch):

@@ -47,7 +47,9 @@ def connect(url: str) -> socket.socket:
     return socket.create_connection((parts.hostname, parts.port), timeout=30)
 
 
-def request_bytes(path: str, body: bytes, *, content_type: str = "application/json", length: int | None = None) -> bytes:
+def request_bytes(
+    path: str, body: bytes, *, content_type: str = "application/json", length: int | str | None = None
+) -> bytes:
     head = f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
     head += f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
     return head.encode() + body
@@ -136,6 +138,11 @@ def test_sigterm_finishes_while_a_client_stalls(tiny_model_dir):
             assert httpx.get(f"{url}/health", timeout=30).status_code == 200
             process.send_signal(signal.SIGTERM)
             assert process.wait(60) == 0
+            status, body = answer(stalled_body)  # cut off at the timeout: told so, in the API's shape
+        log = process.stderr.read()
+        assert status == 503 and "shut down before this request was answered" in body["error"], body
+        assert body["error_type"] == "Unhealthy"
+        assert "Exception in ASGI application" not in log and "CancelledError" not in log, log
     finally:
         if process.poll() is None:
             process.kill()
@@ -260,6 +267,10 @@ HOSTILE = [
     ("form body", request_bytes("/embed", b"inputs=a", content_type="application/x-www-form-urlencoded"), 415),
     ("unknown route", request_bytes("/v1/chat/completions", b"{}"), 404),
     ("too many inputs", request_bytes("/embed", json.dumps({"inputs": ["a"] * 9}).encode()), 413),
+    ("Content-Length not a number", request_bytes("/embed", b'{"inputs": "a"}', length="abc"), 400),
+    ("two Content-Lengths", request_bytes("/embed", b'{"inputs": "a"}', length="15, 16"), 400),
+    ("negative Content-Length", request_bytes("/v1/embeddings", b'{"input": "a"}', length=-1), 400),
+    ("header without a colon", b"POST /embed HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n", 400),
     ("stalled body", request_bytes("/embed", b'{"inputs": "a', length=100), "hold"),
     ("stalled headers", b"POST /embed HTTP/1.1\r\nContent-Le", "hold"),
     ("slow drip", b"P", "hold"),
@@ -287,6 +298,7 @@ def test_fuzz_hostile_requests_then_a_valid_one(embedder):
                 status, body = answer(sock)
             assert status == then, (what, status, body)
             assert set(body) in ({"error", "error_type"}, {"error"}), (what, body)
+            assert isinstance(body["error"], dict) == data.split(b" ")[1].startswith(b"/v1/"), (what, body)  # OpenAI's
         with httpx.Client(base_url=url, timeout=60) as client:
             expected = embedder.encode(TEXTS)
             got = client.post("/v1/embeddings", json={"input": TEXTS}).json()["data"]

@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> the module that defines it, imported on first use
     "Embedder": "embed",
     "Reranker": "rerank",
+    "Classifier": "classify",
     "embed_corpus": "job",
     "NewPreTrainedModel": "modeling",
     "NewModel": "modeling",

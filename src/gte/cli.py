@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from gte_defaults import DEFAULT_RERANKER
 
 from . import convert, hub, sources, st_files, threads
+from .classify import Classifier
 from .embed import Embedder, TruncationWarning
 from .job import EmbedJob, Options
 from .models import EmbeddedModelError
@@ -141,6 +142,22 @@ def run_rerank(args: argparse.Namespace) -> None:
             print(json.dumps(hit, ensure_ascii=False))
         else:
             print(f"{hit['score']:.6f}\t{hit['index']}\t{hit['text'].translate(RERANK_TEXT_ESCAPES)}")
+
+
+def run_classify(args: argparse.Namespace) -> None:
+    if args.model is None:
+        raise ValueError("gte classify needs --model: a sequence classifier checkpoint directory or hub id (none ships "
+                         "with gte)")  # fmt: skip
+    texts = _texts(args.texts, args)
+    classifier = Classifier(args.model, **_model_kwargs(args))
+    inputs = texts if args.pair is None else [(text, args.pair) for text in texts]
+    predictions = classifier.predict(inputs, activation=args.activation, top_k=args.top_k,
+                                     truncation_side=args.truncation_side)  # fmt: skip
+    for index, (text, labels) in enumerate(zip(texts, predictions)):
+        if args.format == "jsonl":
+            print(json.dumps({"index": index, "text": text, "labels": labels}, ensure_ascii=False))
+        else:
+            print("\t".join([str(index), *(f"{p['label']}\t{p['score']:.6f}" for p in labels)]))
 
 
 def run_info(args: argparse.Namespace) -> None:

@@ -540,7 +540,8 @@ def check_max_length(config: NewConfig, max_length: int) -> int:
 
 def _embedding_class(name: str, num_labels: int) -> type[NewPreTrainedModel]:
     if name == "NewForSequenceClassification":
-        raise ValueError("this checkpoint is a reranker (NewForSequenceClassification): load it with gte.Reranker")
+        raise ValueError("this checkpoint is a sequence classifier (NewForSequenceClassification): load it with "
+                         "gte.Reranker (one label, query-document scores) or gte.Classifier")  # fmt: skip
     if name == "NewForTokenClassification" and num_labels == 1:
         return NewForTokenClassification  # the token-weight head of gte-multilingual-base: dense + sparse
     return NewModel

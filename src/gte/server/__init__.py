@@ -1,4 +1,5 @@
-"""`gte serve`: an embedding / reranking server speaking the OpenAI, TEI and Cohere APIs (FastAPI + uvicorn).
+"""`gte serve`: an embedding / reranking / classification server speaking the OpenAI, TEI and Cohere APIs (FastAPI +
+uvicorn).
 
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --port 8080
     gte serve --model Alibaba-NLP/gte-base-en-v1.5 --model Alibaba-NLP/gte-multilingual-reranker-base
@@ -19,24 +20,27 @@ import uvicorn
 from gte_defaults import DEFAULT_MODEL
 
 from .. import hub
+from ..classify import Classifier
 from ..embed import Embedder
 from ..quantize import load_ranges
 from ..rerank import Reranker
 from .app import create_app, served_name
+from .protocol import Http11
 from .served import Model
 from .settings import ServerSettings
 
-__all__ = ["ServerSettings", "create_app", "load_model", "serve", "served_name"]
+__all__ = ["Http11", "ServerSettings", "create_app", "load_model", "serve", "served_name"]
 
-RERANKER_ARCHITECTURE = "NewForSequenceClassification"
+CLASSIFIER_ARCHITECTURE = "NewForSequenceClassification"
 
 
 def load_model(
     model: str, *, device: str | None, dtype: str | None, max_length: int | None, revision: str | None = None
 ) -> Model:
-    """An Embedder or a Reranker, by the checkpoint's architecture."""
-    name, _ = hub.architecture(hub.resolve(model, revision))
-    cls = Reranker if name == RERANKER_ARCHITECTURE else Embedder
+    """By the checkpoint's architecture: a sequence classifier with one label is a Reranker, one with more a
+    Classifier; any other checkpoint an Embedder."""
+    name, num_labels = hub.architecture(hub.resolve(model, revision))
+    cls = Embedder if name != CLASSIFIER_ARCHITECTURE else Reranker if num_labels == 1 else Classifier
     return cls(model, device=device, dtype=dtype, max_length=max_length, revision=revision)
 
 
@@ -78,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(models, settings, ranges)
     _exit_cleanly_after_shutdown()
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level,
+        app, host=args.host, port=args.port, log_level=args.log_level, http=Http11,
         timeout_graceful_shutdown=args.graceful_shutdown_timeout,  # type: ignore[arg-type]  (a float works)
     )  # fmt: skip
     return 0

@@ -1,6 +1,6 @@
-"""The HTTP API over one or more `Embedder`s and `Reranker`s: OpenAI's /v1/embeddings and /v1/models; TEI's
-/embed, /embed_all, /embed_sparse, /similarity, /rerank, /tokenize, /decode and its root route; Cohere's (and
-Jina's) /v1/rerank and /v2/rerank, Cohere's /v1/embed and /v2/embed; and /health, /info, /metrics.
+"""The HTTP API over one or more `Embedder`s, `Reranker`s and `Classifier`s: OpenAI's /v1/embeddings and /v1/models;
+TEI's /embed, /embed_all, /embed_sparse, /similarity, /rerank, /predict, /tokenize, /decode and its root route;
+Cohere's (and Jina's) /v1/rerank and /v2/rerank, Cohere's /v1/embed and /v2/embed; and /health, /info, /metrics.
 
 Every request first passes the `Guard` (API key, payload limit, body-read timeout, request metrics).
 An inference request is then parsed, routed to a served model (by its `model`, or by what its route
@@ -23,24 +23,27 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from .. import __version__, threads
+from ..classify import activate
 from ..embed import Embedder
 from .errors import ApiError, describe_validation_error, install_error_handlers
 from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
-    CohereEmbedRequest, CohereRerankRequest, CohereV2EmbedRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest, EmbedRequest, EmbedSparseRequest,
-    OpenAIEmbeddingRequest, RequestBody, RerankRequest, SimilarityParameters, SimilarityRequest, TokenizeRequest,
+    CohereEmbedRequest, CohereRerankRequest, CohereV2EmbedRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest,
+    EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, PredictRequest, RequestBody, RerankRequest,
+    SimilarityParameters, SimilarityRequest, TextClassificationParameters, TextClassificationRequest, TokenizeRequest,
 )  # fmt: skip
-from .served import EMBEDDINGS, RERANKING, SPARSE, Model, Models
+from .served import CLASSIFICATION, EMBEDDINGS, RERANKING, SPARSE, Model, Models, model_kind
 from .settings import ServerSettings
 
-INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/similarity", "/rerank", "/v1/rerank",
-                   "/v2/rerank", "/v1/embed", "/v2/embed")  # fmt: skip
+INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/similarity", "/rerank", "/predict",
+                   "/v1/rerank", "/v2/rerank", "/v1/embed", "/v2/embed")  # fmt: skip
 # Cohere's input_type -> the checkpoint's prompt of that name (sentence-transformers' names for the two searches)
 COHERE_PROMPTS = {"search_query": "query", "search_document": "document", "classification": "classification",
                   "clustering": "clustering"}  # fmt: skip
@@ -190,15 +193,42 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
         )  # fmt: skip
         return json_response(Embedder.similarity(vectors[:1], vectors[1:])[0])
 
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        """Each label's score, best first, for a text, a pair, or a batch of them (a list per input)."""
+        body = await parse_body(request, PredictRequest)
+        single = not (isinstance(body.inputs, list) and isinstance(body.inputs[0], list))
+        inputs = [body.inputs] if single else body.inputs
+        rows = [x if isinstance(x, str) else x[0] if len(x) == 1 else (x[0], x[1]) for x in inputs]
+        served, logits = await _classify(models, body.model, rows, truncate=body.truncate,
+                                         truncation_side=body.truncation_direction)  # fmt: skip
+        scores = activate(logits, "none" if body.raw_scores else served.model.activation).tolist()
+        predictions = [served.model.ranked(row) for row in scores]
+        return json_response(predictions[0] if single else predictions)
+
     @app.post("/")
     async def root(request: Request) -> Response:
         """TEI's root route, where huggingface_hub's `InferenceClient(model=URL)` posts: a body whose inputs are an
-        object (sentence_similarity's) is a /similarity request, any other an /embed request (feature_extraction's)."""
+        object (sentence_similarity's) is a /similarity request; one for a classifier (the model it names, else the
+        first served) is text classification (text_classification's); any other an /embed request
+        (feature_extraction's)."""
         try:
-            inputs = orjson.loads(await request.body()).get("inputs")
+            body = orjson.loads(await request.body())
+            inputs, name = body.get("inputs"), body.get("model")
         except (orjson.JSONDecodeError, AttributeError):
-            inputs = None  # /embed's parser says what is wrong
-        return await (similarity if isinstance(inputs, dict) else embed)(request)
+            inputs, name = None, None  # /embed's parser says what is wrong
+        if isinstance(inputs, dict):
+            return await similarity(request)
+        target = models.named(name if isinstance(name, str) else None).model
+        return await (text_classification if CLASSIFICATION.fits(target) else embed)(request)
+
+    async def text_classification(request: Request) -> Response:
+        """The Hugging Face Inference API's answer: per text, [{label, score}] best first (top_k of them)."""
+        body = await parse_body(request, TextClassificationRequest)
+        options = body.parameters or TextClassificationParameters()
+        served, logits = await _classify(models, body.model, body.inputs, truncate=True, truncation_side=None)
+        scores = activate(logits, options.function_to_apply or served.model.activation).tolist()
+        return json_response([served.model.ranked(row, options.top_k) for row in scores])
 
     @app.post("/embed_sparse")
     async def embed_sparse(request: Request) -> Response:
@@ -226,7 +256,8 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
         body = await parse_body(request, TokenizeRequest)
         served = models.named(body.model)
         if body.prompt_name is not None and not EMBEDDINGS.fits(served.model):
-            raise ApiError(422, f"{served.name} is a reranker: prompts apply to embedding models", param="prompt_name")
+            raise ApiError(422, f"{served.name} is a {model_kind(served.model)}: prompts apply to embedding models",
+                           param="prompt_name")  # fmt: skip
         prompt = served.prompt(body.prompt_name, body.inputs)
         return json_response(await served.token_details(body.inputs, add_special_tokens=body.add_special_tokens,
                                                         prompt=prompt))  # fmt: skip
@@ -250,6 +281,17 @@ async def _rerank(
         lengths = [len(ids) for ids, _ in pairs]
         scores = await served.infer(("rerank", normalize), pairs, lengths)
     return served, [float(score) for score in scores], sum(lengths)
+
+
+async def _classify(
+    models: Models, name: str | None, inputs: list[str | tuple[str, str]], *, truncate: bool, truncation_side: str | None
+) -> tuple[Any, torch.Tensor]:
+    """(the served classifier, the logits [n, labels]) of texts and (text, text_pair) pairs."""
+    served = models.pick(name, CLASSIFICATION)
+    with served.admitted():
+        rows = await served.input_tokens(inputs, truncate=truncate, truncation_side=truncation_side, param="inputs")
+        logits = await served.infer(("classify",), rows, [len(ids) for ids, _ in rows])
+    return served, torch.from_numpy(np.asarray(logits))
 
 
 def best_first(scores: list[float]) -> list[int]:

@@ -24,6 +24,7 @@ KINDS = {
     "auth": ("authentication_error", "Unauthorized"),
     "overloaded": ("rate_limit_error", "Overloaded"),
     "backend": ("server_error", "Backend"),
+    "unavailable": ("server_error", "Unhealthy"),
 }
 
 

@@ -26,6 +26,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = ("/health",)  # answered without the API key (load balancer probes)
 CLIENT_GONE = 499  # the status recorded for a client that left before its body arrived (nginx's convention)
+SHUTTING_DOWN = ApiError(
+    503, "the server shut down before this request was answered (its body had not arrived, or its inference had not "
+    "run, within --graceful-shutdown-timeout): send it again once the server is back",
+    kind="unavailable", headers={"Connection": "close"},
+)  # fmt: skip
 
 
 class ClientGone(Exception):
@@ -50,18 +55,22 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
-        start, status = time.perf_counter(), 500
+        start, status, answered = time.perf_counter(), 500, False
 
         async def send_recorded(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self._handle(scope, receive, send_recorded, endpoint)
         except ClientGone:
             status = CLIENT_GONE
+        except asyncio.CancelledError:  # uvicorn's graceful-shutdown timeout ran out with this request unanswered
+            if answered:  # its answer has started: nothing more to say
+                raise
+            await error_response(scope["path"], SHUTTING_DOWN)(scope, receive, send_recorded)
         finally:
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)

@@ -177,6 +177,49 @@ class RerankRequest(RequestBody):
     )
 
 
+PREDICT_FORMS = "a string, a pair of strings [text, text_pair], or a batch of them [[text], [text, text_pair], ...]"
+
+
+def parse_predict_inputs(value: Any) -> str | list[str] | list[list[str]]:
+    """TEI's /predict inputs: one text, one pair, or a batch of one-text and two-text lists."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(value) != 2:
+            raise _invalid(f"is a list of {len(value)} strings; a list of strings is one pair [text, text_pair]: send "
+                           "a batch as [[text], [text, text_pair], ...]")  # fmt: skip
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        bad = next((i for i, v in enumerate(value) if len(v) not in (1, 2) or not all(isinstance(t, str) for t in v)), None)
+        if bad is not None:
+            raise _invalid(f"item {bad} must be [text] or [text, text_pair]")
+        return value
+    raise _invalid(f"must be {PREDICT_FORMS}")
+
+
+class PredictRequest(RequestBody):
+    """TEI's /predict: each label's score for texts and text pairs."""
+
+    inputs: Annotated[str | list[str] | list[list[str]], BeforeValidator(parse_predict_inputs)]
+    model: str | None = None
+    raw_scores: bool = False
+    truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+
+
+class TextClassificationParameters(RequestBody):
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+    top_k: Annotated[int | None, Field(ge=1)] = None
+
+
+class TextClassificationRequest(RequestBody):
+    """The Hugging Face Inference API's text classification at TEI's root route, which huggingface_hub's
+    `InferenceClient.text_classification` sends."""
+
+    inputs: Annotated[list[str], BeforeValidator(parse_texts)]
+    parameters: TextClassificationParameters | None = None
+    model: str | None = None
+
 
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 TEXTS_ONLY = "gte embeds texts: send them in texts"

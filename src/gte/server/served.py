@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from ..classify import Classifier
 from ..embed import Embedder
 from ..int8 import dtype_name
 from ..quantize import quantize_embeddings
@@ -21,7 +22,7 @@ from .errors import ApiError
 from .metrics import Metrics
 from .settings import ServerSettings
 
-Model = Embedder | Reranker
+Model = Embedder | Classifier  # a Reranker is a Classifier
 RETRY_AFTER_S = 1
 # Requests with up to this many characters are tokenized on the event loop (well under a millisecond); larger
 # ones in a worker thread, so that the loop stays responsive. A thread hop costs more than a short text does.
@@ -34,21 +35,39 @@ class Need:
 
     what: str
     fits: Callable[[Model], bool]
-    why_not: Callable[[str], str]  # served name -> message
+    why_not: Callable[[str, Model], str]  # (served name, model) -> message
+
+
+def model_kind(model: Model) -> str:
+    """What a served model is, in /info's terms: "embedding", "reranker" or "classifier"."""
+    return "embedding" if isinstance(model, Embedder) else "reranker" if isinstance(model, Reranker) else "classifier"
+
+
+def _other_routes(model: Model) -> str:
+    """The routes a model that cannot serve a request can serve instead."""
+    routes = {"embedding": "POST /embed", "reranker": "POST /rerank or /predict", "classifier": "POST /predict"}
+    return routes[model_kind(model)]
 
 
 EMBEDDINGS = Need(
-    "embeddings", lambda m: isinstance(m, Embedder), lambda name: f"{name} is a reranker: it has no embeddings; use POST /rerank"
-)
+    "embeddings", lambda m: isinstance(m, Embedder),
+    lambda name, m: f"{name} is a {model_kind(m)}: it has no embeddings; use {_other_routes(m)}",
+)  # fmt: skip
 SPARSE = Need(
     "sparse embeddings",
     lambda m: isinstance(m, Embedder) and m.has_sparse,
-    lambda name: f"{name} has no token-weight head, so no sparse embeddings: serve a NewForTokenClassification "
+    lambda name, m: f"{name} has no token-weight head, so no sparse embeddings: serve a NewForTokenClassification "
     "checkpoint with one label (like gte-multilingual-base)",
 )
 RERANKING = Need(
-    "reranking", lambda m: isinstance(m, Reranker), lambda name: f"{name} is an embedding model, not a reranker: use POST /embed"
-)
+    "reranking", lambda m: isinstance(m, Reranker),
+    lambda name, m: f"{name} is {'an embedding model' if model_kind(m) == 'embedding' else 'a classifier'}, not a "
+    f"reranker (a one-label classifier): use {_other_routes(m)}",
+)  # fmt: skip
+CLASSIFICATION = Need(
+    "classification", lambda m: isinstance(m, Classifier),
+    lambda name, m: f"{name} is an embedding model, not a sequence classifier: use {_other_routes(m)}",
+)  # fmt: skip
 
 
 class ServedModel:
@@ -84,9 +103,12 @@ class ServedModel:
             return self.model.sparse_tokens(items, show_progress=False)
         if kind == "tokens":
             return self.model.token_vectors(items, show_progress=False)
-        (normalize,) = options
         ids, types = zip(*items)
-        return self.model.score_tokens(ids, None if types[0] is None else types, normalize=normalize)
+        types = None if types[0] is None else types
+        if kind == "classify":
+            return self.model.logits_tokens(ids, types, show_progress=False).numpy()
+        (normalize,) = options
+        return self.model.score_tokens(ids, types, normalize=normalize)
 
     async def infer(self, key: Hashable, items: list, lengths: list[int]) -> Sequence:
         """Results for `items` (of `lengths` tokens), one per item: the batcher runs them in --max-batch-tokens
@@ -118,7 +140,7 @@ class ServedModel:
         if ranges is None:
             return None
         if not isinstance(self.model, Embedder):
-            raise ValueError(f"{self.name} is a reranker: ranges quantize embeddings")
+            raise ValueError(f"{self.name} is a {model_kind(self.model)}: ranges quantize embeddings")
         if ranges.shape != (2, self.model.dimension):
             raise ValueError(f"the ranges for {self.name} are [2, {ranges.shape[-1]}], its vectors have {self.model.dimension} "
                              "dimensions: calibrate on vectors of this model")  # fmt: skip
@@ -192,16 +214,23 @@ class ServedModel:
             return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, prompt=prompt, truncate=truncate,
                                truncation_side=truncation_side)  # fmt: skip
 
+    async def input_tokens(
+        self, inputs: list[str | tuple[str, str]], *, truncate: bool, truncation_side: str | None, param: str
+    ) -> list[tuple]:
+        """(token ids, token type ids or None) per input of a classifier: a text, or a (text, text_pair) pair."""
+        self.check_count(len(inputs), param)
+        with _too_long(param):
+            chars = sum(len(x) if isinstance(x, str) else len(x[0]) + len(x[1]) for x in inputs)
+            ids, types = await _call(chars, self.model.tokenize, inputs, truncate=truncate,
+                                     truncation_side=truncation_side)  # fmt: skip
+        return list(zip(ids, types or [None] * len(ids)))
+
     async def pair_tokens(
         self, query: str, texts: list[str], *, truncate: bool, truncation_side: str | None, param: str
     ) -> list[tuple]:
         """(token ids, token type ids or None) per (query, text) pair."""
-        self.check_count(len(texts), param)
-        with _too_long(param):
-            chars = len(query) * len(texts) + sum(map(len, texts))
-            ids, types = await _call(chars, self.model.tokenize_pairs, query, texts, truncate=truncate,
-                                     truncation_side=truncation_side)  # fmt: skip
-        return list(zip(ids, types or [None] * len(ids)))
+        return await self.input_tokens([(query, text) for text in texts], truncate=truncate,
+                                       truncation_side=truncation_side, param=param)  # fmt: skip
 
     async def token_details(self, texts: list[str], *, add_special_tokens: bool, prompt: str) -> list[list[dict]]:
         """TEI's /tokenize answer: per text (after `prompt`), its tokens as {id, text, special, start, stop}, the
@@ -245,7 +274,7 @@ class ServedModel:
         model = self.model
         return {
             "model_id": self.name,
-            "model_type": "reranker" if isinstance(model, Reranker) else "embedding",
+            "model_type": model_kind(model),
             "sparse": SPARSE.fits(model),
             "hidden_size": model.model.config.hidden_size,
             "dtype": dtype_name(model.dtype, model.int8_fidelity),
@@ -293,7 +322,7 @@ class Models:
         if fitting:
             choices = ", ".join(f"`{served.name}`" for served in fitting)
             raise ApiError(400, f"several served models give {need.what} ({choices}): name one in `model`", param="model")
-        raise ApiError(400, "; ".join(need.why_not(served.name) for served in candidates))
+        raise ApiError(400, "; ".join(need.why_not(served.name, served.model) for served in candidates))
 
     def start(self) -> None:
         for served in self.served:
