@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,7 +67,8 @@ def machine() -> str:
         bf16 = False
     return (
         f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"AVX512-BF16: {'yes' if bf16 else 'no'}, oneDNN: {'yes' if torch.backends.mkldnn.is_available() else 'no'}"
+        f"AVX512-BF16: {'yes' if bf16 else 'no'}, oneDNN: {'yes' if torch.backends.mkldnn.is_available() else 'no'}, "
+        f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY') or 'unset (libgomp default)'}"
     )
 
 

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import numpy as np
 import torch
 import transformers
@@ -35,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 from bench import machine  # noqa: E402
 
-import gte  # noqa: E402
 from gte.models import DEFAULT_MODEL, embedded_path  # noqa: E402
 
 

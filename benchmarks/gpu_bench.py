@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 
-from gte import available_backends  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 MIXED, SHORT, LONG = (512, 8, 512), (1024, 16, 48), (2048, 8192)
@@ -96,7 +96,7 @@ def run_shape(
     suite.log(f"{shape.name} {dtype}")
     model = copy.deepcopy(master).to(device, dtype)
     native = suite.build_native(model, device, dtype)
-    backends = [b for b in available_backends(device, dtype) if b != "eager"]
+    backends = [b for b in gte.available_backends(device, dtype) if b != "eager"]
     runners = contenders(model, native, batch_tokens, backends)
     label = str(dtype).removeprefix("torch.")
     rate = suite.GemmRate(shape, batch_tokens, device, dtype, sync)

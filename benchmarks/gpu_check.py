@@ -27,13 +27,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
+import gte.attention
 import numpy as np
-
 import torch
 import transformers
-
-import gte
-import gte.attention
 from gte.embed import TruncationWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

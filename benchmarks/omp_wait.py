@@ -4,8 +4,9 @@ fresh processes that alternate.
 
     python benchmarks/omp_wait.py --repeats 3             # a quiet machine
     python benchmarks/omp_wait.py --repeats 3 --busy 1    # one busy process beside it (a shared machine)
+    python benchmarks/omp_wait.py --model sentence-transformers/all-MiniLM-L6-v2     # the embedded default model
 
-Each process loads the gte-base-shaped random model of serve_load.py and measures, on its 96 mixed-length
+Each process loads the gte-base-shaped random model of serve_load.py (or --model) and measures, on its 96 mixed-length
 texts, the throughput of one `encode` call over all of them and the p50 latency of one text per call.
 The policy is read once, when torch loads, so each measurement needs its own process. Best of --repeats.
 """
@@ -27,6 +28,8 @@ import numpy as np
 # OMP_WAIT_POLICY is no policy (libgomp's default), and it keeps `import gte` from setting one.
 POLICIES = {
     "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=1000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "1000"},
+    "GOMP_SPINCOUNT=3000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "3000"},
     "GOMP_SPINCOUNT=10000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
     "libgomp default": {"OMP_WAIT_POLICY": ""},
     "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--busy", type=int, default=0, help="busy-looping processes to run beside it")
-    parser.add_argument("--model", type=Path, help="a checkpoint directory (default: build the base-shaped one)")
+    parser.add_argument("--model", help="a checkpoint directory or hub id, e.g. sentence-transformers/all-MiniLM-L6-v2 "
+                        "(the embedded default model) (default: build the base-shaped one)")  # fmt: skip
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # a child process: measure this model, print JSON
     args = parser.parse_args(argv)
     if args.measure:

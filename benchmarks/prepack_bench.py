@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import numpy as np
 import torch
 

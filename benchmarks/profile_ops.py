@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import torch
 from torch import nn
 

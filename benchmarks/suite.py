@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import torch
 import torch.nn.functional as F
 
-import gte
 from gte import NewConfig, NewModel
 from gte.convert import native_config, native_state_dict
 from gte.embed import cut_batches
