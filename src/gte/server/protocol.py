@@ -8,6 +8,7 @@ line among the bytes received lately; without one, the answer takes TEI's shape 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import h11
@@ -25,7 +26,7 @@ BAD_REQUEST = ApiError(
 
 
 class Http11(H11Protocol):
-    def connection_made(self, transport) -> None:  # noqa: ANN001  (an asyncio transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:
         self.recent = b""
         super().connection_made(transport)
 
