@@ -59,13 +59,20 @@ def ort_session(model_file: Path, threads: int) -> Callable[[dict], dict]:
 
 
 def openvino_session(model_file: Path, threads: int, precision: str) -> Callable[[dict], dict]:
-    """OpenVINO's CPU plugin at `precision` ("f32" or "bf16"), the latency hint, one stream: feeds -> outputs."""
+    """OpenVINO's CPU plugin at `precision` ("f32" or "bf16"), the latency hint, one stream: feeds -> outputs (the
+    request's buffers, which its next call overwrites: copy what you keep)."""
     import openvino
 
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
     request = compiled.create_infer_request()
-    return lambda feeds: {o.get_any_name(): v.copy() for o, v in request.infer(feeds).items()}
+    return lambda feeds: {o.get_any_name(): v for o, v in request.infer(feeds).items()}  # the request's own buffers
+
+
+def export(model: suite.NewModel, out: Path) -> gte.export.ExportReport:
+    """`model` saved as a checkpoint under `out`, exported to ONNX with its int8 copy."""
+    model.save_pretrained(out / "checkpoint")
+    return gte.export_onnx(out / "checkpoint", out / "onnx-export", quantize="int8")
 
 
 def runtime_sessions(report: gte.export.ExportReport, threads: int) -> dict[str, Callable[[dict], dict]]:
@@ -98,7 +105,7 @@ def default_model_calls(out: Path, threads: int) -> tuple[dict[str, Call], dict[
             feeds = {"input_ids": [encoding.ids], "attention_mask": [encoding.attention_mask],
                      "token_type_ids": [encoding.type_ids]}  # fmt: skip
             feeds = {name: np.array(value, dtype=np.int64) for name, value in feeds.items() if name in report.inputs}
-            return session(feeds)["sentence_embedding"][0]
+            return session(feeds)["sentence_embedding"][0].copy()
 
         return call
 
@@ -114,8 +121,7 @@ def default_model_calls(out: Path, threads: int) -> tuple[dict[str, Call], dict[
 def base_shape_calls(shape: suite.Shape, out: Path, threads: int) -> tuple[dict[str, Call], dict[str, np.ndarray]]:
     """{contender: one call on a QUERY_TOKENS-token query}, and each contender's first-token hidden state."""
     model = suite.build_model(shape)
-    model.save_pretrained(out / "checkpoint")
-    report = gte.export_onnx(out / "checkpoint", out / "onnx-export", quantize="int8")
+    report = export(model, out)
     (query,) = suite.random_docs([QUERY_TOKENS], shape.vocab, torch.Generator().manual_seed(3))
     ids = np.array([query], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
@@ -125,7 +131,7 @@ def base_shape_calls(shape: suite.Shape, out: Path, threads: int) -> tuple[dict[
                 (("fp32", None), ("bf16", torch.bfloat16), ("int8", "int8"))}  # fmt: skip
     calls = {name: (lambda c=contender: c.embed([query])[0]) for name, contender in ours.items()}
     calls |= {
-        name: (lambda s=session: s(feeds)["last_hidden_state"][0, 0])
+        name: (lambda s=session: s(feeds)["last_hidden_state"][0, 0].copy())
         for name, session in runtime_sessions(report, threads).items()
     }
     return calls, {name: np.asarray(call(), dtype=np.float32) for name, call in calls.items()}

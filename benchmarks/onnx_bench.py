@@ -23,6 +23,7 @@ import importlib.util
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 from bench import FULL, TINY, machine  # noqa: E402
+from latency import export, openvino_session, ort_session  # noqa: E402
 
 
 BATCH_SIZE = 32
@@ -40,57 +42,32 @@ BLOCK_PAUSE_S = 0.2  # before each latency block: longer than ONNX Runtime's thr
 QUERY_TOKENS = 24
 
 
-def ort_contender(model_file: Path, name: str, threads: int) -> suite.Contender:
-    """ONNX Runtime on padded, length-sorted batches; first-token hidden states [B, H]."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+def runtime_contender(session: Callable[[dict], dict], name: str) -> suite.Contender:
+    """A runtime's `session` (latency.ort_session, latency.openvino_session) on padded, length-sorted batches;
+    first-token hidden states [B, H]."""
 
     def embed(docs: suite.Docs) -> torch.Tensor:
         ids, mask = suite.padded_batch(docs, torch.device("cpu"))
-        hidden = session.run(["last_hidden_state"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        return torch.from_numpy(hidden[:, 0])
-
-    return suite.Contender(name, suite.sorted_by_length(BATCH_SIZE), embed, padded=True)
-
-
-def openvino_contender(model_file: Path, name: str, threads: int) -> suite.Contender:
-    """OpenVINO's CPU plugin on padded, length-sorted batches; first-token hidden states [B, H]. Inference
-    precision float32 (on CPUs with bfloat16 units its default is bfloat16), one stream on `threads` threads."""
-    import openvino
-
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
-    request, output = compiled.create_infer_request(), compiled.output("last_hidden_state")
-
-    def embed(docs: suite.Docs) -> torch.Tensor:
-        ids, mask = suite.padded_batch(docs, torch.device("cpu"))
-        hidden = request.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[output]
-        return torch.from_numpy(hidden[:, 0].copy())  # the request's buffer is reused by the next call
+        hidden = session({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})["last_hidden_state"]
+        return torch.from_numpy(hidden[:, 0].copy())  # OpenVINO's buffer is reused by the next call
 
     return suite.Contender(name, suite.sorted_by_length(BATCH_SIZE), embed, padded=True)
 
 
 def runtime_contenders(report: gte.export.ExportReport, threads: int) -> tuple[list[suite.Contender], str | None]:
-    """ONNX Runtime's and (when installed) OpenVINO's contenders on the export, and a note on what was skipped."""
+    """ONNX Runtime's and (when installed) OpenVINO's contenders on the export, and a note on what was skipped.
+    OpenVINO at float32 inference precision (on CPUs with bfloat16 units its default is bfloat16)."""
     contenders = [
-        ort_contender(report.model_file, "ONNX Runtime fp32", threads),
-        ort_contender(report.quantized_file, "ONNX Runtime int8", threads),
+        runtime_contender(ort_session(report.model_file, threads), "ONNX Runtime fp32"),
+        runtime_contender(ort_session(report.quantized_file, threads), "ONNX Runtime int8"),
     ]
     if importlib.util.find_spec("openvino") is None:
         return contenders, "OpenVINO: not installed (`pip install openvino`), its contenders skipped."
     contenders += [
-        openvino_contender(report.model_file, "OpenVINO fp32", threads),
-        openvino_contender(report.quantized_file, "OpenVINO int8", threads),
+        runtime_contender(openvino_session(report.model_file, threads, "f32"), "OpenVINO fp32"),
+        runtime_contender(openvino_session(report.quantized_file, threads, "f32"), "OpenVINO int8"),
     ]
     return contenders, None
-
-
-def export(model: suite.NewModel, out: Path) -> gte.export.ExportReport:
-    model.save_pretrained(out / "checkpoint")
-    return gte.export_onnx(out / "checkpoint", out / "onnx-export", quantize="int8")
 
 
 def throughput_table(results: list[suite.Result], workload: suite.Workload) -> str:
