@@ -98,8 +98,8 @@ def json_response(content: Any) -> Response:
 def create_app(
     models: Mapping[str, Model], settings: ServerSettings | None = None, ranges: Mapping[str, np.ndarray] | None = None
 ) -> FastAPI:
-    """The app serving `models` ({served name: Embedder or Reranker}; the first is the default one), with int8 / uint8
-    calibration `ranges` ({served name: [2, dim]}) for the embedding models that have them."""
+    """The app serving `models` ({served name: Embedder, Reranker or Classifier}; the first is the default one), with
+    int8 / uint8 calibration `ranges` ({served name: [2, dim]}) for the embedding models that have them."""
     settings = settings or ServerSettings()
     metrics = Metrics()
     served = Models(models, settings, metrics, ranges)

@@ -293,7 +293,7 @@ class Models:
         ranges: Mapping[str, np.ndarray] | None = None,
     ) -> None:  # fmt: skip
         if not models:
-            raise ValueError("create_app needs at least one Embedder or Reranker to serve")
+            raise ValueError("create_app needs at least one Embedder, Reranker or Classifier to serve")
         ranges = ranges or {}
         if set(ranges) - set(models):
             raise ValueError(f"ranges for {', '.join(sorted(set(ranges) - set(models)))}, which is not served")
