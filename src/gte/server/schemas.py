@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from gte_defaults import ACTIVATIONS
+
 INPUT_FORMS = "a string, a list of strings, a list of token ids or a list of token-id lists"
 
 
@@ -208,7 +210,7 @@ class PredictRequest(RequestBody):
 
 
 class TextClassificationParameters(RequestBody):
-    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+    function_to_apply: Literal[ACTIVATIONS] | None = None  # type: ignore[valid-type]  (gte_defaults' names)
     top_k: Annotated[int | None, Field(ge=1)] = None
 
 
@@ -226,8 +228,8 @@ TEXTS_ONLY = "gte embeds texts: send them in texts"
 
 
 class CohereEmbedRequest(RequestBody):
-    """Cohere's /v1/embed: texts, their input type (a prompt, `cohere_prompt_name`), the embedding types to return
-    and which end of an over-long text to cut (NONE: refuse it)."""
+    """Cohere's /v1/embed: texts, their input type (the checkpoint's prompt of that name: app.COHERE_PROMPTS), the
+    embedding types to return and which end of an over-long text to cut (NONE: refuse it)."""
 
     texts: Annotated[list[str], Field(min_length=1)]
     model: str | None = None
