@@ -7,7 +7,7 @@ benchmarks/cli_startup.py's.
 
 Workloads:
 - the default model (the embedded all-MiniLM-L6-v2), one real query from its text to its normalised vector:
-  ours is `Embedder.encode(text)`; a runtime's call is what its user writes: the checkpoint's `tokenizers`
+  ours is `Embedder.encode(text)` (also with gte's thread sizing off: "every thread"); a runtime's call is what its user writes: the checkpoint's `tokenizers`
   tokenizer, the session, the graph's own sentence_embedding output (pooling and normalisation in the graph);
 - the gte-base shape (random weights), one 24-token query from token ids to the first token's hidden state:
   ours is `Embedder.encode_tokens`; a runtime's call feeds the ids and reads last_hidden_state.
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
+import gte.threads
 import numpy as np
 import torch
 
@@ -114,8 +115,23 @@ def default_model_calls(out: Path, threads: int) -> tuple[dict[str, Call], dict[
         ours = {f"ours {name}": gte.Embedder(DEFAULT_MODEL, dtype=dtype) for name, dtype in
                 (("fp32", None), ("bf16", "bfloat16"), ("int8", "int8"))}  # fmt: skip
     calls = {name: (lambda e=embedder: e.encode(QUERY)[0]) for name, embedder in ours.items()}
+    calls["ours fp32, every thread"] = every_thread(calls["ours fp32"])
     calls |= {name: runtime_call(session) for name, session in runtime_sessions(report, threads).items()}
     return calls, {name: np.asarray(call(), dtype=np.float32) for name, call in calls.items()}
+
+
+def every_thread(call: Call) -> Call:
+    """`call` with gte's thread sizing off (gte.threads.sized_to): the query on all of torch's threads, to show
+    what the sizing buys."""
+
+    def unsized() -> object:
+        saved, gte.threads.WORK_PER_THREAD = gte.threads.WORK_PER_THREAD, 1e-9
+        try:
+            return call()
+        finally:
+            gte.threads.WORK_PER_THREAD = saved
+
+    return unsized
 
 
 def base_shape_calls(shape: suite.Shape, out: Path, threads: int) -> tuple[dict[str, Call], dict[str, np.ndarray]]:

@@ -1,7 +1,9 @@
-"""Packed projections (src/gte/prepack.py) against nn.Linear, on CPU, float32: latency, throughput, memory.
+"""Packed projections (src/gte/prepack.py) against nn.Linear, on CPU, float32 or bfloat16: latency, throughput,
+memory.
 
-    python benchmarks/prepack_bench.py              # the gte-base shape and the embedded default model
-    python benchmarks/prepack_bench.py --tiny       # a smoke run
+    python benchmarks/prepack_bench.py                      # the gte-base shape and the embedded default model
+    python benchmarks/prepack_bench.py --dtype bfloat16     # the same, both contenders in bfloat16
+    python benchmarks/prepack_bench.py --tiny               # a smoke run
 
 Both contenders are the `Embedder` on the same checkpoint, one loaded as gte loads it (packed), one with
 packing turned off; they alternate, best of --repeats. Workloads: one 24-token query (batch-1 latency),
@@ -46,9 +48,9 @@ def packing(on: bool) -> Iterator[None]:
         gte.hub.prepack = original
 
 
-def load(model: str | None, packed: bool) -> Embedder:
+def load(model: str | None, packed: bool, dtype: str = "float32") -> Embedder:
     with packing(packed):
-        return Embedder(model, device="cpu") if model else Embedder(device="cpu")
+        return Embedder(model, device="cpu", dtype=dtype) if model else Embedder(device="cpu", dtype=dtype)
 
 
 def workloads(vocab: int, max_length: int, tiny: bool) -> dict[str, list[list[int]]]:
@@ -75,8 +77,8 @@ def best_of(run: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def compare(label: str, model: str | None, repeats: int, tiny: bool) -> str:
-    embedders = {name: load(model, name == "packed") for name in CONTENDERS}
+def compare(label: str, model: str | None, repeats: int, tiny: bool, dtype: str) -> str:
+    embedders = {name: load(model, name == "packed", dtype) for name in CONTENDERS}
     first = embedders["packed"]
     lines = [f"### {label}", ""]
     lines += ["| workload | tokens | nn.Linear ms | packed ms | speed-up | max abs diff |", "|---|---:|---:|---:|---:|---:|"]
@@ -95,13 +97,13 @@ def compare(label: str, model: str | None, repeats: int, tiny: bool) -> str:
     return "\n".join(lines)
 
 
-def resident(model: str | None, packed: bool) -> dict[str, float]:
+def resident(model: str | None, packed: bool, dtype: str) -> dict[str, float]:
     """MiB resident in a fresh process after loading and embedding (anonymous, file-backed)."""
     code = f"""
 import json, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from prepack_bench import load
-embedder = load({model!r}, {packed})  # kept alive while the resident set is read
+embedder = load({model!r}, {packed}, {dtype!r})  # kept alive while the resident set is read
 embedder.encode(["a few words"] * 8)
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith("Rss"))
 print(json.dumps({{k: int(v.split()[0]) / 1024 for k, v in status.items()}}))
@@ -110,11 +112,11 @@ print(json.dumps({{k: int(v.split()[0]) / 1024 for k, v in status.items()}}))
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def memory_table(models: dict[str, str | None]) -> str:
+def memory_table(models: dict[str, str | None], dtype: str) -> str:
     lines = ["| model | contender | RSS MiB | anonymous MiB | file-backed MiB |", "|---|---|---:|---:|---:|"]
     for label, model in models.items():
         for name in CONTENDERS:
-            rss = resident(model, name == "packed")
+            rss = resident(model, name == "packed", dtype)
             total = rss["RssAnon"] + rss["RssFile"] + rss["RssShmem"]
             lines.append(f"| {label} | {name} | {total:.0f} | {rss['RssAnon']:.0f} | {rss['RssFile']:.0f} |")
     return "\n".join(lines)
@@ -124,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny model and small workloads: a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating passes, best kept (default: 3)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both contenders' (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not gte.prepack.supported():
-        print("packed projections are not supported on this machine / torch build: nothing to compare", file=sys.stderr)
+    if not gte.prepack.supported(getattr(torch, args.dtype)):
+        print(f"packed {args.dtype} projections are not supported on this machine / torch build: nothing to compare",
+              file=sys.stderr)  # fmt: skip
         return 1
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve_load import build_base_model
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             models = {"gte-base shape": str(build_base_model(Path(tmp) / "gte-base-shaped")),
                       "all-MiniLM-L6-v2 (embedded default)": None}  # fmt: skip
-        tables = [compare(label, model, args.repeats, args.tiny) for label, model in models.items()]
-        memory = memory_table(models)
+        tables = [compare(f"{label}, {args.dtype}", model, args.repeats, args.tiny, args.dtype) for label, model in models.items()]
+        memory = memory_table(models, args.dtype)
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"load average {load_before:.2f} before the run and {os.getloadavg()[0]:.2f} after; best of {args.repeats}\n")  # fmt: skip
     print("\n\n".join(tables) + "\n\n### memory after loading and embedding (fresh process each)\n\n" + memory)

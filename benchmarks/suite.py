@@ -214,11 +214,11 @@ def ours(
     """`gte.Embedder.encode_tokens`, called once per batch of the Embedder's own plan (`cut_batches`):
     the same batches as one call over the whole workload, split so contenders can interleave.
     A `dtype` converts `model` in place (the Embedder's dtype option; "int8" quantizes its projections, and the
-    Embedder's fidelity probe, without a tokenizer, runs on fixed token ids). A float32 CPU model is copied and
-    packed as gte packs the models it loads (src/gte/prepack.py), so the contenders that share `model`
+    Embedder's fidelity probe, without a tokenizer, runs on fixed token ids). A float32 or bfloat16 CPU model is
+    copied and packed as gte packs the models it loads (src/gte/prepack.py), so the contenders that share `model`
     keep nn.Linear; elsewhere nothing is packed and `model` is used as it is."""
-    if dtype is None and model.device.type == "cpu":
-        model = copy.deepcopy(model)
+    if dtype in (None, torch.bfloat16) and model.device.type == "cpu":
+        model = copy.deepcopy(model).to(dtype or model.dtype)
         prepack(model)
     embedder = gte.Embedder(model, dtype=dtype)
 

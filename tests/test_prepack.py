@@ -1,5 +1,5 @@
-"""Packed projections (oneDNN, float32 CPU): the numbers of nn.Linear, nothing lost on save, and only
-models gte loads itself are packed."""
+"""Packed projections (oneDNN, float32 and bfloat16 CPU): the numbers of nn.Linear, nothing lost on save, and
+only models gte loads itself are packed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import gte
 from gte.prepack import PackedLinear, prepack, supported
 from model_helpers import golden_diffs, golden_manifest, load_golden_model, run_golden, random_batch, small_config
 
-pytestmark = pytest.mark.skipif(not supported(), reason="no packed oneDNN kernel on this machine / torch build")
+pytestmark = pytest.mark.skipif(not supported(torch.float32), reason="no packed oneDNN kernel on this machine / torch build")
 
 TEXTS = ["what is the capital of China?", "how to implement quick sort in python? " * 20, "panda"]
 
@@ -33,6 +33,24 @@ def test_packed_layers_give_the_linear_numbers(config):
         got = model(**batch).last_hidden_state
     assert not any(type(m) is torch.nn.Linear for m in model.encoder.modules())
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not supported(torch.bfloat16), reason="no bfloat16 oneDNN kernel for this CPU / torch build")
+def test_bfloat16_projections_are_packed_and_give_the_linear_numbers(tiny_model_dir):
+    torch.manual_seed(0)
+    model = gte.NewModel(small_config()).eval().to(torch.bfloat16)
+    batch = random_batch(model.config, [9, 3, 17])
+    with torch.inference_mode():
+        expected = model(**batch).last_hidden_state
+        assert prepack(model) == 4 * model.config.num_hidden_layers
+        got = model(**batch).last_hidden_state
+    assert {module.packed.dtype for module in packed_modules(model)} == {torch.bfloat16}
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+    embedder = gte.Embedder(tiny_model_dir, dtype="bfloat16")
+    assert len(packed_modules(embedder.model)) == 4 * embedder.model.config.num_hidden_layers
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    for name, tensor in embedder.model.state_dict().items():
+        torch.testing.assert_close(tensor, original[name].to(torch.bfloat16), atol=0, rtol=0)
 
 
 def test_embedder_packs_the_model_it_loads_but_not_one_passed_in(tiny_model_dir):
@@ -75,5 +93,5 @@ def test_golden_cases_pass_packed(unpad):
 def test_the_probe_leaves_the_random_state_alone():
     supported.cache_clear()
     state = torch.random.get_rng_state()
-    assert supported()
+    assert supported(torch.float32)
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -1,5 +1,6 @@
 """torch's thread count: gte's default from the CPU affinity and the cgroup quota (read from files given as
-paths, so that fake ones stand in), and the user's choices that win over it, each in a fresh process."""
+paths, so that fake ones stand in), and the user's choices that win over it, each in a fresh process; and the
+threads a forward pass computes with, sized by the work at hand."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from gte.threads import cgroup_cpu_limit, default_threads
+import gte
+from gte import threads
+from gte.prepack import supported
+from gte.threads import WORK_PER_THREAD, cgroup_cpu_limit, default_threads, sized_to
 
 MACHINE = os.cpu_count()
 
@@ -118,3 +125,71 @@ def test_the_user_can_ask_for_more_than_the_default(tiny_model_dir):
     """--threads is taken as given, above the CPUs the process may use too."""
     count, source = run(tiny_model_dir, ONE_CPU, COMMAND.replace("'1'", "'3'"), {})
     assert (count, source) == (3, "--threads")
+
+
+# ------------------------------------------------------------------------------ threads sized by the work
+CPU = torch.device("cpu")
+QUERY = "what is the capital of China?"
+
+
+@pytest.fixture
+def four_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("work, inside", [(0, 1), (WORK_PER_THREAD * 3.5, 3), (WORK_PER_THREAD * 100, 4)])
+def test_work_sizes_the_threads_of_a_block_up_to_torchs_count(four_threads, work, inside):
+    assert threads.threads_sleep()  # gte's default wait policy: the tests import gte before torch
+    with sized_to(work, CPU):
+        assert torch.get_num_threads() == inside
+    assert torch.get_num_threads() == 4
+    with pytest.raises(KeyError), sized_to(work, CPU):
+        raise KeyError
+    assert torch.get_num_threads() == 4
+
+
+def test_only_cpu_work_is_sized(four_threads):
+    with sized_to(0, torch.device("meta")):
+        assert torch.get_num_threads() == 4
+
+
+def test_threads_that_spin_are_not_sized(four_threads, monkeypatch):
+    monkeypatch.setattr(threads, "threads_sleep", lambda: False)
+    with sized_to(0, CPU):
+        assert torch.get_num_threads() == 4
+
+
+def record_threads(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> dict[str, set[int]]:
+    """The thread counts that the projections' kernel, the attention kernel and the norms of `model`'s encoder
+    run with, by kind."""
+    seen: dict[str, set[int]] = {}
+
+    def recording(kind: str, kernel):
+        def run(*args, **kwargs):
+            seen.setdefault(kind, set()).add(torch.get_num_threads())
+            return kernel(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording("projection", torch.ops.mkldnn._linear_pointwise))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording("attention", F.scaled_dot_product_attention))
+    for norm in (m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)):
+        norm.register_forward_pre_hook(lambda *_: seen.setdefault("norm", set()).add(torch.get_num_threads()))
+    return seen
+
+
+@pytest.mark.skipif(not supported(torch.float32), reason="no packed oneDNN kernel on this machine / torch build")
+def test_a_query_runs_on_one_thread_and_large_work_on_all(tiny_model_dir, four_threads, monkeypatch):
+    embedder = gte.Embedder(tiny_model_dir)
+    torch.set_num_threads(4)  # loading gave torch its default count
+    seen = record_threads(embedder.model, monkeypatch)
+    query = embedder.encode(QUERY)
+    assert seen == {"projection": {1}, "attention": {1}, "norm": {1}}
+    monkeypatch.setattr(threads, "WORK_PER_THREAD", 1e-9)  # any work keeps every thread busy
+    seen.clear()
+    np.testing.assert_allclose(embedder.encode(QUERY), query, atol=1e-6)
+    assert seen == {"projection": {4}, "attention": {4}, "norm": {4}}
+    assert torch.get_num_threads() == 4

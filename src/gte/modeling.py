@@ -33,7 +33,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from . import attention
+from . import attention, threads
 from .configuration import NewConfig
 from .layers import NewEmbeddings, NewEncoder
 from .padding import Packing, pad, unpad_index
@@ -170,12 +170,13 @@ class NewModel(NewPreTrainedModel):
         logn = self._logn_scale(packing.seqlens if lengths is None else lengths, packing, x.dtype)
         hidden_states, attentions = [x], []
         last = len(self.encoder.layer) - 1
-        for i, layer in enumerate(self.encoder.layer):
-            x, probs = layer(
-                x, packing, backend, rope, logn, subset=subset if i == last else None, output_attentions=output_attentions
-            )
-            hidden_states.append(x)
-            attentions.append(probs)
+        with threads.sized_to(x.shape[0] * self.config.hidden_size * self.config.intermediate_size, x.device):
+            for i, layer in enumerate(self.encoder.layer):
+                x, probs = layer(
+                    x, packing, backend, rope, logn, subset=subset if i == last else None, output_attentions=output_attentions
+                )
+                hidden_states.append(x)
+                attentions.append(probs)
         return x, hidden_states if output_hidden_states else [], attentions if output_attentions else []
 
     def _logn_scale(self, lengths: torch.Tensor, packing: Packing, dtype: torch.dtype) -> torch.Tensor | None:

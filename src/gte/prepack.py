@@ -1,12 +1,13 @@
 """The encoder layers' projections swapped, once, for CPU modules that hold their weights ready for the kernel:
-float32 weights packed for oneDNN (`prepack`), or int8 weights for dynamic quantization (`quantize`).
+float32 or bfloat16 weights packed for oneDNN (`prepack`), or int8 weights for dynamic quantization (`quantize`).
 
 nn.Linear on CPU passes its weight to a GEMM that lays it out for the kernel again on every call. For the
 few rows of a query that copy is most of the work: at gte-base size a 24-token query took 77 ms, and 39 ms
 with the weights laid out once, up front, as torch.compile's CPU backend does; batches of mixed texts ran
-1.2x faster (benchmarks/prepack_bench.py, BENCHMARKS.md). Results differ from nn.Linear's by float32
-rounding only. Only models that gte loads itself are packed (never a model object a user passes in), and
-only where a probe shows that this torch build runs the packed kernel correctly.
+1.2x faster (benchmarks/prepack_bench.py, BENCHMARKS.md). bfloat16 weights are packed too where oneDNN has
+bfloat16 kernels for this CPU. Results differ from nn.Linear's by rounding only. Only models that gte loads
+itself are packed (never a model object a user passes in), and only where a probe shows that this torch build
+runs the packed kernel correctly.
 
 int8 (`Embedder(dtype="int8")`) replaces the same projections with `Int8Linear` instead: its weights are int8
 from the start, packed by torch's quantized engine, so there is nothing left for `prepack` to do.
@@ -34,7 +35,7 @@ VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 class PackedLinear(nn.Module):
-    """An inference-only nn.Linear whose weight is held in oneDNN's blocked layout (float32, CPU).
+    """An inference-only nn.Linear whose weight is held in oneDNN's blocked layout (float32 or bfloat16, CPU).
 
     `weight` and the state dict give the plain [out, in] weight back, so saving the model loses nothing."""
 
@@ -85,13 +86,11 @@ class Int8Linear(nn.Module):
 
 
 def prepack(model: nn.Module) -> int:
-    """Pack the float32 CPU projections of `model`'s encoder layers in place; how many were packed
-    (0 where this machine or torch build cannot run the packed kernel)."""
-    if not supported():
-        return 0
+    """Pack the float32 and bfloat16 CPU projections of `model`'s encoder layers in place; how many were packed
+    (0 where this machine or torch build cannot run the packed kernel for their type)."""
 
     def pack(child: nn.Module) -> nn.Module | None:
-        if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+        if type(child) is nn.Linear and child.weight.device.type == "cpu" and supported(child.weight.dtype):
             return PackedLinear(child)
         return None
 
@@ -138,11 +137,14 @@ def _own_the_rest(model: nn.Module) -> None:
 
 
 @functools.cache
-def supported() -> bool:
-    """x86 (where it was measured), a torch with oneDNN, and the packed kernel giving nn.Linear's numbers."""
+def supported(dtype: torch.dtype) -> bool:
+    """x86 (where it was measured), a torch with oneDNN (with bfloat16 kernels for this CPU, for bfloat16), and
+    the packed kernel giving nn.Linear's numbers in `dtype`."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
-    return _probe(PackedLinear, tolerance=1e-5)
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported() and _probe(PackedLinear, tolerance=1e-2, dtype=dtype)
+    return dtype == torch.float32 and _probe(PackedLinear, tolerance=1e-5)
 
 
 @functools.cache
@@ -161,15 +163,15 @@ def int8_supported() -> bool:
     return torch.backends.quantized.engine != "none" and _probe(Int8Linear, tolerance=0.05)
 
 
-def _probe(make: Callable[[nn.Linear], nn.Module], tolerance: float) -> bool:
-    """Whether `make(linear)` runs and gives a small random nn.Linear's outputs, off by at most `tolerance` times
-    their largest magnitude."""
+def _probe(make: Callable[[nn.Linear], nn.Module], tolerance: float, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether `make(linear)` runs and gives a small random nn.Linear's outputs in `dtype`, off by at most
+    `tolerance` times their largest magnitude."""
     generator = torch.Generator().manual_seed(0)  # the caller's random state stays untouched
-    probe = nn.utils.skip_init(nn.Linear, 64, 48)
+    probe = nn.utils.skip_init(nn.Linear, 64, 48, dtype=dtype)
     with torch.no_grad():
         probe.weight.copy_(torch.randn(48, 64, generator=generator))
         probe.bias.copy_(torch.randn(48, generator=generator))
-    x = torch.randn(5, 64, generator=generator)
+    x = torch.randn(5, 64, generator=generator, dtype=dtype)
     try:
         with torch.inference_mode():
             expected = probe(x)

@@ -7,21 +7,33 @@ cgroup quota (docker --cpus, a Kubernetes CPU limit; whole CPUs, at least one). 
 model, unless the user chose a count: `--threads N`, OMP_NUM_THREADS or MKL_NUM_THREADS, or torch.set_num_threads
 (seen as a count torch would not pick by itself; one that it would reads as the default, which only ever lowers
 it).
+
+A forward pass computes on fewer of those threads when its work is small and the threads sleep as they wait
+(gte's default): waking a sleeping thread for each op costs more than a query's few rows gain from it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .tracing import is_exporting
+
 USER_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch reads them as it starts
 MOUNTINFO = Path("/proc/self/mountinfo")
 SELF_CGROUP = Path("/proc/self/cgroup")
+# Multiply-adds (float32, one core) worth waking one more thread for. Under gte's OpenMP wait policy (PASSIVE)
+# every parallel region (each op of a forward pass) wakes the sleeping threads: 0.1-0.3 ms on a 2-CPU VM, as long
+# as one core takes for about 16M multiply-adds at a query's few rows. The embedded model's one-query forward
+# pass, whose largest product is 5M, ran 1.5x faster on one thread than on two (BENCHMARKS.md).
+WORK_PER_THREAD = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,35 @@ def default_threads(torch_count: int, affinity: int, quota: float | None) -> Thr
     if affinity == count and (affinity < machine or affinity < torch_count):
         return Threads(count, f"CPU affinity: {affinity} of {machine} CPUs")
     return Threads(count, f"torch's default on this machine's {machine} CPUs")
+
+
+@contextmanager
+def sized_to(work: int, device: torch.device) -> Iterator[None]:
+    """Run the block on as many of torch's threads as `work` (the multiply-adds of its largest matrix product)
+    keeps busy: one per WORK_PER_THREAD, at least one, at most the count torch has. Only CPU work is sized, only
+    where the threads sleep as they wait, and never while torch.export traces; torch's count is as before
+    afterwards."""
+    if device.type != "cpu" or is_exporting() or not threads_sleep():
+        yield
+        return
+    before = torch.get_num_threads()
+    count = max(1, min(before, int(work // WORK_PER_THREAD)))
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.cache
+def threads_sleep() -> bool:
+    """Whether torch's OpenMP threads sleep as they wait (OMP_WAIT_POLICY=PASSIVE, gte's default; libgomp reads it
+    as torch loads, which `import gte` comes before). Threads that spin wake in microseconds: a query's forward
+    pass then runs best on all of them."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 def affinity_cpus() -> int:
