@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "[{\"label\", \"score\"}, ...]} per line (default: %(default)s)")  # fmt: skip
     classify.set_defaults(run="gte.cli:run_classify")
 
+    _add_eval_parser(commands)
+
     info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
     info.add_argument("model", nargs="?", default=defaults.DEFAULT_MODEL,
                       help=f"directory or hub id (default: {defaults.DEFAULT_MODEL}, embedded)")
@@ -252,6 +254,54 @@ examples:
   gte embed --model ./gte-base-en-v1.5 --input lines.txt --output vectors.npy --dim 256
   cat lines.txt | gte embed > vectors.jsonl
 """
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="measure a model's quality on your data: retrieval (nDCG, MRR, "
+                                   "Recall, MAP, P at k) or STS (Spearman, Pearson)")  # fmt: skip
+    kinds = evaluate.add_subparsers(dest="eval_kind", required=True, metavar="KIND")
+    retrieval = kinds.add_parser("retrieval", help="retrieval metrics with trec_eval's definitions", description=(
+        "Embed the corpus (cached: a second run re-uses the vectors) and the queries, search exactly, and print nDCG, "
+        "MRR, Recall, MAP and Precision at each cutoff. Inputs in BEIR's layout (corpus.jsonl with _id, title, text; "
+        "queries.jsonl with _id, text; a qrels TSV with the header query-id corpus-id score), .csv or parquet with "
+        "the same columns, or one --pairs file of query (or anchor), positive."))  # fmt: skip
+    data = retrieval.add_argument_group("the retrieval set")
+    data.add_argument("--corpus", help="documents: .jsonl, .csv or parquet with an id and a text (and a title)")
+    data.add_argument("--queries", help="queries: .jsonl, .csv or parquet with an id and a text")
+    data.add_argument("--qrels", help="relevance judgements: TSV query-id, corpus-id, score (graded allowed)")
+    data.add_argument("--pairs", help="instead of the three: (query, positive) pairs, .jsonl, .csv or parquet")
+    data.add_argument("--id-field", default="_id", help="the id field / column (default: %(default)s)")
+    data.add_argument("--field", default="text", help="the text field / column (default: %(default)s)")
+    data.add_argument("--title-field", default="title", help="a document title put before its text, where the "
+                      "corpus has it (default: %(default)s)")  # fmt: skip
+    data.add_argument("--ignore-missing", action="store_true", help="evaluate without the judgements that name "
+                      "queries or documents the files lack (default: stop, saying how many)")  # fmt: skip
+    _add_model_arguments(retrieval, defaults.DEFAULT_MODEL)
+    retrieval.add_argument("--k", type=_cutoffs, default=(1, 10, 100), metavar="K,K", help="cutoffs (default: 1,10,100)")
+    retrieval.add_argument("--dims", type=_cutoffs, default=(), metavar="D,D", help="also score these Matryoshka "
+                           "dimensions (first D values, re-normalised), from the same vectors")  # fmt: skip
+    retrieval.add_argument("--rerank", metavar="MODEL", help="rerank the first stage's top hits with this cross-encoder")
+    retrieval.add_argument("--rerank-top-k", type=positive_int, default=100, metavar="K",
+                           help="hits per query to rerank (default: %(default)s)")
+    retrieval.add_argument("--cache", type=Path, metavar="DIR", help="where corpus vectors are kept between runs "
+                           "(default: $GTE_EVAL_CACHE, else ~/.cache/gte/eval)")  # fmt: skip
+    retrieval.add_argument("--output", "-o", type=Path, help="also write the report as JSON here")
+    retrieval.set_defaults(run="gte.cli:run_eval_retrieval")
+    sts = kinds.add_parser("sts", help="Spearman and Pearson correlation of cosine similarity with gold scores")
+    sts.add_argument("--pairs", required=True, help="a .jsonl, .csv or parquet file of sentence1, sentence2, score")
+    _add_model_arguments(sts, defaults.DEFAULT_MODEL)
+    sts.add_argument("--output", "-o", type=Path, help="also write the report as JSON here")
+    sts.set_defaults(run="gte.cli:run_eval_sts")
+
+
+def _cutoffs(value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of integers like 1,10,100") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give positive integers, like 1,10,100")
+    return numbers
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:

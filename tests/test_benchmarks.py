@@ -103,6 +103,17 @@ def test_corpus_bench_runs():
     assert all(float(r[5].replace(",", "")) > 0 for r in rows)  # peak RSS measured
 
 
+def test_eval_bench_runs(capsys):
+    """eval_bench.py on a small corpus: both runs (embedding, then cached vectors) measured, the report printed."""
+    import eval_bench
+
+    eval_bench.main(["--docs", "300", "--queries", "20"])
+    out = capsys.readouterr().out
+    runs = [line.split(" | ") for line in out.splitlines() if line.startswith(("| first", "| second"))]
+    assert len(runs) == 2 and all(float(r[2].replace(",", "")) > 0 for r in runs)
+    assert "| full | " in out
+
+
 def test_interleave_keeps_every_batch_once_in_pace():
     lengths = [5, 1, 3, 8, 2, 2]
     plans = [[[0, 1], [2, 3], [4, 5]], [[3, 0, 2, 4, 5, 1]]]
@@ -278,11 +289,14 @@ def test_benchmarks_load_gte_before_torch():
             assert first.get("gte", 10**9) < min(loads_torch), script.name
 
 
-def test_prepack_bench_tiny_produces_every_table(capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepack_bench_tiny_produces_every_table(capsys, dtype):
     import prepack_bench
 
-    assert prepack_bench.main(["--tiny", "--repeats", "1"]) == 0
+    if not gte.prepack.supported(getattr(torch, dtype)):
+        pytest.skip(f"no packed {dtype} kernel on this machine / torch build")
+    assert prepack_bench.main(["--tiny", "--repeats", "1", "--dtype", dtype]) == 0
     out = capsys.readouterr().out
-    assert len(table_rows(out, "### tiny")) == 3
+    assert len(table_rows(out, f"### tiny, {dtype}")) == 3
     memory = out.split("### memory", 1)[1]
     assert [line.split(" | ")[1] for line in memory.splitlines() if line.startswith("| tiny |")] == ["nn.Linear", "packed"]

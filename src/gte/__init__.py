@@ -39,6 +39,8 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "available_backends": "attention",
     "export_onnx": "export",
     "quantize_embeddings": "quantize",
+    "evaluate_retrieval": "evaluation",
+    "evaluate_sts": "evaluation",
 }
 
 __all__ = ["NewConfig", *_LAZY]

@@ -160,6 +160,34 @@ def run_classify(args: argparse.Namespace) -> None:
             print("\t".join([str(index), *(f"{p['label']}\t{p['score']:.6f}" for p in labels)]))
 
 
+def run_eval_retrieval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_retrieval
+
+    report = evaluate_retrieval(
+        args.corpus, args.queries, args.qrels, pairs=args.pairs, embedder=Embedder(args.model, **_model_kwargs(args)),
+        k=args.k, dims=args.dims, rerank=args.rerank, rerank_top_k=args.rerank_top_k, ignore_missing=args.ignore_missing,
+        cache_dir=args.cache, show_progress=args.progress, id_field=args.id_field, text_field=args.field,
+        title_field=args.title_field,
+    )  # fmt: skip
+    for note in report.notes:
+        print(f"gte eval: {note}", file=sys.stderr)
+    print(f"{report.model}: {report.queries} queries, {report.documents} documents; seconds: "
+          + ", ".join(f"{name} {value:.2f}" for name, value in report.seconds.items()))  # fmt: skip
+    print(report.table())
+    if args.output is not None:
+        args.output.write_text(report.to_json() + "\n")
+
+
+def run_eval_sts(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_sts
+
+    report = evaluate_sts(args.pairs, embedder=Embedder(args.model, **_model_kwargs(args)), show_progress=args.progress)
+    print(f"{report.model}: {report.pairs} pairs, {report.seconds:.2f} s")
+    print(report.table())
+    if args.output is not None:
+        args.output.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 def run_info(args: argparse.Namespace) -> None:
     report = model_info(args.model, args.revision, args.int8)
     if args.json:
