@@ -280,6 +280,11 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--k", type=_cutoffs, default=(1, 10, 100), metavar="K,K", help="cutoffs (default: 1,10,100)")
     retrieval.add_argument("--dims", type=_cutoffs, default=(), metavar="D,D", help="also score these Matryoshka "
                            "dimensions (first D values, re-normalised), from the same vectors")  # fmt: skip
+    retrieval.add_argument("--precision", nargs="+", choices=("int8", "binary"), default=(), metavar="P",
+                           help="also score the vectors quantized: int8 (each dimension in 256 buckets of its range over "
+                           "the corpus), binary (sign bits, Hamming distance); with each --dims")  # fmt: skip
+    retrieval.add_argument("--plot", type=Path, metavar="FILE.png", help="plot nDCG@10 (else at the largest cutoff) "
+                           "against the dimensions, a line per precision (needs matplotlib: the eval extra)")  # fmt: skip
     retrieval.add_argument("--rerank", metavar="MODEL", help="rerank the first stage's top hits with this cross-encoder")
     retrieval.add_argument("--rerank-top-k", type=positive_int, default=100, metavar="K",
                            help="hits per query to rerank (default: %(default)s)")

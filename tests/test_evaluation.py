@@ -15,6 +15,7 @@ import pytest
 import gte
 from gte.evaluation import metrics, search
 from gte.evaluation.data import read_qrels
+from gte.evaluation.retrieval import Scoring, corpus_ranges
 from gte.sources import InputError
 from gte_cli import main
 
@@ -90,7 +91,8 @@ def test_blocked_search_finds_the_exact_top_k(monkeypatch):
     np.testing.assert_allclose(scores, np.take_along_axis(full, rows, 1), rtol=1e-6)
     assert search.top_k(queries, corpus[:3], 10)[1].shape == (20, 3)  # fewer documents than k
     cut = [v[:, :4] / np.linalg.norm(v[:, :4], axis=1, keepdims=True) for v in (queries, corpus)]
-    np.testing.assert_array_equal(search.top_k(queries, corpus, 5, dim=4)[1], np.argsort(-(cut[0] @ cut[1].T), axis=1)[:, :5])
+    matryoshka = Scoring(dim=4).encode
+    np.testing.assert_array_equal(search.top_k(queries, corpus, 5, matryoshka)[1], np.argsort(-(cut[0] @ cut[1].T), axis=1)[:, :5])
 
 
 # ------------------------------------------------------------------------------ a small retrieval set
@@ -139,6 +141,31 @@ def test_the_default_model_retrieves_the_small_set_and_caches_its_vectors(tmp_pa
     assert "| full | " in second.table() and json.loads(second.to_json())["queries"] == len(ANIMALS)
 
 
+def test_precisions_score_the_quantized_vectors_from_one_embedding(tmp_path, default_embedder):
+    files = write_set(tmp_path / "set")
+    report = gte.evaluate_retrieval(**files, embedder=default_embedder, k=[1, 10], dims=[64], precisions=["int8", "binary"],
+                                    cache_dir=tmp_path / "cache")  # fmt: skip
+    assert [v.name for v in report.variants] == ["full", "int8", "binary", "dim 64", "dim 64 int8", "dim 64 binary"]
+    scores = {v.name: v.scores["ndcg"][10] for v in report.variants}
+    assert scores["int8"] == pytest.approx(scores["full"], abs=0.1) and 0 < scores["dim 64 binary"] <= 1
+    png = report.plot(tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_and_binary_scoring_rank_as_quantized_dot_products():
+    """int8: the codes gte.quantize gives under the corpus's ranges; binary: the Hamming distance of the sign bits."""
+    rng = np.random.default_rng(1)
+    corpus = rng.standard_normal((40, 16)).astype(np.float32)
+    ranges = corpus_ranges(corpus, Scoring().encode)
+    np.testing.assert_array_equal(ranges, gte.quantize.calibration_ranges(corpus))
+    codes = Scoring(precision="int8", ranges=ranges).encode(corpus).numpy()
+    np.testing.assert_array_equal(codes, gte.quantize_embeddings(corpus, "int8", ranges))
+    signs = Scoring(precision="binary").encode(corpus).numpy()
+    bits = np.unpackbits(gte.quantize_embeddings(corpus, "ubinary"), axis=1)[:, :16]
+    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    np.testing.assert_array_equal(signs @ signs.T, 16 - 2 * hamming)
+
+
 def test_by_hand_the_report_is_the_mean_of_trec_evals_numbers(tmp_path, default_embedder):
     files = write_set(tmp_path / "set")
     report = gte.evaluate_retrieval(**files, embedder=default_embedder, k=[5], cache_dir=tmp_path / "cache")
@@ -149,6 +176,21 @@ def test_by_hand_the_report_is_the_mean_of_trec_evals_numbers(tmp_path, default_
     run = {f"q{i}": {x["_id"]: float(s) for x, s in zip(documents, row)} for i, row in enumerate(q @ d.T)}
     expected = trec(read_qrels(files["qrels"]), run)
     assert report.variants[0].scores["ndcg"][5] == pytest.approx(np.mean([v["ndcg_cut_5"] for v in expected.values()]), abs=1e-5)
+
+
+def test_queries_and_documents_get_the_checkpoints_prompts(tmp_path, monkeypatch):
+    embedder = gte.Embedder(prompts={"query": "query: ", "document": "passage: "})
+    files = write_set(tmp_path / "set")
+    asked: list[str | None] = []
+    encode = embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts, **kw: asked.append(kw.get("prompt_name")) or encode(texts, **kw))
+    gte.evaluate_retrieval(**files, embedder=embedder, k=[10], cache_dir=tmp_path / "cache")
+    assert asked == ["query"]  # the documents go through the corpus job
+    documents = [json.loads(line) for line in files["corpus"].read_text().splitlines()]
+    texts = [f"{d['title']} {d['text']}".strip() for d in documents]
+    (cached,) = (tmp_path / "cache").glob("*/corpus.npy")
+    np.testing.assert_allclose(np.load(cached), encode(texts, prompt_name="document"), atol=1e-6)
+    assert not np.allclose(np.load(cached), encode(texts), atol=1e-3)
 
 
 def test_reranking_is_reported_beside_the_first_stage(tmp_path, default_embedder, reranker_model_dir):
@@ -212,11 +254,22 @@ def test_the_command_prints_the_table_and_writes_the_report(tmp_path, capsys):
     files = write_set(tmp_path / "set")
     report = tmp_path / "report.json"
     argv = ["eval", "retrieval", *(f"--{name}={path}" for name, path in files.items()), "--k", "1,10", "--dims", "64",
-            "--cache", str(tmp_path / "c"), "--output", str(report)]  # fmt: skip
+            "--precision", "binary", "--cache", str(tmp_path / "c"), "--output", str(report), "--plot", str(tmp_path / "p.png")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| variant | nDCG@1 | nDCG@10 |" in out and "| dim 64 |" in out
-    assert json.loads(report.read_text())["cutoffs"] == [1, 10]
+    assert "| variant | nDCG@1 | nDCG@10 |" in out and "| dim 64 binary |" in out
+    assert json.loads(report.read_text())["cutoffs"] == [1, 10] and (tmp_path / "p.png").is_file()
+
+
+def test_sts_command(tmp_path, capsys):
+    path = tmp_path / "sts.csv"
+    path.write_text("sentence1,sentence2,score\na cat,a kitten,4.5\na car,a banana,0.5\nrain,a storm,3.0\n")
+    assert main(["eval", "sts", "--pairs", str(path), "--output", str(tmp_path / "r.json")]) == 0
+    assert "| pairs | Spearman | Pearson |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 3
+    path.write_text("sentence1,sentence2,score\na,b,1\nc,d,1\n")
+    assert main(["eval", "sts", "--pairs", str(path)]) == 2
+    assert "every gold score is 1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ STS

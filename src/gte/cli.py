@@ -165,7 +165,7 @@ def run_eval_retrieval(args: argparse.Namespace) -> None:
 
     report = evaluate_retrieval(
         args.corpus, args.queries, args.qrels, pairs=args.pairs, embedder=Embedder(args.model, **_model_kwargs(args)),
-        k=args.k, dims=args.dims, rerank=args.rerank, rerank_top_k=args.rerank_top_k, ignore_missing=args.ignore_missing,
+        k=args.k, dims=args.dims, precisions=args.precision, rerank=args.rerank, rerank_top_k=args.rerank_top_k, ignore_missing=args.ignore_missing,
         cache_dir=args.cache, show_progress=args.progress, id_field=args.id_field, text_field=args.field,
         title_field=args.title_field,
     )  # fmt: skip
@@ -176,6 +176,8 @@ def run_eval_retrieval(args: argparse.Namespace) -> None:
     print(report.table())
     if args.output is not None:
         args.output.write_text(report.to_json() + "\n")
+    if args.plot is not None:
+        print(f"gte eval: plot written to {report.plot(args.plot)}", file=sys.stderr)
 
 
 def run_eval_sts(args: argparse.Namespace) -> None:

@@ -4,8 +4,8 @@ numbers (gte.evaluation.metrics).
 The corpus is embedded once, through the corpus-job path (streaming, resumable), into a cache directory keyed by
 the model, its options and the corpus, so a second evaluation re-uses the vectors; queries are embedded with the
 checkpoint's "query" prompt and documents with its "document" prompt. Search is exact, block by block
-(gte.evaluation.search). Each variant (a Matryoshka dimension) is scored from the same vectors; a reranker, when
-given, re-scores the first stage's top hits, reported beside it.
+(gte.evaluation.search). Every variant (a Matryoshka dimension, a precision) is scored from the same vectors; a
+reranker, when given, re-scores the first variant's top hits, reported beside it.
 """
 
 from __future__ import annotations
@@ -15,33 +15,40 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..embed import Embedder, progress_enabled
+from ..quantize import quantize_embeddings
 from ..rerank import Reranker
 from ..sources import InputError
 from . import metrics
 from .data import RetrievalSet, check_qrels, read_pairs, read_qrels, read_texts
-from .search import top_k
+from .search import CORPUS_BLOCK, Encode, top_k
 
 DEFAULT_CUTOFFS = (1, 10, 100)
+EVAL_PRECISIONS = ("float32", "int8", "binary")
 CACHE_ENV = "GTE_EVAL_CACHE"
 
 
 @dataclass
 class Variant:
-    name: str  # "dim 256", "rerank top 100", ...
+    name: str  # "full", "dim 256", "int8", "dim 256 binary", "rerank top 100", ...
     scores: dict[str, dict[int, float]]  # metric -> k -> mean over the judged queries
+    dim: int | None = None  # the Matryoshka cut, None for every dimension
+    precision: str = "float32"
+    reranked: bool = False
 
 
 @dataclass
 class Report:
     model: str
+    dimension: int  # of the model's vectors
     queries: int  # judged queries evaluated
     documents: int
     cutoffs: list[int]
@@ -60,6 +67,27 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    def plot(self, path: str | os.PathLike, metric: str = "ndcg", k: int | None = None) -> Path:
+        """A PNG of `metric`@k (default: nDCG@10, else at the largest cutoff) against the dimensions, a line per
+        precision (matplotlib, the `eval` extra)."""
+        try:
+            from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
+        except ImportError:
+            raise ImportError("a plot needs matplotlib: pip install 'gte-engine[eval]'") from None
+        k = k or (10 if 10 in self.cutoffs else self.cutoffs[-1])
+        figure = Figure(figsize=(6, 4))
+        axes = figure.subplots()
+        first_stage = [v for v in self.variants if not v.reranked]
+        for precision in dict.fromkeys(v.precision for v in first_stage):
+            points = sorted((v.dim or self.dimension, v.scores[metric][k]) for v in first_stage if v.precision == precision)
+            axes.plot(*zip(*points), marker="o", label=precision)
+        axes.set_xscale("log", base=2)
+        axes.set(xlabel="dimensions", ylabel=f"{metrics.NAMES[metric]}@{k}", title=f"{self.model}: {self.queries} queries")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        return Path(path)
 
 
 def load_set(
@@ -94,6 +122,7 @@ def evaluate_retrieval(
     embedder: Embedder | None = None,  # else one is loaded from `model`
     k: Sequence[int] = DEFAULT_CUTOFFS,
     dims: Sequence[int] = (),
+    precisions: Sequence[str] = (),
     rerank: str | os.PathLike | Reranker | None = None,
     rerank_top_k: int = 100,
     ignore_missing: bool = False,
@@ -104,8 +133,9 @@ def evaluate_retrieval(
     title_field: str | None = "title",
 ) -> Report:
     """Evaluate retrieval on a retrieval set: nDCG, MRR, Recall, Precision and MAP at each cutoff in `k`, for
-    the model's full vectors and each Matryoshka dimension in `dims`, and after reranking the top `rerank_top_k`
-    hits with the cross-encoder `rerank`.
+    the model's full vectors and each Matryoshka dimension in `dims`, each in float32 and each of `precisions`
+    ("int8", "binary"), all from one embedding; and after reranking the first variant's top `rerank_top_k` hits
+    with the cross-encoder `rerank`.
 
         report = gte.evaluate_retrieval("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")
         print(report.table())
@@ -118,6 +148,9 @@ def evaluate_retrieval(
     judged = [i for i, query in enumerate(data.query_ids) if query in data.qrels]
     if not judged:
         raise InputError("no query has a judgement in the qrels: nothing to evaluate")
+    unknown = [p for p in precisions if p not in EVAL_PRECISIONS]
+    if unknown:
+        raise ValueError(f"precision {unknown[0]!r}: evaluate {', '.join(EVAL_PRECISIONS)}")
     embedder = embedder or Embedder(model)
     for dim in dims:
         embedder.check_dim(dim)
@@ -132,25 +165,70 @@ def evaluate_retrieval(
     seconds["embed_queries"] = time.perf_counter() - started
     depth = max(cutoffs[-1], rerank_top_k if rerank else 0)
     query_ids = [data.query_ids[i] for i in judged]
-    variants, runs = [], {}
+    variants, first_stage = [], None
     seconds["search"] = 0.0
-    for dim in [None, *dims]:
+    for scoring in scorings(documents, dims, precisions):
         started = time.perf_counter()
-        scores, rows = top_k(query_vectors, documents, depth, dim, show_progress)
+        scores, rows = top_k(query_vectors, documents, depth, scoring.encode, show_progress)
         seconds["search"] += time.perf_counter() - started
         run = {q: {data.corpus_ids[r]: float(s) for s, r in zip(sc, rw)} for q, sc, rw in zip(query_ids, scores, rows)}
-        runs[dim] = run
-        name = "full" if dim is None else f"dim {dim}"
-        variants.append(Variant(name, metrics.mean(metrics.evaluate(run, data.qrels, cutoffs))))
+        first_stage = run if first_stage is None else first_stage
+        variants.append(Variant(scoring.name, metrics.mean(metrics.evaluate(run, data.qrels, cutoffs)), scoring.dim,
+                                scoring.precision))  # fmt: skip
     if rerank is not None:
         started = time.perf_counter()
-        reranked = rerank_run(rerank, runs[None], dict(zip(query_ids, query_texts)), data, rerank_top_k, show_progress)
+        reranked = rerank_run(rerank, first_stage, dict(zip(query_ids, query_texts)), data, rerank_top_k, show_progress)
         seconds["rerank"] = time.perf_counter() - started
-        variants.append(Variant(f"rerank top {rerank_top_k}", metrics.mean(metrics.evaluate(reranked, data.qrels, cutoffs))))
+        scores = metrics.mean(metrics.evaluate(reranked, data.qrels, cutoffs))
+        variants.append(Variant(f"rerank top {rerank_top_k}", scores, reranked=True))
     if cached:
         notes.append(f"corpus vectors from the cache ({cached})")
-    return Report(embedder.model_name, len(judged), len(data.corpus_ids), cutoffs, variants, seconds, notes,
-                  str(cached) if cached else None)  # fmt: skip
+    return Report(embedder.model_name, embedder.dimension, len(judged), len(data.corpus_ids), cutoffs, variants, seconds,
+                  notes, str(cached) if cached else None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one variant scores: the first `dim` values, re-normalised (all of them for None), at `precision`: float32;
+    int8 (each dimension's 256 buckets of its range over the corpus, as gte.quantize makes them; the codes' dot
+    product); binary (the sign bits as +-1: dot products rank as the Hamming distance does)."""
+
+    dim: int | None = None
+    precision: str = "float32"
+    ranges: np.ndarray | None = None  # int8: [2, dim] over the corpus
+
+    @property
+    def name(self) -> str:
+        words = ([] if self.dim is None else [f"dim {self.dim}"]) + ([] if self.precision == "float32" else [self.precision])
+        return " ".join(words) or "full"
+
+    def encode(self, rows: np.ndarray) -> torch.Tensor:  # [n, d] float32 -> [n, dim] float32
+        if self.dim is not None:
+            rows = rows[:, : self.dim]
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        if self.precision == "int8":
+            rows = quantize_embeddings(rows, "int8", self.ranges)
+        elif self.precision == "binary":
+            rows = np.where(rows > 0, 1, -1)
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+
+
+def scorings(documents: np.ndarray, dims: Sequence[int], precisions: Sequence[str]) -> Iterator[Scoring]:
+    """Every variant: each dimension (the full one first) at each precision (float32 first)."""
+    for dim in [None, *dims]:
+        for precision in dict.fromkeys(["float32", *precisions]):
+            plain = Scoring(dim)
+            yield Scoring(dim, precision, corpus_ranges(documents, plain.encode) if precision == "int8" else None)
+
+
+def corpus_ranges(documents: np.ndarray, encode: Encode) -> np.ndarray:
+    """[2, d]: each dimension's lowest and highest value over the corpus, as `encode` makes its vectors, block by block."""
+    low, high = None, None
+    for start in range(0, len(documents), CORPUS_BLOCK):
+        block = encode(np.array(documents[start : start + CORPUS_BLOCK], dtype=np.float32)).numpy()
+        low = block.min(0) if low is None else np.minimum(low, block.min(0))
+        high = block.max(0) if high is None else np.maximum(high, block.max(0))
+    return np.stack([low, high])
 
 
 def rerank_run(model: str | os.PathLike | Reranker, run: metrics.Run, query_texts: dict[str, str], data: RetrievalSet,

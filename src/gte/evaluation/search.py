@@ -7,6 +7,7 @@ and the running top k: [QUERY_BLOCK, CORPUS_BLOCK] float32, 64 MiB, whatever the
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,18 +17,19 @@ from ..embed import progress_enabled
 
 QUERY_BLOCK = 1024
 CORPUS_BLOCK = 16384
+Encode = Callable[[np.ndarray], torch.Tensor]  # float32 rows [n, d] -> the float32 rows scored [n, d']
 
 
 def top_k(
     queries: np.ndarray,  # [Q, d]
     corpus: np.ndarray,  # [N, d]
     k: int,
-    dim: int | None = None,
+    encode: Encode = torch.from_numpy,
     show_progress: bool | None = False,  # None: a bar on a terminal, for long searches
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k highest dot products of each query over the corpus: (scores [Q, k'], document rows [Q, k']), best
-    first, k' = min(k, N). Vectors normalised beforehand make the scores cosines; with `dim`, of their first `dim`
-    values re-normalised (Matryoshka), cut block by block."""
+    first, k' = min(k, N), of the vectors as `encode` makes them, block by block (a Matryoshka cut, a
+    quantization). Vectors normalised beforehand make the plain scores cosines."""
     k = min(k, len(corpus))
     best_scores = torch.full((len(queries), k), -torch.inf)
     best_rows = torch.zeros((len(queries), k), dtype=torch.long)
@@ -35,9 +37,9 @@ def top_k(
     with torch.inference_mode():
         bar = not progress_enabled(show_progress, len(blocks))
         for start in tqdm(blocks, desc="search", unit="block", disable=bar, file=sys.stderr):
-            block = _block(corpus[start : start + CORPUS_BLOCK], dim)
+            block = encode(np.array(corpus[start : start + CORPUS_BLOCK], dtype=np.float32))  # a copy: a map is read-only
             for q in range(0, len(queries), QUERY_BLOCK):
-                query = _block(queries[q : q + QUERY_BLOCK], dim)
+                query = encode(np.array(queries[q : q + QUERY_BLOCK], dtype=np.float32))
                 block_scores, block_rows = (query @ block.T).topk(min(k, len(block)), dim=1)
                 scores = torch.cat([best_scores[q : q + QUERY_BLOCK], block_scores], dim=1)
                 rows = torch.cat([best_rows[q : q + QUERY_BLOCK], block_rows + start], dim=1)
@@ -45,8 +47,3 @@ def top_k(
                 best_scores[q : q + QUERY_BLOCK], best_rows[q : q + QUERY_BLOCK] = best, rows.gather(1, where)
     return best_scores.numpy(), best_rows.numpy()
 
-
-def _block(vectors: np.ndarray, dim: int | None) -> torch.Tensor:
-    """A float32 copy of rows (a memory map's are read-only), cut to `dim` values and re-normalised if given."""
-    block = torch.from_numpy(np.array(vectors[:, :dim] if dim else vectors, dtype=np.float32))
-    return block if dim is None else torch.nn.functional.normalize(block, dim=1)
