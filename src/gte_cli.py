@@ -289,7 +289,7 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--rerank-top-k", type=positive_int, default=100, metavar="K",
                            help="hits per query to rerank (default: %(default)s)")
     retrieval.add_argument("--cache", type=Path, metavar="DIR", help="where corpus vectors are kept between runs "
-                           "(default: $GTE_EVAL_CACHE, else ~/.cache/gte/eval)")  # fmt: skip
+                           "(default: gte-eval-cache beside --output, else $GTE_EVAL_CACHE, else ~/.cache/gte/eval)")  # fmt: skip
     retrieval.add_argument("--output", "-o", type=Path, help="also write the report as JSON here")
     retrieval.set_defaults(run="gte.cli:run_eval_retrieval")
     sts = kinds.add_parser("sts", help="Spearman and Pearson correlation of cosine similarity with gold scores")

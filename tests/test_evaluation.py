@@ -259,6 +259,8 @@ def test_the_command_prints_the_table_and_writes_the_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| variant | nDCG@1 | nDCG@10 |" in out and "| dim 64 binary |" in out
     assert json.loads(report.read_text())["cutoffs"] == [1, 10] and (tmp_path / "p.png").is_file()
+    assert main(argv[:-6] + ["--output", str(tmp_path / "out" / "r.json")]) == 0  # no --cache: beside the report
+    assert list((tmp_path / "out" / "gte-eval-cache").glob("*/corpus.npy"))
 
 
 def test_sts_command(tmp_path, capsys):

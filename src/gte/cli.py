@@ -160,13 +160,16 @@ def run_classify(args: argparse.Namespace) -> None:
             print("\t".join([str(index), *(f"{p['label']}\t{p['score']:.6f}" for p in labels)]))
 
 
+EVAL_CACHE = "gte-eval-cache"  # beside a --output report: where its corpus vectors are kept
+
+
 def run_eval_retrieval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_retrieval
 
     report = evaluate_retrieval(
         args.corpus, args.queries, args.qrels, pairs=args.pairs, embedder=Embedder(args.model, **_model_kwargs(args)),
         k=args.k, dims=args.dims, precisions=args.precision, rerank=args.rerank, rerank_top_k=args.rerank_top_k, ignore_missing=args.ignore_missing,
-        cache_dir=args.cache, show_progress=args.progress, id_field=args.id_field, text_field=args.field,
+        cache_dir=args.cache or (args.output.parent / EVAL_CACHE if args.output else None), show_progress=args.progress, id_field=args.id_field, text_field=args.field,
         title_field=args.title_field,
     )  # fmt: skip
     for note in report.notes:
