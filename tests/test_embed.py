@@ -285,6 +285,28 @@ def test_sparse_weights_match_a_golden_token_classification_case(label, tmp_path
 def test_sparse_needs_the_token_weight_head(embedder):
     with pytest.raises(ValueError, match="no token-weight head"):
         embedder.encode_sparse(["fox"])
+    with pytest.raises(ValueError, match="no token-weight head"):
+        embedder.encode(["fox"], sparse=True)
+
+
+def test_dense_and_sparse_from_one_pass_equal_the_two_apart(sparse_model_dir, monkeypatch):
+    texts = ["der hund der hund ist schnell", "北京 上海", "le chat le chat " * 30, "a"]
+    embedder = gte.Embedder(sparse_model_dir, max_length=32)
+    passes = []
+    monkeypatch.setattr(embedder.encoder, "run", lambda *a, run=embedder.encoder.run, **k: passes.append(1) or run(*a, **k))
+    with pytest.warns(UserWarning, match="truncated"):
+        vectors, weights = embedder.encode(texts, sparse=True, dim=16, batch_tokens=40)
+        one_pass = len(passes)
+        np.testing.assert_allclose(vectors, embedder.encode(texts, dim=16, batch_tokens=40), atol=1e-6)
+        apart = embedder.encode_sparse(texts, batch_tokens=40)
+    assert one_pass > 1 and len(passes) == 3 * one_pass  # both from the encoder passes that either takes alone
+    assert [set(w) for w in weights] == [set(a) for a in apart]
+    for got, want in zip(weights, apart):
+        assert got == pytest.approx(want, abs=1e-6)
+    binary, again = embedder.encode(texts[:2], sparse=True, precision="binary")
+    np.testing.assert_array_equal(binary, embedder.encode(texts[:2], precision="binary"))
+    with pytest.raises(ValueError, match="take no prompt"):
+        embedder.encode(texts, sparse=True, prompt="query: ")
 
 
 # ------------------------------------------------------------------------------ loading errors

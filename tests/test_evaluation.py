@@ -242,6 +242,23 @@ def test_ignore_missing_evaluates_without_the_unknown_judgements(tmp_path, capsy
         gte.evaluate_retrieval(**files, embedder=default_embedder, cache_dir=tmp_path / "c")
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_csv_and_parquet_with_their_own_column_names(tmp_path, default_embedder, suffix):
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet as pq
+
+    files = write_set(tmp_path / "set")
+    for name in ("corpus", "queries"):
+        rows = [json.loads(line) for line in files[name].read_text().splitlines()]
+        table = pa.table({"doc_id": [r["_id"] for r in rows], "body": [r["text"] for r in rows]})
+        files[name] = files[name].with_suffix(suffix)
+        pq.write_table(table, files[name]) if suffix == ".parquet" else pa.csv.write_csv(table, files[name])
+    report = gte.evaluate_retrieval(**files, embedder=default_embedder, k=[10], id_field="doc_id", text_field="body",
+                                    cache_dir=tmp_path / "cache")  # fmt: skip
+    assert report.documents == 2 * len(ANIMALS) + 20 and report.variants[0].scores["recall"][10] == 1.0
+
+
 def test_qrels_in_trec_format_and_without_a_header(tmp_path):
     path = tmp_path / "qrels.txt"
     path.write_text("q1 0 d1 2\nq1 0 d2 0\nq2 0 d1 1\n")

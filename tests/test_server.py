@@ -220,6 +220,19 @@ def test_embed_sparse(sparse_model_dir, sparse_embedder):
             assert sparse_embedder.tokenizer.decode([v["index"]]) == v["token"]
 
 
+def test_embed_hybrid_gives_embed_and_embed_sparse_from_one_pass(sparse_embedder):
+    texts = ["le chat est une maison", "der hund und die katze"]
+    with live(sparse_embedder) as client:
+        body = client.post("/embed_hybrid", json={"inputs": texts, "dimensions": 16}).json()
+        dense = vectors(client.post("/embed", json={"inputs": texts, "dimensions": 16}))
+        sparse = client.post("/embed_sparse", json={"inputs": texts}).json()
+        refused = client.post("/embed_hybrid", json={"inputs": texts, "prompt_name": "query"})
+    np.testing.assert_allclose([row["dense"] for row in body], dense, atol=ATOL)
+    for row, expected in zip(body, sparse):
+        assert {v["token"]: v["value"] for v in row["sparse"]} == pytest.approx({v["token"]: v["value"] for v in expected}, abs=ATOL)
+    assert refused.status_code == 422 and "sparse weights take no prompt" in refused.text
+
+
 def test_rerank(reranker):
     query, texts = "chat", ["le chat", "der hund", "casa", "北京 上海"]
     with live(reranker, max_client_batch_size=4) as client:
@@ -720,6 +733,7 @@ def test_api_key(server):
         ("/v1/embeddings", {"input": LONG_TEXT, "truncate": False}, 413, "truncate"),
         ("/embed", {"inputs": [[5] * 65]}, 413, "never truncated"),
         ("/embed_sparse", {"inputs": "a"}, 400, "token-weight head"),
+        ("/embed_hybrid", {"inputs": "a"}, 400, "token-weight head"),
         ("/rerank", {"query": "a", "texts": ["b"]}, 400, "not a reranker"),
         # bodies say exactly what they mean: no field ignored, no type coerced
         ("/embed", {"inputs": "a", "normalise": False}, 422, "unknown field 'normalise' (this route takes: inputs, model, "

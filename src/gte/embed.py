@@ -369,17 +369,26 @@ class Embedder:
         truncation_side: str | None = None,
         precision: str = "float32",
         ranges: np.ndarray | None = None,
-    ) -> np.ndarray:
+        sparse: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, list[dict[str, float]]]:
         """float32 [n, dim] embeddings in input order (dim: Matryoshka truncation, re-normalised), each text
         after the prompt `resolve_prompt` picks; at another `precision` (int8, uint8, binary, ubinary) quantized
         as sentence-transformers' `quantize_embeddings` does, int8 / uint8 within `ranges` [2, dim]
-        (`gte.quantize`)."""
+        (`gte.quantize`). With `sparse=True` (a checkpoint with a token-weight head), (vectors, weights): each
+        text's sparse weights too, from the same encoder pass, each equal to `encode` and `encode_sparse` apart;
+        the texts then take no prompt, as sparse weights never do."""
         check_precision(precision)
         text = self.resolve_prompt(prompt_name, prompt)
+        if sparse and text:
+            raise ValueError(f"dense and sparse vectors from one pass read the same tokens, and sparse weights take no "
+                             f"prompt: pass prompt=\"\" (not {text!r}), or call encode and encode_sparse apart")  # fmt: skip
         ids = self.tokenize(texts, prompt=text, max_length=max_length, truncate=truncate, truncation_side=truncation_side)
-        vectors = self.encode_tokens(ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
-                                     normalize=normalize, dim=dim, show_progress=show_progress)  # fmt: skip
-        return quantize_embeddings(vectors, precision, ranges)
+        result = self.encode_tokens(ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
+                                    normalize=normalize, dim=dim, show_progress=show_progress, sparse=sparse)  # fmt: skip
+        if sparse:
+            vectors, weights = result
+            return quantize_embeddings(vectors, precision, ranges), weights
+        return quantize_embeddings(result, precision, ranges)
 
     def encode_query(self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs: Any) -> np.ndarray:  # fmt: skip
@@ -406,13 +415,17 @@ class Embedder:
         normalize: bool | None = None,
         dim: int | None = None,
         show_progress: bool | None = None,
-    ) -> np.ndarray:
+        sparse: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, list[dict[str, float]]]:
         """Token ids (special tokens included) -> float32 [n, dim] embeddings in input order. The first
-        `prompt_length` tokens of each sequence are left out of pooling (see `prompt_length`)."""
+        `prompt_length` tokens of each sequence are left out of pooling (see `prompt_length`). With `sparse=True`,
+        (embeddings, sparse weights) from one encoder pass (see `sparse_tokens`)."""
         dim = self.check_dim(dim)
         normalize = self.normalize if normalize is None else normalize
+        special = self._sparse_specials() if sparse else set()
         out = np.empty((len(token_ids), dim), dtype=np.float32)
-        one_token = self.head.pooling.one_token  # then the last layer computes only the tokens pooling reads
+        weights: list[dict[str, float]] = [{} for _ in token_ids]
+        one_token = self.head.pooling.one_token and not sparse  # then the last layer computes only the tokens pooling reads
         picks = partial(self.head.pooling.picks, skip=prompt_length) if one_token else None
         for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress, picks):
             vectors = self.head(hidden, packing, prompt_length, picked=one_token)
@@ -420,7 +433,9 @@ class Embedder:
             if normalize:
                 vectors = F.normalize(vectors, dim=-1)
             out[batch] = vectors.cpu().numpy()
-        return out
+            if sparse:
+                self._sparse_batch(token_ids, batch, hidden, packing, special, weights)
+        return (out, weights) if sparse else out
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -467,6 +482,14 @@ class Embedder:
     ) -> list[dict[str, float]]:
         """Weights = relu(token logit), the max over repeats of a token (tokens named by their decoded text);
         special tokens, blank tokens and zero weights dropped."""
+        special = self._sparse_specials()
+        out: list[dict[str, float]] = [{} for _ in token_ids]
+        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress):
+            self._sparse_batch(token_ids, batch, hidden, packing, special, out)
+        return out
+
+    def _sparse_specials(self) -> set[int]:
+        """The special token ids sparse weights leave out; ValueError where this model cannot give sparse weights."""
         if not self.has_sparse:
             raise ValueError(
                 f"{self.model_name} has no token-weight head: sparse embeddings need a NewForTokenClassification "
@@ -474,13 +497,14 @@ class Embedder:
             )
         if self.tokenizer is None:
             raise ValueError("sparse embeddings name their tokens: pass tokenizer=... to the Embedder")
-        special = set(self.tokenizer.all_special_ids)
-        out: list[dict[str, float]] = [{} for _ in token_ids]
-        for batch, hidden, packing in self._run(token_ids, batch_tokens, show_progress):
-            weights = torch.relu(self.model.classifier(hidden)).squeeze(-1).float().cpu()  # [T]
-            for i, row in zip(batch, weights.split(packing.seqlens_list)):
-                out[i] = self._token_weights(token_ids[i], row.tolist(), special)
-        return out
+        return set(self.tokenizer.all_special_ids)
+
+    def _sparse_batch(self, token_ids: Sequence[Sequence[int]], batch: list[int], hidden: torch.Tensor, packing: Packing,
+                      special: set[int], out: list[dict[str, float]]) -> None:  # fmt: skip
+        """One batch's sparse weights, from its last hidden state [T, H], into out[i] for each of its sequences."""
+        weights = torch.relu(self.model.classifier(hidden)).squeeze(-1).float().cpu()  # [T]
+        for i, row in zip(batch, weights.split(packing.seqlens_list)):
+            out[i] = self._token_weights(token_ids[i], row.tolist(), special)
 
     def _token_weights(self, ids: Sequence[int], weights: list[float], special: set[int]) -> dict[str, float]:
         result: dict[str, float] = {}

@@ -1,5 +1,6 @@
 """The HTTP API over one or more `Embedder`s, `Reranker`s and `Classifier`s: OpenAI's /v1/embeddings and /v1/models;
-TEI's /embed, /embed_all, /embed_sparse, /similarity, /rerank, /predict, /tokenize, /decode and its root route;
+TEI's /embed, /embed_all, /embed_sparse, /similarity, /rerank, /predict, /tokenize, /decode and its root route
+(and gte's /embed_hybrid: /embed and /embed_sparse from one encoder pass);
 Cohere's (and Jina's) /v1/rerank and /v2/rerank, Cohere's /v1/embed and /v2/embed; and /health, /info, /metrics.
 
 Every request first passes the `Guard` (API key, payload limit, body-read timeout, request metrics).
@@ -36,13 +37,13 @@ from .guard import Guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     CohereEmbedRequest, CohereRerankRequest, CohereV2EmbedRequest, CohereV2RerankRequest, DecodeRequest, EmbedAllRequest,
-    EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, PredictRequest, RequestBody, RerankRequest,
+    EmbedHybridRequest, EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, PredictRequest, RequestBody, RerankRequest,
     SimilarityParameters, SimilarityRequest, TextClassificationParameters, TextClassificationRequest, TokenizeRequest,
 )  # fmt: skip
 from .served import CLASSIFICATION, EMBEDDINGS, RERANKING, SPARSE, Model, Models, model_kind
 from .settings import ServerSettings
 
-INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/similarity", "/rerank", "/predict",
+INFERENCE_PATHS = ("/v1/embeddings", "/embed", "/embed_all", "/embed_sparse", "/embed_hybrid", "/similarity", "/rerank", "/predict",
                    "/v1/rerank", "/v2/rerank", "/v1/embed", "/v2/embed")  # fmt: skip
 # Cohere's input_type -> the checkpoint's prompt of that name (sentence-transformers' names for the two searches)
 COHERE_PROMPTS = {"search_query": "query", "search_document": "document", "classification": "classification",
@@ -239,6 +240,21 @@ def _add_tei_routes(app: FastAPI, models: Models) -> None:
                                            param="inputs")  # fmt: skip
             weights = await served.infer(("sparse",), ids, list(map(len, ids)))
         return json_response([_sparse_values(served.model, row, w) for row, w in zip(ids, weights)])
+
+    @app.post("/embed_hybrid")
+    async def embed_hybrid(request: Request) -> Response:
+        """Per input, {"dense": vector, "sparse": /embed_sparse's weights}, from one encoder pass."""
+        body = await parse_body(request, EmbedHybridRequest)
+        served = models.pick(body.model, SPARSE)
+        served.check_dimensions(body.dimensions)
+        with served.admitted():
+            ids = await served.token_lists(body.inputs, truncate=body.truncate, truncation_side=body.truncation_direction,
+                                           param="inputs")  # fmt: skip
+            results = await served.infer(("hybrid", body.normalize, body.dimensions), ids, list(map(len, ids)))
+        return json_response([
+            {"dense": dense, "sparse": _sparse_values(served.model, row, weights)}
+            for row, (dense, weights) in zip(ids, results)
+        ])  # fmt: skip
 
     @app.post("/rerank")
     async def rerank(request: Request) -> Response:

@@ -134,6 +134,22 @@ class EmbedSparseRequest(RequestBody):
     }
 
 
+class EmbedHybridRequest(RequestBody):
+    """POST /embed_hybrid: dense and sparse vectors of each input from one encoder pass (no prompt: sparse weights
+    take none)."""
+
+    inputs: Inputs
+    model: str | None = None
+    normalize: bool = True
+    dimensions: Dimensions = None
+    truncate: bool = True
+    truncation_direction: TruncationDirection | None = None
+    unsupported = {
+        "prompt_name": "dense and sparse vectors from one pass read the same tokens, and sparse weights take no prompt: "
+        "ask /embed and /embed_sparse apart",
+    }
+
+
 def parse_texts(value: Any) -> list[str]:
     """A string or a non-empty list of strings, as a list."""
     if isinstance(value, str):

@@ -101,6 +101,10 @@ class ServedModel:
             )
         if kind == "sparse":
             return self.model.sparse_tokens(items, show_progress=False)
+        if kind == "hybrid":
+            normalize, dim = options
+            vectors, weights = self.model.encode_tokens(items, normalize=normalize, dim=dim, show_progress=False, sparse=True)
+            return list(zip(vectors, weights))
         if kind == "tokens":
             return self.model.token_vectors(items, show_progress=False)
         ids, types = zip(*items)
