@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM values of each vector (re-normalised)")
     embed.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
     embed.add_argument("--sparse", action="store_true", help="token weights instead of dense vectors (gte-multilingual-base)")
+    embed.add_argument("--dense", action="store_true", help="with --sparse: the dense vectors too (columns embedding and "
+                       "sparse), from the same encoder pass")  # fmt: skip
     embed.add_argument("--precision", choices=defaults.PRECISIONS, default=defaults.PRECISIONS[0], help="quantize the "
                        "vectors as sentence-transformers' quantize_embeddings does: int8 / uint8 (one byte per dimension, "
                        "needs --ranges), binary / ubinary (one bit per dimension, packed) (default: %(default)s)")  # fmt: skip

@@ -163,6 +163,24 @@ def test_embed_sparse(capsys, tmp_path, sparse_model_dir):
     assert code == 2 and "cannot write sparse embeddings as '.npy'" in err
 
 
+def test_embed_dense_and_sparse_in_one_pass(capsys, tmp_path, sparse_model_dir):
+    texts = ["der hund der hund", "北京 上海", ""]
+    embedder = gte.Embedder(sparse_model_dir)
+    code, _, err = run(capsys, "embed", "-m", sparse_model_dir, "--sparse", "--dense", "--dim", "16", "-o",
+                       tmp_path / "both.parquet", "--keep-columns", "text", "-i", write_inputs(tmp_path, texts)[".jsonl"])  # fmt: skip
+    assert code == 0 and "dense and sparse embeddings" in err, err
+    table = pq.read_table(tmp_path / "both.parquet")
+    assert table.column_names == ["id", "embedding", "sparse", "text"]
+    np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), embedder.encode(texts, dim=16), atol=1e-5)
+    for got, want in zip(table["sparse"].to_pylist(), embedder.encode_sparse(texts)):
+        assert dict(got) == pytest.approx(want, abs=1e-5)
+    rows = read_jsonl(run(capsys, "embed", "-m", sparse_model_dir, "--sparse", "--dense", *texts)[1])
+    assert [sorted(r) for r in rows] == [["embedding", "id", "sparse"]] * 3
+    assert "dense adds the dense vectors to sparse ones" in error_of(capsys, "embed", "--dense", "hello")
+    assert "prompts apply to dense vectors" in error_of(capsys, "embed", "-m", sparse_model_dir, "--sparse", "--dense",
+                                                        "--prompt", "q: ", "hello")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ errors
 def error_of(capsys, *argv) -> str:
     code, out, err = run(capsys, *argv)

@@ -49,6 +49,20 @@ def test_embed_batches_keep_their_columns(tiny_model_dir):
     np.testing.assert_allclose(batch["embedding"], expected, atol=1e-5)
 
 
+def test_embed_batches_dense_and_sparse(sparse_model_dir):
+    """--sparse --dense on Ray: both columns, each what the Embedder gives apart."""
+    embedder = gte.Embedder(sparse_model_dir)
+    texts = ["der hund der hund", "北京 上海", "le chat"]
+    for batch in (pa.table({"text": texts}), {"text": np.array(texts, dtype=object)}):
+        out = Embed(str(sparse_model_dir), sparse=True, dense=True)(batch)
+        if isinstance(out, pa.Table):
+            out = {name: out[name].to_pylist() for name in ("embedding", "sparse")}
+        np.testing.assert_allclose(np.array(list(out["embedding"])), embedder.encode(texts), atol=1e-5)
+        sparse = [dict(w) for w in out["sparse"]]
+        for got, want in zip(sparse, embedder.encode_sparse(texts)):
+            assert got == pytest.approx(want, abs=1e-5)
+
+
 def test_embed_batches_quantized(tiny_model_dir):
     """precision and ranges: sentence-transformers' quantization of the float32 vectors of the same batch."""
     from sentence_transformers.util import quantize_embeddings as st_quantize

@@ -83,7 +83,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def run_embed(args: argparse.Namespace) -> None:
     options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window,
                       prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side,
-                      precision=args.precision, ranges=_ranges(args.ranges))  # fmt: skip
+                      precision=args.precision, ranges=_ranges(args.ranges), dense=args.dense)  # fmt: skip
     if args.ray:
         return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,
@@ -93,7 +93,7 @@ def run_embed(args: argparse.Namespace) -> None:
         return
     summary = job.run(Embedder(args.model, pooling=args.pooling, **_model_kwargs(args)), show_progress=args.progress)
     if args.output is not None or sys.stderr.isatty():
-        print(f"gte embed: {summary.line(args.sparse)}", file=sys.stderr)
+        print(f"gte embed: {summary.line(options)}", file=sys.stderr)
 
 
 def _ranges(path: Path | None) -> tuple[tuple[float, ...], ...] | None:

@@ -58,11 +58,14 @@ class Options:
     truncation_side: str | None = None  # "right" (the Embedder's default) or "left"
     precision: str = "float32"  # or int8, uint8, binary, ubinary (gte.quantize)
     ranges: tuple[tuple[float, ...], ...] | None = None  # int8 / uint8: each dimension's low and high, [2, dim]
+    dense: bool = False  # with sparse: the dense vectors too, from the same encoder pass
 
     def __post_init__(self) -> None:
         if self.window_rows < 1 or self.window_chars < 1:
             raise ValueError("a window needs at least one row and one character")
-        if check_precision(self.precision) != "float32" and self.sparse:
+        if self.dense and not self.sparse:
+            raise ValueError("dense adds the dense vectors to sparse ones (--sparse --dense); dense alone is the default")
+        if check_precision(self.precision) != "float32" and self.sparse_only:
             raise ValueError("precision applies to dense vectors, not to sparse ones")
         if self.precision.endswith("int8") and self.ranges is None:
             raise ValueError(f"{self.precision} in a corpus job needs each dimension's range (--ranges / ranges): a job "
@@ -70,11 +73,12 @@ class Options:
                              "save gte.quantize.calibration_ranges(vectors) of representative texts with numpy.save")  # fmt: skip
         if self.ranges is not None and not self.precision.endswith("int8"):
             raise ValueError("ranges apply to the int8 and uint8 precisions only")
-        if self.sparse and (self.dim is not None or not self.normalize):
+        if self.sparse_only and (self.dim is not None or not self.normalize):
             raise ValueError("dim and normalize apply to dense vectors, not to sparse ones")
         if self.sparse and (self.prompt_name is not None or self.prompt is not None):
-            raise ValueError("prompts apply to dense vectors; sparse token weights are computed on the text alone")
-        taken = {self.id_name, self.vector_name}
+            raise ValueError("prompts apply to dense vectors; sparse token weights are computed on the text alone (and "
+                             "with --dense, both come from one pass over the same tokens)")  # fmt: skip
+        taken = {self.id_name, *self.vector_names}
         clash = [c for c in self.keep_columns if c in taken and c != self.id_field]
         if clash:
             raise ValueError(f"cannot keep the column {clash[0]!r}: the output has its own {clash[0]!r} column")
@@ -84,8 +88,13 @@ class Options:
         return self.id_field or "id"
 
     @property
-    def vector_name(self) -> str:
-        return "sparse" if self.sparse else "embedding"
+    def sparse_only(self) -> bool:
+        return self.sparse and not self.dense
+
+    @property
+    def vector_names(self) -> list[str]:
+        """The output's vector columns: embedding (dense), sparse, or both."""
+        return ["embedding", "sparse"] if self.dense else ["sparse" if self.sparse else "embedding"]
 
     @property
     def read_columns(self) -> list[str]:
@@ -95,15 +104,16 @@ class Options:
 
 @dataclass
 class Embedded:
-    """One window's result: the vector column and what it cost."""
+    """One window's result: its vector columns (Options.vector_names) and what they cost."""
 
-    column: pa.Array
+    columns: dict[str, pa.Array]
     tokens: int
     truncated: int
 
 
 def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: Options, first_row: int = 0) -> Embedded:
-    """Embed a column of texts: a FixedSizeList<float32>[dim] column (or map<string, float32> for sparse)."""
+    """Embed a column of texts: a FixedSizeList<float32>[dim] column "embedding" (quantized at another precision),
+    a map<string, float32> column "sparse", or both from one encoder pass."""
     if texts.null_count:
         row = first_row + texts.is_null().to_pylist().index(True)
         raise InputError(f"row {row}: the {options.field!r} value is null, not a text")
@@ -116,15 +126,20 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
         if not isinstance(w.message, TruncationWarning):
             warnings.warn(w.message, w.category, stacklevel=2)
     tokens = sum(map(len, ids))
-    if options.sparse:
-        weights = embedder.sparse_tokens(ids, show_progress=False)
-        column = pa.array([list(w.items()) for w in weights], type=pa.map_(pa.string(), pa.float32()))
-    else:
-        vectors = embedder.encode_tokens(ids, prompt_length=embedder.prompt_length(prompt), dim=options.dim,
-                                         normalize=options.normalize, show_progress=False)  # fmt: skip
-        vectors = quantize_embeddings(vectors, options.precision, options.ranges)
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    return Embedded(column, tokens, truncated)
+    if options.sparse_only:
+        return Embedded({"sparse": _sparse_column(embedder.sparse_tokens(ids, show_progress=False))}, tokens, truncated)
+    result = embedder.encode_tokens(ids, prompt_length=embedder.prompt_length(prompt), dim=options.dim,
+                                    normalize=options.normalize, show_progress=False, sparse=options.sparse)  # fmt: skip
+    vectors, weights = result if options.sparse else (result, None)
+    vectors = quantize_embeddings(vectors, options.precision, options.ranges)
+    columns = {"embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])}
+    if weights is not None:
+        columns["sparse"] = _sparse_column(weights)
+    return Embedded(columns, tokens, truncated)
+
+
+def _sparse_column(weights: list[dict[str, float]]) -> pa.Array:
+    return pa.array([list(w.items()) for w in weights], type=pa.map_(pa.string(), pa.float32()))
 
 
 def windows(chunks: Iterator[pa.Table], options: Options) -> Iterator[pa.Table]:
@@ -160,10 +175,11 @@ class Summary:
         self.rows, self.embedded, self.seconds = done, self.embedded + rows, max(seconds, 1e-9)
         self.tokens, self.truncated = self.tokens + result.tokens, self.truncated + result.truncated
 
-    def line(self, sparse: bool = False) -> str:
+    def line(self, options: Options) -> str:
         rate = f"{self.embedded / self.seconds:.0f} rows/s, {self.tokens / self.seconds:.0f} tokens/s" if self.seconds else ""
         resumed = f"; {self.rows - self.embedded} were done before the resume" if self.rows > self.embedded else ""
-        return (f"wrote {self.rows} {'sparse ' * sparse}embeddings to {self.output}: {self.embedded} rows, {self.tokens} "
+        kind = {(False, False): "", (True, False): "sparse ", (True, True): "dense and sparse "}[options.sparse, options.dense]
+        return (f"wrote {self.rows} {kind}embeddings to {self.output}: {self.embedded} rows, {self.tokens} "
                 f"tokens in {self.seconds:.1f} s ({rate}){resumed}")  # fmt: skip
 
 
@@ -259,7 +275,7 @@ class EmbedJob:
             try:
                 for index, start, window, ids in self._windows(manifest):
                     result = embed_texts(embedder, window.column(self.options.field), self.options, start)
-                    self._write(sink, manifest, index, start, self._table(window, ids, result.column))
+                    self._write(sink, manifest, index, start, self._table(window, ids, result.columns))
                     release(0)
                     summary.add(manifest.done, window.num_rows, result, time.perf_counter() - started)
                     bar.update(manifest.done - bar.n)
@@ -382,17 +398,16 @@ class EmbedJob:
                 seen.add(key)
         return ids
 
-    def _table(self, window: pa.Table, ids: pa.Array, vectors: pa.Array) -> pa.Table:
+    def _table(self, window: pa.Table, ids: pa.Array, vectors: dict[str, pa.Array]) -> pa.Table:
         kept = [c for c in self.options.keep_columns if c != self.options.id_field]
-        columns = {self.options.id_name: ids, self.options.vector_name: vectors, **{c: window.column(c) for c in kept}}
-        return pa.table(columns)
+        return pa.table({self.options.id_name: ids, **vectors, **{c: window.column(c) for c in kept}})
 
     def _empty(self, embedder: Embedder) -> pa.Table:
         dtype, width = stored_as(self.options.precision, self.options.dim or embedder.dimension)
-        vector = pa.map_(pa.string(), pa.float32()) if self.options.sparse else pa.list_(pa.from_numpy_dtype(dtype), width)
+        types = {"embedding": pa.list_(pa.from_numpy_dtype(dtype), width), "sparse": pa.map_(pa.string(), pa.float32())}
         window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
         ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
-        return self._table(window, ids, pa.array([], vector))
+        return self._table(window, ids, {name: pa.array([], types[name]) for name in self.options.vector_names})
 
     def _interrupted(self, manifest: Manifest) -> str:
         of = f" of {manifest.rows}" if manifest.rows is not None else ""
@@ -441,6 +456,7 @@ def embed_corpus(
     dim: int | None = None,
     normalize: bool = True,
     sparse: bool = False,
+    dense: bool = False,
     prompt_name: str | None = None,
     prompt: str | None = None,
     truncation_side: str | None = None,
@@ -453,7 +469,8 @@ def embed_corpus(
 ) -> Summary:
     """Embed a corpus file (.txt, .jsonl, .csv, parquet file / directory / glob / URI) or a list of texts into
     a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order; `precision` and
-    `ranges` [2, dim] as in `Embedder.encode`, except that int8 / uint8 need the ranges.
+    `ranges` [2, dim] as in `Embedder.encode`, except that int8 / uint8 need the ranges; `sparse` token weights
+    instead of dense vectors, or with `dense` both, from one encoder pass.
 
         gte.embed_corpus("docs.parquet", "vectors.parquet", field="body", id_field="doc_id")
     """
@@ -462,6 +479,6 @@ def embed_corpus(
     source = ListSource(input, field) if isinstance(input, (list, tuple)) else open_source(input, field)
     ranges = None if ranges is None else tuple(map(tuple, np.asarray(ranges, dtype=np.float32).tolist()))
     options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows, prompt_name=prompt_name,
-                      prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges)  # fmt: skip
+                      prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges, dense=dense)  # fmt: skip
     job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
     return job.run(embedder or Embedder(), show_progress=show_progress)

@@ -38,7 +38,7 @@ class Embed:
 
     `model` and the Embedder's options (device, dtype, max_length, batch_tokens, pooling); `field`: the text
     column; `dim`, `normalize`, `sparse`, `prompt_name`, `prompt`, `truncation_side`, `precision`, `ranges` as in
-    `Embedder.encode` (int8 / uint8 need `ranges`: the batches must share them);
+    `Embedder.encode` (`dense` with `sparse`: both, from one pass) (int8 / uint8 need `ranges`: the batches must share them);
     `threads`: torch threads (default: Ray's OMP_NUM_THREADS for this actor, which is its num_cpus).
     """
 
@@ -50,6 +50,7 @@ class Embed:
         dim: int | None = None,
         normalize: bool = True,
         sparse: bool = False,
+        dense: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: str | None = None,
@@ -63,19 +64,23 @@ class Embed:
         if threads:
             torch.set_num_threads(threads)
         self.options = Options(field=field, dim=dim, normalize=normalize, sparse=sparse, prompt_name=prompt_name,
-                               prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges)  # fmt: skip
+                               prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges,
+                               dense=dense)  # fmt: skip
         self.embedder = Embedder(model, show_progress=False, **embedder_kwargs)
         self.embedder.check_dim(dim)
         self.embedder.resolve_prompt(prompt_name, prompt)  # an unknown prompt name fails here, not in a batch
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
-        """The batch with its embedding column added (a pyarrow table, or a dict of numpy arrays)."""
-        name, field = self.options.vector_name, self.options.field
+        """The batch with its vector columns added (embedding, sparse or both; a pyarrow table, or a dict of numpy
+        arrays)."""
+        field = self.options.field
         if isinstance(batch, pa.Table):
-            return batch.append_column(name, embed_texts(self.embedder, batch.column(field), self.options).column)
+            for name, column in embed_texts(self.embedder, batch.column(field), self.options).columns.items():
+                batch = batch.append_column(name, column)
+            return batch
         if isinstance(batch, dict):
-            column = embed_texts(self.embedder, pa.array(list(batch[field]), type=pa.string()), self.options).column
-            return {**batch, name: _numpy(column)}
+            columns = embed_texts(self.embedder, pa.array(list(batch[field]), type=pa.string()), self.options).columns
+            return {**batch, **{name: _numpy(column) for name, column in columns.items()}}
         raise TypeError(f"gte.ray.Embed takes pyarrow or numpy batches, got {type(batch).__name__}: pass batch_format='pyarrow'")
 
 
@@ -168,7 +173,8 @@ def run(
     vectors = dataset.map_batches(
         Embed,
         fn_constructor_kwargs=dict(model=str(model), field=options.field, dim=options.dim, normalize=options.normalize,
-                                   sparse=options.sparse, prompt_name=options.prompt_name, prompt=options.prompt,
+                                   sparse=options.sparse, dense=options.dense, prompt_name=options.prompt_name,
+                                   prompt=options.prompt,
                                    truncation_side=options.truncation_side, precision=options.precision,
                                    ranges=options.ranges, threads=threads or int(pool.num_cpus),
                                    **(embedder_kwargs or {})),  # fmt: skip
@@ -178,7 +184,7 @@ def run(
         batch_size=options.window_rows,
         batch_format="pyarrow",
     )
-    kept = [options.id_field, options.vector_name, *(c for c in options.keep_columns if c != options.id_field)]
+    kept = [options.id_field, *options.vector_names, *(c for c in options.keep_columns if c != options.id_field)]
     vectors.select_columns(kept).write_parquet(output)
     return _rows_written(output), pool
 
