@@ -177,6 +177,9 @@ def test_embed_dense_and_sparse_in_one_pass(capsys, tmp_path, sparse_model_dir):
     rows = read_jsonl(run(capsys, "embed", "-m", sparse_model_dir, "--sparse", "--dense", *texts)[1])
     assert [sorted(r) for r in rows] == [["embedding", "id", "sparse"]] * 3
     assert "dense adds the dense vectors to sparse ones" in error_of(capsys, "embed", "--dense", "hello")
+    prompted = gte.Embedder(sparse_model_dir, prompts={"query": "q: "}, default_prompt_name="query")
+    with pytest.raises(sources.InputError, match="default prompt 'q: '"):
+        gte.embed_corpus(texts, tmp_path / "p.parquet", embedder=prompted, sparse=True, dense=True)
     assert "prompts apply to dense vectors" in error_of(capsys, "embed", "-m", sparse_model_dir, "--sparse", "--dense",
                                                         "--prompt", "q: ", "hello")  # fmt: skip
 

@@ -118,6 +118,10 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
         row = first_row + texts.is_null().to_pylist().index(True)
         raise InputError(f"row {row}: the {options.field!r} value is null, not a text")
     prompt = "" if options.sparse else embedder.resolve_prompt(options.prompt_name, options.prompt)
+    if options.dense and embedder.resolve_prompt():
+        raise InputError(f"{embedder.model_name} puts its default prompt {embedder.resolve_prompt()!r} before the texts "
+                         "of dense vectors, and sparse weights take none: one pass cannot give both; run --sparse and "
+                         "the dense job apart")  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
         ids = embedder.tokenize(texts.to_pylist(), prompt=prompt, truncation_side=options.truncation_side)
