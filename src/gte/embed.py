@@ -24,8 +24,9 @@ from torch.nn import functional as F
 
 from gte_defaults import CPU_BATCH_TOKENS, DEFAULT_MODEL, GPU_BATCH_TOKENS
 
-from . import attention, hub, int8, st_files
+from . import attention, chunking, hub, int8, st_files
 from .batching import budget_groups
+from .chunking import Chunk
 from .configuration import NewConfig
 from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
 from .padding import Packing
@@ -466,6 +467,67 @@ class Embedder:
             for i, rows in zip(batch, hidden.float().cpu().split(packing.seqlens_list)):
                 out[i] = rows.numpy()
         return out
+
+    # -------------------------------------------------------------------------- chunks
+    def encode_chunks(
+        self, texts: str | Sequence[str], *, chunk_tokens: int, overlap: int = 0, late: bool = False,
+        prompt_name: str | None = None, prompt: str | None = None, batch_tokens: int | None = None,
+        show_progress: bool | None = None,
+    ) -> tuple[list[Chunk], np.ndarray]:  # fmt: skip
+        """Each text cut into chunks of at most `chunk_tokens` of its own tokens, consecutive ones sharing `overlap`
+        (gte.chunking: character spans, never a part of a token), and float32 [chunks, dimension] vectors,
+        normalised as the Embedder normalises: naive (each chunk embedded alone, after the prompt, pooled as the
+        checkpoint pools) or `late` (each document through the encoder once, a chunk the mean of its tokens'
+        states, always normalised)."""
+        if self.tokenizer is None:
+            raise ValueError("chunks are cut on the model's tokens: pass tokenizer=... to the Embedder")
+        chunking.check(chunk_tokens, overlap)
+        texts = check_texts(texts)
+        text = self.resolve_prompt(prompt_name, prompt)
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        ids = encoded["input_ids"]
+        chunks = [chunk for document, (body, offsets) in enumerate(zip(texts, encoded["offset_mapping"]))
+                  for chunk in chunking.cut(offsets, len(body), document, chunk_tokens, overlap)]  # fmt: skip
+        head, tail = self._special_ends()
+        room = self.max_length - len(head) - len(prompt_ids) - len(tail)
+        if late:
+            states = self._document_states(ids, prompt_ids, room, batch_tokens, show_progress)
+            means = np.zeros((len(chunks), self.hidden_size), np.float32)  # an empty document's chunk: zeros
+            for row, c in enumerate(chunks):
+                if c.last > c.first:
+                    means[row] = states[c.document][c.first : c.last].mean(0)
+            return chunks, unit_rows(means)
+        if chunk_tokens > room:
+            raise ValueError(f"chunk_tokens {chunk_tokens} leaves no room for the special tokens and prompt within "
+                             f"max_length {self.max_length}: at most {room}")  # fmt: skip
+        token_ids = [head + prompt_ids + ids[c.document][c.first : c.last] + tail for c in chunks]
+        return chunks, self.encode_tokens(token_ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
+                                          show_progress=show_progress)  # fmt: skip
+
+    def _document_states(self, ids: list[list[int]], prompt_ids: list[int], room: int, batch_tokens: int | None,
+                         show_progress: bool | None) -> list[np.ndarray]:  # fmt: skip
+        """Each document's final hidden states [its tokens, H] (prompt and special tokens aside), from one encoder
+        pass: in macro-windows of `room` tokens, a quarter of them shared, where a document is longer."""
+        if room < 4:
+            raise ValueError(f"max_length {self.max_length} leaves {room} tokens for a document: too few to chunk")
+        head, tail = self._special_ends()
+        lead = len(head) + len(prompt_ids)  # where a window's document tokens begin
+        plans = [chunking.windows(len(row), room, room // 4) for row in ids]
+        sequences = [head + prompt_ids + row[first:last] + tail for row, ranges in zip(ids, plans) for first, last in ranges]
+        states = iter(self.token_vectors(sequences, batch_tokens=batch_tokens, show_progress=show_progress))
+        out = []
+        for row, ranges in zip(ids, plans):
+            windows = [next(states)[lead : lead + last - first] for first, last in ranges]
+            out.append(chunking.stitch(windows, ranges, len(row)) if row else np.empty((0, self.hidden_size), np.float32))
+        return out
+
+    def _special_ends(self) -> tuple[list[int], list[int]]:
+        """The special token ids the tokenizer puts before and after one text's tokens ([CLS] and [SEP], say)."""
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("a")["input_ids"]
+        lead = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
+        return full[:lead], full[lead + len(plain) :]
 
     # -------------------------------------------------------------------------- sparse
     def encode_sparse(
