@@ -168,6 +168,27 @@ def test_openai_client_gets_the_embedders_vectors(server, embedder):
     assert caught.value.body["code"] == "model_not_found"
 
 
+def test_openai_late_chunking_embeds_the_document_once(server, embedder):
+    """Jina's late_chunking through the openai client: the inputs are one document's chunks, in order; each vector
+    is the mean of its tokens' states in one pass over the whole document (Embedder.late_vectors by hand)."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0)
+    chunks = ["the quick brown fox", " jumps over", " the lazy dog"]
+    result = client.embeddings.create(model="tiny-gte", input=chunks, encoding_format="float",
+                                      extra_body={"late_chunking": True})  # fmt: skip
+    ids = [embedder.tokenizer(c, add_special_tokens=False)["input_ids"] for c in chunks]
+    ends = np.cumsum([0, *map(len, ids)])
+    expected = embedder.late_vectors([sum(ids, [])], [(0, a, b) for a, b in zip(ends, ends[1:])])
+    np.testing.assert_allclose([d.embedding for d in result.data], expected, atol=ATOL)
+    assert result.usage.prompt_tokens == int(ends[-1])
+    assert not np.allclose(expected, embedder.encode(chunks), atol=1e-3)  # not each chunk alone
+    short = client.embeddings.create(model="tiny-gte", input=chunks, dimensions=8, encoding_format="float",
+                                     extra_body={"late_chunking": True})  # fmt: skip
+    cut = expected[:, :8] / np.linalg.norm(expected[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose([d.embedding for d in short.data], cut, atol=ATOL)
+    with pytest.raises(openai.UnprocessableEntityError, match="late_chunking takes the chunks' texts"):
+        client.embeddings.create(model="tiny-gte", input=[[5, 6]], extra_body={"late_chunking": True})
+
+
 def test_openai_input_forms(server, embedder):
     ids = embedder.tokenize(TEXTS)
     expected = embedder.encode(TEXTS)

@@ -489,15 +489,11 @@ class Embedder:
         ids = encoded["input_ids"]
         chunks = [chunk for document, (body, offsets) in enumerate(zip(texts, encoded["offset_mapping"]))
                   for chunk in chunking.cut(offsets, len(body), document, chunk_tokens, overlap)]  # fmt: skip
+        if late:
+            spans = [(c.document, c.first, c.last) for c in chunks]
+            return chunks, self.late_vectors(ids, spans, prompt_ids, batch_tokens=batch_tokens, show_progress=show_progress)
         head, tail = self._special_ends()
         room = self.max_length - len(head) - len(prompt_ids) - len(tail)
-        if late:
-            states = self._document_states(ids, prompt_ids, room, batch_tokens, show_progress)
-            means = np.zeros((len(chunks), self.hidden_size), np.float32)  # an empty document's chunk: zeros
-            for row, c in enumerate(chunks):
-                if c.last > c.first:
-                    means[row] = states[c.document][c.first : c.last].mean(0)
-            return chunks, unit_rows(means)
         if chunk_tokens > room:
             raise ValueError(f"chunk_tokens {chunk_tokens} leaves no room for the special tokens and prompt within "
                              f"max_length {self.max_length}: at most {room}")  # fmt: skip
@@ -505,16 +501,32 @@ class Embedder:
         return chunks, self.encode_tokens(token_ids, prompt_length=self.prompt_length(text), batch_tokens=batch_tokens,
                                           show_progress=show_progress)  # fmt: skip
 
-    def _document_states(self, ids: list[list[int]], prompt_ids: list[int], room: int, batch_tokens: int | None,
+    @torch.inference_mode()
+    def late_vectors(
+        self, documents: Sequence[Sequence[int]], spans: Sequence[tuple[int, int, int]], prompt_ids: Sequence[int] = (),
+        *, batch_tokens: int | None = None, show_progress: bool | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """Late chunking on token ids: each document (its tokens, special tokens aside) through the encoder once,
+        after `prompt_ids`; per span (document, first token, last token) the mean of those tokens' final hidden
+        states, normalised: float32 [spans, hidden] (a span of no tokens: zeros)."""
+        states = self._document_states(documents, list(prompt_ids), batch_tokens, show_progress)
+        means = np.zeros((len(spans), self.hidden_size), np.float32)
+        for row, (document, first, last) in enumerate(spans):
+            if last > first:
+                means[row] = states[document][first:last].mean(0)
+        return unit_rows(means)
+
+    def _document_states(self, ids: Sequence[Sequence[int]], prompt_ids: list[int], batch_tokens: int | None,
                          show_progress: bool | None) -> list[np.ndarray]:  # fmt: skip
         """Each document's final hidden states [its tokens, H] (prompt and special tokens aside), from one encoder
-        pass: in macro-windows of `room` tokens, a quarter of them shared, where a document is longer."""
+        pass: in macro-windows of what max_length leaves, a quarter of them shared, where a document is longer."""
+        head, tail = self._special_ends()
+        room = self.max_length - len(head) - len(prompt_ids) - len(tail)
         if room < 4:
             raise ValueError(f"max_length {self.max_length} leaves {room} tokens for a document: too few to chunk")
-        head, tail = self._special_ends()
         lead = len(head) + len(prompt_ids)  # where a window's document tokens begin
         plans = [chunking.windows(len(row), room, room // 4) for row in ids]
-        sequences = [head + prompt_ids + row[first:last] + tail for row, ranges in zip(ids, plans) for first, last in ranges]
+        sequences = [head + prompt_ids + list(row[first:last]) + tail for row, ranges in zip(ids, plans) for first, last in ranges]
         states = iter(self.token_vectors(sequences, batch_tokens=batch_tokens, show_progress=show_progress))
         out = []
         for row, ranges in zip(ids, plans):

@@ -140,14 +140,31 @@ async def _embeddings(
         return served, await served.infer(key, ids, lengths), lengths
 
 
+async def _late_chunks(
+    models: Models, name: str | None, inputs: list, param: str, *, dimensions: int | None, prompt_name: str | None
+) -> tuple[Any, list, list[int]]:
+    """(the served model, a vector per input, token counts) for Jina's late_chunking: the inputs are the chunks of
+    one document, in order, embedded in one pass over the whole document (`Embedder.late_vectors`)."""
+    served = models.pick(name, EMBEDDINGS)
+    served.check_dimensions(dimensions)
+    prompt = served.prompt(prompt_name, inputs)
+    with served.admitted():
+        chunks, prompt_ids = await served.chunk_tokens(inputs, prompt=prompt, param=param)
+        lengths = list(map(len, chunks))
+        (vectors,) = await served.infer(("late", prompt_ids, dimensions), [chunks], [sum(lengths) + len(prompt_ids)])
+        return served, vectors, lengths
+
+
 def _add_openai_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request) -> Response:
         body = await parse_body(request, OpenAIEmbeddingRequest)
-        served, vectors, lengths = await _embeddings(
-            models, body.model, body.input, "input", normalize=True, dimensions=body.dimensions,
-            prompt_name=body.prompt_name, truncate=body.truncate,
-        )  # fmt: skip
+        arguments = dict(dimensions=body.dimensions, prompt_name=body.prompt_name)
+        if body.late_chunking:
+            served, vectors, lengths = await _late_chunks(models, body.model, body.input, "input", **arguments)
+        else:
+            served, vectors, lengths = await _embeddings(models, body.model, body.input, "input", normalize=True,
+                                                         truncate=body.truncate, **arguments)  # fmt: skip
         data = [
             {"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(vectors)

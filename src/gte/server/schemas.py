@@ -79,6 +79,7 @@ class OpenAIEmbeddingRequest(RequestBody):
     user: str | None = None  # accepted and ignored, as OpenAI's API takes it
     truncate: bool = True  # extension: False rejects texts over the input limit with 413
     prompt_name: str | None = None  # extension (TEI's /embed field), e.g. extra_body={"prompt_name": "query"}
+    late_chunking: bool = False  # Jina's extension: the inputs are the chunks of one document, in order
     unsupported = {"input_type": INPUT_TYPE}  # Cohere's and NVIDIA's field for it
 
 

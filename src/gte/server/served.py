@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..classify import Classifier
-from ..embed import Embedder
+from ..embed import Embedder, unit_rows
 from ..int8 import dtype_name
 from ..quantize import quantize_embeddings
 from ..rerank import Reranker
@@ -107,12 +108,22 @@ class ServedModel:
             return list(zip(vectors, weights))
         if kind == "tokens":
             return self.model.token_vectors(items, show_progress=False)
+        if kind == "late":
+            prompt_ids, dim = options
+            return [self._late_chunks(chunks, list(prompt_ids), dim) for chunks in items]
         ids, types = zip(*items)
         types = None if types[0] is None else types
         if kind == "classify":
             return self.model.logits_tokens(ids, types, show_progress=False).numpy()
         (normalize,) = options
         return self.model.score_tokens(ids, types, normalize=normalize)
+
+    def _late_chunks(self, chunks: list[list[int]], prompt_ids: list[int], dim: int | None) -> np.ndarray:
+        """Late chunking of one document given as its chunks' token ids: [chunks, dim] (re-normalised when cut)."""
+        ends = np.cumsum([0, *map(len, chunks)])
+        spans = [(0, int(first), int(last)) for first, last in zip(ends, ends[1:])]
+        vectors = self.model.late_vectors([list(chain.from_iterable(chunks))], spans, prompt_ids, show_progress=False)
+        return vectors if dim is None else unit_rows(vectors[:, :dim])
 
     async def infer(self, key: Hashable, items: list, lengths: list[int]) -> Sequence:
         """Results for `items` (of `lengths` tokens), one per item: the batcher runs them in --max-batch-tokens
@@ -217,6 +228,16 @@ class ServedModel:
         with _too_long(param):
             return await _call(sum(map(len, inputs)), self.model.tokenize, inputs, prompt=prompt, truncate=truncate,
                                truncation_side=truncation_side)  # fmt: skip
+
+    async def chunk_tokens(self, texts: list, *, prompt: str, param: str) -> tuple[list[list[int]], tuple[int, ...]]:
+        """Late chunking's token ids: each chunk's own tokens (no special tokens), and the prompt's."""
+        self.check_count(len(texts), param)
+        if is_token_ids(texts):
+            raise ApiError(422, "late_chunking takes the chunks' texts, not token ids", param=param)
+        encoded = await _call(sum(map(len, texts)) + len(prompt), self.model.tokenizer, [prompt, *texts],
+                              add_special_tokens=False, return_attention_mask=False, verbose=False)  # fmt: skip
+        prompt_ids, *chunks = encoded["input_ids"]
+        return chunks, tuple(prompt_ids if prompt else ())
 
     async def input_tokens(
         self, inputs: list[str | tuple[str, str]], *, truncate: bool, truncation_side: str | None, param: str
