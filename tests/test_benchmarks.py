@@ -114,6 +114,14 @@ def test_eval_bench_runs(capsys):
     assert "| full | " in out
 
 
+def test_late_chunking_bench_runs(capsys):
+    import late_chunking
+
+    late_chunking.main(["--tiny"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| naive", "| late"))]
+    assert len(rows) == 3
+
+
 def test_interleave_keeps_every_batch_once_in_pace():
     lengths = [5, 1, 3, 8, 2, 2]
     plans = [[[0, 1], [2, 3], [4, 5]], [[3, 0, 2, 4, 5, 1]]]
