@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", metavar="MODE", help="cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken, "
                        "or several joined by + (default: the checkpoint's Pooling module, else cls)")  # fmt: skip
     _add_truncation_side(embed, "text")
+    chunks = embed.add_argument_group("long documents: a row per chunk (id, chunk, start, end, [text], embedding)")
+    chunks.add_argument("--chunk-tokens", type=positive_int, metavar="N", help="cut each text into chunks of at most N "
+                        "of the model's tokens (never a part of a token); start and end are the chunk's characters")  # fmt: skip
+    chunks.add_argument("--chunk-overlap", type=int, default=0, metavar="M", help="tokens consecutive chunks share "
+                        "(default: %(default)s)")  # fmt: skip
+    chunks.add_argument("--late-chunking", action="store_true", help="embed each document once and pool each chunk "
+                        "from its tokens' states (mean), so every chunk sees its document (arXiv 2409.04701)")  # fmt: skip
+    chunks.add_argument("--keep-text", action="store_true", help="write each chunk's text too")
     job = embed.add_argument_group("corpus jobs")
     job.add_argument("--id-field", help="carry this id field / column to the output (default: the row number, as 'id')")
     job.add_argument("--keep-columns", type=_names, default=(), metavar="A,B", help="copy these fields / columns to the output")

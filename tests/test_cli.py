@@ -184,6 +184,36 @@ def test_embed_dense_and_sparse_in_one_pass(capsys, tmp_path, sparse_model_dir):
                                                         "--prompt", "q: ", "hello")  # fmt: skip
 
 
+def test_embed_chunks_a_row_per_chunk(capsys, tmp_path):
+    texts = ["Pandas live in the mountains of central China. They eat bamboo, almost nothing else.", "short", "",
+             "Élan vital, naïve café: unicode — and punctuation!!! " * 2]  # fmt: skip
+    source = write_inputs(tmp_path, texts)[".jsonl"]
+    embedder = gte.Embedder()
+    for late in (False, True):
+        out = tmp_path / f"chunks-{late}.parquet"
+        argv = ["embed", "-i", source, "--id-field", "id", "--keep-columns", "id", "--chunk-tokens", "6",
+                "--keep-text", "--window", "2", "-o", out, *(["--late-chunking"] if late else [])]  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+        table = pq.read_table(out)
+        assert table.column_names == ["id", "chunk", "start", "end", "text", "embedding"]
+        chunks, vectors = embedder.encode_chunks(texts, chunk_tokens=6, late=late)
+        assert table["id"].to_pylist() == [c.document for c in chunks]
+        assert table["chunk"].to_pylist() == [c.index for c in chunks]
+        np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), vectors, atol=1e-5)
+        for document, text in enumerate(texts):  # the spans tile each text; the text column is the span's
+            rows = [r for r in table.to_pylist() if r["id"] == document]
+            assert "".join(r["text"] for r in rows) == text
+            assert all(text[r["start"] : r["end"]] == r["text"] for r in rows)
+        assert run(capsys, *argv, "--resume")[0] == 0  # a finished job: nothing to resume
+    assert "need --chunk-tokens" in error_of(capsys, "embed", "--chunk-overlap", "2", "hello")
+    assert "chunks are embedded as dense float32" in error_of(capsys, "embed", "--chunk-tokens", "8", "--dim", "8", "hello")
+    assert "overlap must be" in error_of(capsys, "embed", "--chunk-tokens", "4", "--chunk-overlap", "4", "hello")
+    assert ".npy file holds vectors only" in error_of(capsys, "embed", "--chunk-tokens", "4", "-o", tmp_path / "c.npy", "hi")
+    assert "--ray embeds whole documents" in error_of(capsys, "embed", "--chunk-tokens", "4", "--ray", "-i", source,
+                                                      "-o", tmp_path / "ray-out")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ errors
 def error_of(capsys, *argv) -> str:
     code, out, err = run(capsys, *argv)

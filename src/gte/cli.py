@@ -83,7 +83,11 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def run_embed(args: argparse.Namespace) -> None:
     options = Options(args.field, args.id_field, args.keep_columns, args.dim, args.normalize, args.sparse, args.window,
                       prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side,
-                      precision=args.precision, ranges=_ranges(args.ranges), dense=args.dense)  # fmt: skip
+                      precision=args.precision, ranges=_ranges(args.ranges), dense=args.dense,
+                      chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap, late_chunking=args.late_chunking,
+                      keep_text=args.keep_text)  # fmt: skip
+    if args.ray and options.chunk_tokens is not None:
+        raise ValueError("--ray embeds whole documents: chunk with a job on this machine (leave out --ray)")
     if args.ray:
         return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from gte_defaults import DEFAULT_FIELD, WINDOW_ROWS
 
+from . import chunking
 from .embed import Embedder, TruncationWarning
 from .quantize import check_precision, quantize_embeddings, stored_as
 from .sinks import FileSink, JsonlStream, NpyFile, Part, PartFiles, Sink, check_output
@@ -59,10 +60,21 @@ class Options:
     precision: str = "float32"  # or int8, uint8, binary, ubinary (gte.quantize)
     ranges: tuple[tuple[float, ...], ...] | None = None  # int8 / uint8: each dimension's low and high, [2, dim]
     dense: bool = False  # with sparse: the dense vectors too, from the same encoder pass
+    chunk_tokens: int | None = None  # a row per chunk of at most this many tokens (gte.chunking)
+    chunk_overlap: int = 0  # tokens consecutive chunks share
+    late_chunking: bool = False  # chunk vectors from one pass over each document (mean of its tokens' states)
+    keep_text: bool = False  # a chunk's text in the output
 
     def __post_init__(self) -> None:
         if self.window_rows < 1 or self.window_chars < 1:
             raise ValueError("a window needs at least one row and one character")
+        if self.chunk_tokens is None and (self.chunk_overlap or self.late_chunking or self.keep_text):
+            raise ValueError("chunk overlap, late chunking and the chunks' text need --chunk-tokens")
+        if self.chunk_tokens is not None:
+            chunking.check(self.chunk_tokens, self.chunk_overlap)
+            if self.sparse or check_precision(self.precision) != "float32" or self.dim is not None:
+                raise ValueError("chunks are embedded as dense float32 vectors of the model's dimension: drop --sparse, "
+                                 "--precision and --dim, or embed whole documents")  # fmt: skip
         if self.dense and not self.sparse:
             raise ValueError("dense adds the dense vectors to sparse ones (--sparse --dense); dense alone is the default")
         if check_precision(self.precision) != "float32" and self.sparse_only:
@@ -93,7 +105,9 @@ class Options:
 
     @property
     def vector_names(self) -> list[str]:
-        """The output's vector columns: embedding (dense), sparse, or both."""
+        """The output's computed columns: embedding (dense), sparse, or both; for chunks, their place too."""
+        if self.chunk_tokens is not None:
+            return ["chunk", "start", "end", *(["text"] if self.keep_text else []), "embedding"]
         return ["embedding", "sparse"] if self.dense else ["sparse" if self.sparse else "embedding"]
 
     @property
@@ -104,11 +118,13 @@ class Options:
 
 @dataclass
 class Embedded:
-    """One window's result: its vector columns (Options.vector_names) and what they cost."""
+    """One window's result: its computed columns (Options.vector_names), the window row of each output row (None:
+    one each, in order), and what they cost."""
 
     columns: dict[str, pa.Array]
     tokens: int
     truncated: int
+    rows: pa.Array | None = None
 
 
 def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: Options, first_row: int = 0) -> Embedded:
@@ -117,6 +133,8 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
     if texts.null_count:
         row = first_row + texts.is_null().to_pylist().index(True)
         raise InputError(f"row {row}: the {options.field!r} value is null, not a text")
+    if options.chunk_tokens is not None:
+        return _embed_chunks(embedder, texts.to_pylist(), options)
     prompt = "" if options.sparse else embedder.resolve_prompt(options.prompt_name, options.prompt)
     if options.dense and embedder.resolve_prompt():
         raise InputError(f"{embedder.model_name} puts its default prompt {embedder.resolve_prompt()!r} before the texts "
@@ -140,6 +158,22 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
     if weights is not None:
         columns["sparse"] = _sparse_column(weights)
     return Embedded(columns, tokens, truncated)
+
+
+def _embed_chunks(embedder: Embedder, texts: list[str], options: Options) -> Embedded:
+    """A row per chunk: its index in its document, its character span, its text if kept, its vector."""
+    chunks, vectors = embedder.encode_chunks(texts, chunk_tokens=options.chunk_tokens, overlap=options.chunk_overlap,
+                                             late=options.late_chunking, prompt_name=options.prompt_name,
+                                             prompt=options.prompt, show_progress=False)  # fmt: skip
+    columns = {
+        "chunk": pa.array([c.index for c in chunks], pa.int32()),
+        "start": pa.array([c.start for c in chunks], pa.int64()),
+        "end": pa.array([c.end for c in chunks], pa.int64()),
+        **({"text": pa.array([texts[c.document][c.start : c.end] for c in chunks], pa.string())} if options.keep_text else {}),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+    }  # fmt: skip
+    tokens = sum(c.last - c.first for c in chunks)
+    return Embedded(columns, tokens, 0, pa.array([c.document for c in chunks], pa.int64()))
 
 
 def _sparse_column(weights: list[dict[str, float]]) -> pa.Array:
@@ -236,7 +270,7 @@ class EmbedJob:
         self.resume, self.resume_hint = resume, resume_hint
         self.work = None if output is None else output.with_name(output.name + ".partial")
         if output is not None:
-            check_output(output, options.sparse, vectors_only=not options.id_field and not options.keep_columns)
+            check_output(output, options.sparse, vectors_only=not (options.id_field or options.keep_columns or options.chunk_tokens))
             self._check_leftovers(overwrite)
         source.scan(options.read_columns)
         if output is not None and output.suffix.lower() == ".npy" and source.num_rows is None:
@@ -279,13 +313,14 @@ class EmbedJob:
             try:
                 for index, start, window, ids in self._windows(manifest):
                     result = embed_texts(embedder, window.column(self.options.field), self.options, start)
-                    self._write(sink, manifest, index, start, self._table(window, ids, result.columns))
+                    table = self._table(window, ids, result.columns, result.rows)
+                    self._write(sink, manifest, index, start, table, window.num_rows)
                     release(0)
                     summary.add(manifest.done, window.num_rows, result, time.perf_counter() - started)
                     bar.update(manifest.done - bar.n)
                     bar.set_postfix_str(f"{summary.tokens / summary.seconds:,.0f} tokens/s", refresh=False)
                 if not manifest.parts and isinstance(sink, PartFiles):  # an empty input: an empty output, with its columns
-                    self._write(sink, manifest, 0, 0, self._empty(embedder))
+                    self._write(sink, manifest, 0, 0, self._empty(embedder), 0)
                 self._finish(sink, manifest)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(self._interrupted(manifest)) from None
@@ -308,11 +343,12 @@ class EmbedJob:
                 yield index, start, window, ids
             start += window.num_rows
 
-    def _write(self, sink: Sink, manifest: Manifest, index: int, start: int, table: pa.Table) -> None:
+    def _write(self, sink: Sink, manifest: Manifest, index: int, start: int, table: pa.Table, rows: int) -> None:
+        """Write window `index`: its `rows` input rows (from `start`) as `table` (a row per chunk, when chunked)."""
         with self._writing():
             part = sink.write(index, start, table)
-            manifest.done = start + table.num_rows
-            manifest.parts += [part] if part else []
+            manifest.done = start + rows
+            manifest.parts += [replace(part, rows=rows)] if part else []  # a part counts the input rows it holds
             if self.work is not None:
                 manifest.save(self.work)
 
@@ -402,13 +438,19 @@ class EmbedJob:
                 seen.add(key)
         return ids
 
-    def _table(self, window: pa.Table, ids: pa.Array, vectors: dict[str, pa.Array]) -> pa.Table:
+    def _table(self, window: pa.Table, ids: pa.Array, vectors: dict[str, pa.Array], rows: pa.Array | None = None) -> pa.Table:
+        """The output rows: the id, the computed columns, the kept ones (repeated for each chunk of a row)."""
         kept = [c for c in self.options.keep_columns if c != self.options.id_field]
-        return pa.table({self.options.id_name: ids, **vectors, **{c: window.column(c) for c in kept}})
+        table = pa.table({self.options.id_name: ids, **{c: window.column(c) for c in kept}})
+        table = table if rows is None else table.take(rows)
+        for at, (name, column) in enumerate(vectors.items(), 1):
+            table = table.add_column(at, name, column)
+        return table
 
     def _empty(self, embedder: Embedder) -> pa.Table:
         dtype, width = stored_as(self.options.precision, self.options.dim or embedder.dimension)
-        types = {"embedding": pa.list_(pa.from_numpy_dtype(dtype), width), "sparse": pa.map_(pa.string(), pa.float32())}
+        types = {"embedding": pa.list_(pa.from_numpy_dtype(dtype), width), "sparse": pa.map_(pa.string(), pa.float32()),
+                 "chunk": pa.int32(), "start": pa.int64(), "end": pa.int64(), "text": pa.string()}  # fmt: skip
         window = pa.table({c: pa.array([], pa.null()) for c in self.options.read_columns})
         ids = pa.array([], pa.null() if self.options.id_field else pa.int64())
         return self._table(window, ids, {name: pa.array([], types[name]) for name in self.options.vector_names})
@@ -461,6 +503,10 @@ def embed_corpus(
     normalize: bool = True,
     sparse: bool = False,
     dense: bool = False,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
+    late_chunking: bool = False,
+    keep_text: bool = False,
     prompt_name: str | None = None,
     prompt: str | None = None,
     truncation_side: str | None = None,
@@ -474,7 +520,8 @@ def embed_corpus(
     """Embed a corpus file (.txt, .jsonl, .csv, parquet file / directory / glob / URI) or a list of texts into
     a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order; `precision` and
     `ranges` [2, dim] as in `Embedder.encode`, except that int8 / uint8 need the ranges; `sparse` token weights
-    instead of dense vectors, or with `dense` both, from one encoder pass.
+    instead of dense vectors, or with `dense` both, from one encoder pass; with `chunk_tokens`, a row per chunk of
+    each text (`Embedder.encode_chunks`: chunk, start, end, the text with `keep_text`, embedding).
 
         gte.embed_corpus("docs.parquet", "vectors.parquet", field="body", id_field="doc_id")
     """
@@ -483,6 +530,8 @@ def embed_corpus(
     source = ListSource(input, field) if isinstance(input, (list, tuple)) else open_source(input, field)
     ranges = None if ranges is None else tuple(map(tuple, np.asarray(ranges, dtype=np.float32).tolist()))
     options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows, prompt_name=prompt_name,
-                      prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges, dense=dense)  # fmt: skip
+                      prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges, dense=dense,
+                      chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, late_chunking=late_chunking,
+                      keep_text=keep_text)  # fmt: skip
     job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
     return job.run(embedder or Embedder(), show_progress=show_progress)
