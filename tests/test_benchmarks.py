@@ -114,6 +114,14 @@ def test_eval_bench_runs(capsys):
     assert "| full | " in out
 
 
+def test_chunk_bench_runs(capsys):
+    import chunk_bench
+
+    chunk_bench.main(["--docs", "20", "--repeats", "1"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(("| whole", "| naive", "| late"))]
+    assert len(rows) == 3 and rows[0][2] == "1.00x"
+
+
 def test_late_chunking_bench_runs(capsys):
     import late_chunking
 
