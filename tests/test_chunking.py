@@ -109,3 +109,10 @@ def test_late_chunks_with_another_tokenizer_and_a_prompt(multilingual_model_dir)
     for c, vector in zip(chunks, vectors):
         mean = states[lead + c.first : lead + c.last].mean(0)
         np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_late_chunking_in_groups_of_documents_gives_the_same_vectors(embedder, monkeypatch):
+    """Documents go through in groups of LATE_GROUP_TOKENS tokens (one group's token states in memory at a time)."""
+    whole = embedder.encode_chunks(TEXTS, chunk_tokens=6, late=True)[1]
+    monkeypatch.setattr(gte.embed, "LATE_GROUP_TOKENS", 10)  # a document a group, here
+    np.testing.assert_allclose(embedder.encode_chunks(TEXTS, chunk_tokens=6, late=True)[1], whole, atol=1e-6)

@@ -34,6 +34,7 @@ from .pooling import Head, Pooling
 from .quantize import check_precision, quantize_embeddings
 
 PROGRESS_MIN_BATCHES = 4  # an automatic progress bar only for jobs of at least this many batches
+LATE_GROUP_TOKENS = 65536  # late chunking: documents whose token states are held at once (hidden 768: 192 MiB)
 # Texts are cut to max_length x this many characters before they are tokenized, so a huge text costs what a
 # long one does. Real text averages 3-6 characters per token; 64 leaves room for long words, markup and spaces.
 MAX_CHARS_PER_TOKEN = 64
@@ -508,12 +509,18 @@ class Embedder:
     ) -> np.ndarray:  # fmt: skip
         """Late chunking on token ids: each document (its tokens, special tokens aside) through the encoder once,
         after `prompt_ids`; per span (document, first token, last token) the mean of those tokens' final hidden
-        states, normalised: float32 [spans, hidden] (a span of no tokens: zeros)."""
-        states = self._document_states(documents, list(prompt_ids), batch_tokens, show_progress)
-        means = np.zeros((len(spans), self.hidden_size), np.float32)
+        states, normalised: float32 [spans, hidden] (a span of no tokens: zeros). Documents go through in groups
+        of about LATE_GROUP_TOKENS tokens, so that one group's token states are held at a time."""
+        by_document: dict[int, list[tuple[int, int, int]]] = {}
         for row, (document, first, last) in enumerate(spans):
-            if last > first:
-                means[row] = states[document][first:last].mean(0)
+            by_document.setdefault(document, []).append((row, first, last))
+        means = np.zeros((len(spans), self.hidden_size), np.float32)
+        for group in budget_groups(map(len, documents), LATE_GROUP_TOKENS):
+            states = self._document_states([documents[d] for d in group], list(prompt_ids), batch_tokens, show_progress)
+            for document, rows in zip(group, states):
+                for row, first, last in by_document.get(document, []):
+                    if last > first:
+                        means[row] = rows[first:last].mean(0)
         return unit_rows(means)
 
     def _document_states(self, ids: Sequence[Sequence[int]], prompt_ids: list[int], batch_tokens: int | None,
