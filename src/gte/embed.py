@@ -530,7 +530,8 @@ class Embedder:
         head, tail = self._special_ends()
         room = self.max_length - len(head) - len(prompt_ids) - len(tail)
         if room < 4:
-            raise ValueError(f"max_length {self.max_length} leaves {room} tokens for a document: too few to chunk")
+            raise ValueError(f"max_length {self.max_length} leaves {room} tokens for a document beside the special tokens "
+                             "and prompt: too few to chunk; raise max_length or shorten the prompt")  # fmt: skip
         lead = len(head) + len(prompt_ids)  # where a window's document tokens begin
         plans = [chunking.windows(len(row), room, room // 4) for row in ids]
         sequences = [head + prompt_ids + list(row[first:last]) + tail for row, ranges in zip(ids, plans) for first, last in ranges]

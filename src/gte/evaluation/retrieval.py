@@ -147,7 +147,8 @@ def evaluate_retrieval(
     notes = check_qrels(data, ignore_missing)
     judged = [i for i, query in enumerate(data.query_ids) if query in data.qrels]
     if not judged:
-        raise InputError("no query has a judgement in the qrels: nothing to evaluate")
+        raise InputError("no query has a judgement in the qrels: nothing to evaluate; check that the qrels' query ids "
+                         "are the queries file's ids (--id-field names that column)")  # fmt: skip
     unknown = [p for p in precisions if p not in EVAL_PRECISIONS]
     if unknown:
         raise ValueError(f"precision {unknown[0]!r}: evaluate {', '.join(EVAL_PRECISIONS)}")
