@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(run="gte.cli:run_classify")
 
     _add_eval_parser(commands)
+    _add_train_parser(commands)
 
     info = commands.add_parser("info", help="architecture, size and config of a checkpoint; attention backends here")
     info.add_argument("model", nargs="?", default=defaults.DEFAULT_MODEL,
@@ -307,6 +308,58 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
     _add_model_arguments(sts, defaults.DEFAULT_MODEL)
     sts.add_argument("--output", "-o", type=Path, help="also write the report as JSON here")
     sts.set_defaults(run="gte.cli:run_eval_sts")
+
+
+def _add_train_parser(commands: argparse._SubParsersAction) -> None:
+    training = commands.add_parser("train", help="fine-tune a model on your data (contrastive, on the unpadded engine)")
+    kinds = training.add_subparsers(dest="train_kind", required=True, metavar="KIND")
+    embed = kinds.add_parser("embed", help="an embedding model, on (anchor, positive[, negative ...]) rows", description=(
+        "Fine-tune an embedding model with in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss, "
+        "its cached variant, or Matryoshka) and save it in the layout it came from, with its sentence-transformers "
+        "files: gte, sentence-transformers and transformers load it as they loaded the original. Data: .jsonl, .csv "
+        "or parquet with columns anchor (or query, question), positive (or document, answer) and any negative* "
+        "columns; else its text columns in order. With torchrun, every process takes its share of each batch."))  # fmt: skip
+    add = embed.add_argument
+    add("--data", required=True, help="training rows: .jsonl, .csv or parquet")
+    add("--output", "-o", required=True, type=Path, help="the fine-tuned model's directory (checkpoints in OUTPUT/checkpoints)")
+    add("--model", "-m", default=defaults.DEFAULT_MODEL, help=f"the model to start from (default: {defaults.DEFAULT_MODEL}, embedded)")
+    add("--loss", choices=defaults.TRAIN_LOSSES, default="mnrl", help="mnrl: in-batch and hard negatives; cached-mnrl: "
+        "the same loss at one micro-batch's memory (large batches); matryoshka: summed over --matryoshka-dims (default: %(default)s)")  # fmt: skip
+    add("--batch-size", type=positive_int, default=defaults.TRAIN_BATCH_SIZE, help="rows per step (default: %(default)s)")
+    add("--epochs", type=positive_int, default=1, help="passes over the data (default: %(default)s)")
+    add("--steps", type=positive_int, help="optimizer steps, instead of --epochs")
+    add("--lr", type=float, default=defaults.TRAIN_LR, help="peak learning rate (default: %(default)s)")
+    add("--warmup", type=float, default=defaults.TRAIN_WARMUP, help="linear warm-up: a fraction of the steps (< 1) or "
+        "a number of steps; then linear decay to 0 (default: %(default)s)")  # fmt: skip
+    add("--weight-decay", type=float, default=0.0, help="AdamW weight decay, not on biases and norms (default: %(default)s)")
+    add("--max-grad-norm", type=float, default=1.0, help="gradients clipped to this norm (default: %(default)s)")
+    add("--max-length", type=positive_int, help="truncate texts to this many tokens (default: from the checkpoint)")
+    add("--dtype", choices=("float32", "bf16"), default="float32", help="bf16: bfloat16 autocast, weights and "
+        "optimizer in float32 (default: %(default)s)")  # fmt: skip
+    add("--scale", type=float, default=defaults.TRAIN_SCALE, help="similarity scale, 1/temperature (default: %(default)s)")
+    add("--similarity", choices=("cosine", "dot"), default="cosine", help="(default: %(default)s)")
+    add("--directions", type=_names, default=("query_to_doc",), metavar="D,D", help="terms of the softmax: "
+        f"{', '.join(defaults.TRAIN_DIRECTIONS)}; all four are GTE's improved contrastive loss (default: query_to_doc)")  # fmt: skip
+    add("--matryoshka-dims", type=_cutoffs, default=(), metavar="D,D", help="dimensions for --loss matryoshka")
+    add("--matryoshka-weights", type=_floats, metavar="W,W", help="a weight per dimension (default: 1 each)")
+    add("--batch-tokens", type=positive_int, help="tokens per forward micro-batch (default: the device's batch_tokens)")
+    add("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
+    add("--save-steps", type=positive_int, metavar="N", help="a checkpoint every N steps, for --resume")
+    add("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
+    add("--eval", metavar="SET", help="evaluate retrieval before and after: a (query, positive) pairs file, or a BEIR "
+        "directory (corpus.jsonl, queries.jsonl, qrels/test.tsv)")  # fmt: skip
+    add("--seed", type=int, default=0, help="data order and dropout (default: %(default)s)")
+    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present; torchrun: each rank's GPU)")
+    add("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    add("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
+    embed.set_defaults(run="gte.cli:run_train_embed")
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {value!r}") from None
 
 
 def _cutoffs(value: str) -> tuple[int, ...]:

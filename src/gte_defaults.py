@@ -27,3 +27,12 @@ MAX_CONCURRENT_REQUESTS = 512  # inference requests in flight per model; more ge
 MAX_CLIENT_BATCH_SIZE = 2048  # inputs per request (OpenAI's limit); more get 413
 PAYLOAD_LIMIT = 2_000_000  # bytes of one request body (TEI's default); more get 413 before they are read
 BODY_TIMEOUT_S = 30.0  # a request body must arrive within this time; else 408
+
+# gte train embed (gte.training): transformers' Trainer and sentence-transformers' MultipleNegativesRankingLoss defaults,
+# with a warm-up over the first tenth of the steps
+TRAIN_BATCH_SIZE = 32  # rows (anchor, positive, negatives) per optimizer step
+TRAIN_LR = 5e-5
+TRAIN_WARMUP = 0.1  # a fraction of the steps (< 1) or a number of steps
+TRAIN_SCALE = 20.0  # similarity x scale inside the softmax (1 / temperature)
+TRAIN_LOSSES = ("mnrl", "cached-mnrl", "matryoshka")
+TRAIN_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")

@@ -41,6 +41,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "quantize_embeddings": "quantize",
     "evaluate_retrieval": "evaluation",
     "evaluate_sts": "evaluation",
+    "train": "training",
 }
 
 __all__ = ["NewConfig", *_LAZY]

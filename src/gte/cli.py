@@ -197,6 +197,24 @@ def run_eval_sts(args: argparse.Namespace) -> None:
         args.output.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+TRAIN_OPTIONS = ("model", "loss", "batch_size", "epochs", "steps", "lr", "warmup", "weight_decay", "max_grad_norm",
+                 "max_length", "dtype", "scale", "similarity", "directions", "matryoshka_dims", "matryoshka_weights",
+                 "batch_tokens", "gradient_checkpointing", "save_steps", "eval", "seed", "resume", "device")  # fmt: skip
+
+
+def run_train_embed(args: argparse.Namespace) -> None:
+    from .training import train
+
+    options = {name: getattr(args, name) for name in TRAIN_OPTIONS}
+    result = train(args.data, args.output, **options, show_progress=args.progress)
+    if result.losses:
+        print(f"gte train: {result.steps} steps, {result.seconds:.1f} s, {result.pairs_per_second:.1f} rows/s, "
+              f"{result.tokens_per_second:.0f} tokens/s; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
+              f"saved to {result.output}", file=sys.stderr)  # fmt: skip
+    if result.table():
+        print(result.table())
+
+
 def run_info(args: argparse.Namespace) -> None:
     report = model_info(args.model, args.revision, args.int8)
     if args.json:

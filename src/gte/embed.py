@@ -248,7 +248,9 @@ class Embedder:
     any other module is refused), the max length (max_seq_length, else the tokenizer's model_max_length
     within the model's positions), lower-casing and the prompts. Without those files: CLS pooling, with a
     notice. `normalize` (default True) L2-normalises the final vectors, whether or not the checkpoint does;
-    `truncation_side` "left" keeps the end of over-long texts instead of their start.
+    `truncation_side` "left" keeps the end of over-long texts instead of their start. `trainable`: the
+    encoder and the head in train mode with gradients and unpacked weights, for `gte.training` (the encode
+    methods still run without gradients).
     """
 
     def __init__(
@@ -268,10 +270,13 @@ class Embedder:
         tokenizer: Any = None,
         attn_implementation: str | None = None,
         revision: str | None = None,
+        trainable: bool = False,
     ):
+        if trainable and (dtype == "int8" or not isinstance(model, (str, os.PathLike))):
+            raise ValueError("trainable=True loads a checkpoint (a directory or hub id) in float32 or bfloat16 weights")
         loaded = hub.load(
             model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
-            revision=revision,
+            revision=revision, trainable=trainable,
         )  # fmt: skip
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.encoder = base_model(self.model)
@@ -280,6 +285,8 @@ class Embedder:
         self.device, self.dtype = self.encoder.device, self.encoder.dtype
         self.hidden_size, self.vocab_size = config.hidden_size, config.vocab_size
         self.head = checkpoint_head(settings, config.hidden_size, loaded.path, pooling).to(self.device)
+        self.head.train(trainable).requires_grad_(trainable)
+        self.path = loaded.path
         self.pooling = self.head.pooling.name
         self.dimension = self.head.dim or config.hidden_size * len(self.head.pooling.modes)
         self.max_length = check_max_length(config, max_length or self._default_max_length(config))

@@ -297,12 +297,13 @@ def load(
     tokenizer: Any,
     attn_implementation: str | None,
     revision: str | None = None,
+    trainable: bool = False,
 ) -> Loaded:
     """Load a checkpoint (directory, or hub id at `revision`) as the class `choose_class(architecture,
     num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is
     (moved or converted in place when a device or dtype is given). dtype "int8": float32 on the CPU, unpacked,
-    with `Loaded.int8` set for the caller to quantize. torch gets its default thread count here, unless the user
-    chose one (gte.threads)."""
+    with `Loaded.int8` set for the caller to quantize. `trainable`: plain nn.Linear projections (packed ones have no
+    backward), in train mode. torch gets its default thread count here, unless the user chose one (gte.threads)."""
     threads.configure()
     int8 = dtype == INT8
     if int8:
@@ -324,8 +325,8 @@ def load(
     with quiet_transformers():
         loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
     _check_complete(path, info["missing_keys"])
-    loaded = loaded.to(target).eval()
-    if not int8:
+    loaded = loaded.to(target).train(trainable)
+    if not (int8 or trainable):
         prepack(loaded)  # ours alone to change: a model object passed in is used as it is
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     name = str(model) if revision is None else f"{model}@{revision}"

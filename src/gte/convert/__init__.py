@@ -6,7 +6,9 @@ Each layout is declared as data in its own module:
 
 `NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
 `new_config` read a config.json of any layout without touching the weights, `new_shapes` the names and
-shapes its weights take in our layout.
+shapes its weights take in our layout. `write_back` goes the other way for a fine-tuned model: every
+conversion only moves stored values (renames, concatenations, slices), so it runs once on the stored
+elements' numbers and the result says where each of our values came from.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .files import ConversionError, read_config, read_weights
 from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
 
 __all__ = [
-    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config", "new_shapes",
+    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config", "new_shapes", "write_back",
     "config_from_native", "native_config", "native_state_dict", "state_dict_from_native",
 ]  # fmt: skip
 
@@ -82,6 +84,29 @@ def load(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.
     layout = LAYOUTS[raw["model_type"]]
     config = layout.config(raw)  # refuses before any weight is read
     return config, layout.state_dict(read_weights(path, kwargs), raw)
+
+
+def write_back(path: str, ours: dict[str, torch.Tensor], base_prefix: str = "new") -> dict[str, torch.Tensor]:
+    """The checkpoint at `path`'s own tensors (names, shapes, layout; in float32) with our parameters' values in
+    place of the stored ones they came from; what the conversion leaves behind (XLM-R's unused position rows,
+    a pre-training head, BERT's pooler under NewModel) stays as stored. `base_prefix`: our base model's prefix,
+    which a checkpoint of a head class stores and a base model's state dict lacks."""
+    raw = read_config(path, {}) or {"model_type": "new"}
+    stored = read_weights(path, {})
+    numbers, start = {}, 0
+    for name, tensor in stored.items():  # each stored element gets its number
+        numbers[name] = torch.arange(start, start + tensor.numel()).view(tensor.shape)
+        start += tensor.numel()
+    model_type = _model_type(raw)
+    sources = numbers if model_type == "new" else LAYOUTS[model_type].state_dict(numbers, raw)
+    flat = torch.cat([tensor.detach().flatten().float().cpu() for tensor in stored.values()])
+    for name, tensor in ours.items():
+        source = sources.get(name, sources.get(f"{base_prefix}.{name}"))
+        if source is None or source.shape != tensor.shape:
+            raise ConversionError(f"{path}: our weight {name!r} {tuple(tensor.shape)} has no stored counterpart to write "
+                                  "back to; save the model in the official layout instead")  # fmt: skip
+        flat[source.flatten()] = tensor.detach().flatten().float().cpu()
+    return {name: flat[number.flatten()].view(stored[name].shape) for name, number in numbers.items()}
 
 
 def _model_type(raw: dict[str, Any]) -> str:

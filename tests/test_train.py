@@ -1,0 +1,427 @@
+"""gte.training: losses and gradients equal to sentence-transformers', checkpoints in the source layout, resume
+after SIGKILL, torchrun, sentence-transformers' own trainer over gte's classes, and a real gain in nDCG@10."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gte
+from fixtures import ENGLISH_WORDS, build_sentence_transformer, build_tiny_model, generate_corpus
+from gte.embed import Embedder
+from gte.sources import InputError
+from gte.training import checkpoint, data, forward, losses
+from gte.training.trainer import make_loss, tokenize
+
+GTE = [sys.executable, "-m", "gte_cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory) -> Path:
+    """The tiny GTE checkpoint without dropout: two implementations draw no random masks to disagree on."""
+    out = build_tiny_model(tmp_path_factory.mktemp("still"))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.0}, indent=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense_model(tmp_path_factory, still_model) -> Path:
+    """Saved by sentence-transformers: mean pooling, a Dense 32 -> 24 (Tanh), Normalize."""
+    return build_sentence_transformer(tmp_path_factory.mktemp("dense"), still_model, pooling="mean",
+                                      dense=((24, "Tanh"),), normalize=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory) -> Path:
+    texts = generate_corpus(list(ENGLISH_WORDS), n=120, seed=3)
+    rows = [{"anchor": t[:30], "positive": t, "negative": texts[(i + 7) % len(texts)]} for i, t in enumerate(texts)]
+    path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def columns(count: int = 3, rows: int = 8) -> list[list[str]]:
+    texts = generate_corpus(list(ENGLISH_WORDS), n=count * rows, seed=11)
+    return [texts[i * rows : (i + 1) * rows] for i in range(count)]
+
+
+def gradients(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The gradients of the parameters under `prefix`, by their names below it."""
+    named = model.named_parameters()
+    return {n.removeprefix(prefix): p.grad.clone() for n, p in named if p.grad is not None and n.startswith(prefix)}
+
+
+def assert_same_gradients(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        scale = max(1.0, float(theirs[name].abs().max()))
+        torch.testing.assert_close(ours[name] / scale, theirs[name] / scale, rtol=0, atol=1e-5, msg=name)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------ losses
+def st_losses(model, case: str):
+    from sentence_transformers.sentence_transformer import losses as st
+    from sentence_transformers.util import dot_score
+
+    return {
+        "mnrl": st.MultipleNegativesRankingLoss(model),
+        "dot": st.MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score),
+        "gte-improved": st.MultipleNegativesRankingLoss(model, directions=losses.DIRECTIONS),
+        "symmetric": st.MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"),
+                                                     partition_mode="per_direction"),  # fmt: skip
+        "cached-mnrl": st.CachedMultipleNegativesRankingLoss(model, mini_batch_size=3),
+        "matryoshka": st.MatryoshkaLoss(model, st.MultipleNegativesRankingLoss(model), [32, 16, 8], [1.0, 0.5, 0.25]),
+    }[case]
+
+
+OURS = {
+    "mnrl": losses.RankingLoss(),
+    "dot": losses.RankingLoss(scale=1.0, similarity="dot"),
+    "gte-improved": losses.RankingLoss(directions=losses.DIRECTIONS),
+    "symmetric": losses.RankingLoss(directions=("query_to_doc", "doc_to_query"), partition="per_direction"),
+    "cached-mnrl": losses.RankingLoss(),
+    "matryoshka": losses.Matryoshka(losses.RankingLoss(), (32, 16, 8), (1.0, 0.5, 0.25)),
+}
+
+
+@pytest.mark.parametrize("negatives", [0, 1, 2])
+@pytest.mark.parametrize("case", list(OURS))
+def test_loss_and_gradients_equal_sentence_transformers(still_model, case, negatives):
+    from sentence_transformers import SentenceTransformer
+
+    texts = columns(2 + negatives)
+    ours = Embedder(str(still_model), device="cpu", trainable=True)
+    ids = [[np.asarray(r, dtype=np.int32) for r in ours.tokenize(c)] for c in texts]
+    value = forward.step(ours, OURS[case], ids, [0] * len(ids), budget=40, cached=case == "cached-mnrl")
+
+    model = SentenceTransformer(str(still_model), device="cpu").train()
+    theirs = st_losses(model, case)([model.preprocess(c) for c in texts], None)
+    theirs.backward()
+    assert value == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+    assert_same_gradients(gradients(ours.model), gradients(model, "0.model."))
+
+
+def test_the_head_trains_as_sentence_transformers_does(dense_model):
+    """Mean pooling, a Dense layer and Normalize: the Dense weights get sentence-transformers' gradients too."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses as st
+
+    texts = columns(3)
+    ours = Embedder(str(dense_model), device="cpu", trainable=True)
+    ids = [[np.asarray(r, dtype=np.int32) for r in ours.tokenize(c)] for c in texts]
+    value = forward.step(ours, losses.RankingLoss(), ids, [0, 0, 0], budget=4096)
+    model = SentenceTransformer(str(dense_model), device="cpu").train()
+    theirs = st.MultipleNegativesRankingLoss(model)([model.preprocess(c) for c in texts], None)
+    theirs.backward()
+    assert value == pytest.approx(theirs.item(), rel=1e-5)
+    ours_head, their_head = gradients(ours.head, "steps.0."), gradients(model, "2.")
+    assert ours_head.keys() == {"linear.weight", "linear.bias"}
+    assert_same_gradients(gradients(ours.model) | ours_head, gradients(model, "0.model.") | their_head)
+
+
+def test_the_cache_replays_dropout(tiny_model_dir):
+    """With dropout, cached-mnrl's second pass draws the first pass's masks: the same gradients as one pass."""
+    texts = columns(2)
+    runs = []
+    for cached in (False, True):
+        ours = Embedder(str(tiny_model_dir), device="cpu", trainable=True)
+        ids = [[np.asarray(r, dtype=np.int32) for r in ours.tokenize(c)] for c in texts]
+        torch.manual_seed(0)
+        # one micro-batch per column: both paths draw the same masks in the same order
+        value = forward.step(ours, losses.RankingLoss(), ids, [0, 0], budget=4096, cached=cached)
+        runs.append((value, gradients(ours.model)))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-6)
+    assert_same_gradients(runs[1][1], runs[0][1])
+
+
+def test_loss_settings_are_checked():
+    with pytest.raises(ValueError, match="query_to_doc always"):
+        losses.RankingLoss(directions=("doc_to_query",))
+    with pytest.raises(ValueError, match="per_direction"):
+        losses.RankingLoss(directions=("query_to_doc", "doc_to_doc"), partition="per_direction")
+    with pytest.raises(ValueError, match="needs its dimensions"):
+        make_loss("matryoshka", 20.0, "cosine", ("query_to_doc",), (), None, 32)
+    with pytest.raises(ValueError, match="exceeds the model's 32"):
+        make_loss("matryoshka", 20.0, "cosine", ("query_to_doc",), (64, 32), None, 32)
+    with pytest.raises(ValueError, match="one per dimension"):
+        make_loss("matryoshka", 20.0, "cosine", ("query_to_doc",), (32, 16), (1.0,), 32)
+
+
+# ------------------------------------------------------------------------------------ data
+def test_columns_by_name_and_by_order(tmp_path):
+    named = tmp_path / "named.jsonl"
+    named.write_text(json.dumps({"id": 1, "negative_2": "n2", "positive": "p", "query": "q", "negative_1": "n1"}) + "\n")
+    assert data.read_rows(named).names == ["query", "positive", "negative_2", "negative_1"]
+    ordered = tmp_path / "ordered.csv"
+    ordered.write_text("s1,s2,s3\na,b,c\n")
+    rows = data.read_rows(ordered)
+    assert rows.names == ["s1", "s2", "s3"] and rows.columns == [["a"], ["b"], ["c"]]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"anchor": "a", "positive": ""}', "row 1: column 'positive' is empty"),
+    ('{"anchor": "a", "positive": null}', "row 1: column 'positive' is empty"),
+    ('{"anchor": "a", "score": 1}', "needs an anchor and a positive"),
+])  # fmt: skip
+def test_bad_rows_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content + "\n")
+    with pytest.raises(InputError, match=message):
+        data.read_rows(path)
+
+
+def test_prompts_as_the_checkpoint_defines_them(tmp_path, still_model):
+    prompted = build_sentence_transformer(tmp_path / "prompted", still_model, include_prompt=False,
+                                          prompts={"query": "query: ", "document": "passage: "})  # fmt: skip
+    embedder = Embedder(str(prompted), device="cpu", trainable=True)
+    rows = data.Rows(["anchor", "positive", "negative"], [["a b"], ["c d"], ["e f"]])
+    prompts, skips, tokens = tokenize(embedder, rows)
+    assert prompts == ["query: ", "passage: ", "passage: "]
+    assert skips == [embedder.prompt_length("query: "), *[embedder.prompt_length("passage: ")] * 2] and skips[0] > 0
+    assert list(tokens[0].take([0])[0]) == embedder.tokenize("a b", prompt="query: ")[0]
+
+
+def test_epoch_order_is_fixed_by_seed_and_epoch():
+    assert data.epoch_order(10, 0, 1) == data.epoch_order(10, 0, 1)
+    assert data.epoch_order(10, 0, 1) != data.epoch_order(10, 1, 1)
+    assert sorted(data.epoch_order(10, 3, 1)) == list(range(10))
+
+
+# ------------------------------------------------------------------------------------ saving
+def test_gte_checkpoint_saved_in_the_official_layout(tmp_path, still_model, rows_file):
+    from transformers import AutoModel
+
+    out = tmp_path / "out"
+    result = gte.train(rows_file, out, model=still_model, batch_size=16, steps=3, save_steps=2, show_progress=False)
+    assert len(result.losses) == 3 and not (out / "checkpoints").exists()
+    before, after = weights(still_model), weights(out)
+    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "config.json").read_text()) == json.loads((still_model / "config.json").read_text())
+    report = json.loads((out / "training.json").read_text())
+    assert report["steps"] == 3 and report["settings"]["loss"] == "mnrl"
+    auto = AutoModel.from_pretrained(str(out))  # the Auto classes, as a user (and the golden loader) would
+    assert all(torch.equal(auto.state_dict()[k], after[k]) for k in after)
+
+
+def test_default_model_saved_in_bert_layout_loads_everywhere(tmp_path, rows_file):
+    from sentence_transformers import SentenceTransformer
+
+    source = gte.hub.resolve(gte.embed.DEFAULT_MODEL)
+    out = tmp_path / "minilm"
+    gte.train(rows_file, out, batch_size=8, steps=2, lr=1e-3, show_progress=False)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
+    assert weights(out).keys() == weights(source).keys()
+    texts = ["a query about things", "another, longer text about other things entirely"]
+    ours = Embedder(str(out)).encode(texts)
+    theirs = SentenceTransformer(str(out), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert np.abs(ours - Embedder().encode(texts)).max() > 1e-3  # it did train
+
+
+def test_dense_weights_saved_in_their_folder(tmp_path, dense_model, rows_file):
+    out = tmp_path / "dense-out"
+    gte.train(rows_file, out, model=dense_model, batch_size=8, steps=2, lr=1e-2, show_progress=False)
+    folder = next(p for p in out.iterdir() if p.name.endswith("Dense"))
+    saved, source = load_file(str(folder / "model.safetensors")), load_file(str(dense_model / folder.name / "model.safetensors"))
+    assert saved.keys() == source.keys() and not torch.equal(saved["linear.weight"], source["linear.weight"])
+    trained = Embedder(str(out), device="cpu")
+    np.testing.assert_array_equal(trained.head.steps[0].linear.weight.numpy(), saved["linear.weight"].numpy())
+
+
+def test_write_back_keeps_what_the_conversion_leaves_behind(tmp_path):
+    """XLM-R's unused position rows and BERT's pooler stay as stored; every value our model has is written."""
+    source = gte.hub.resolve(gte.embed.DEFAULT_MODEL)
+    embedder = Embedder(source, trainable=True)
+    with torch.no_grad():
+        for p in embedder.model.parameters():
+            p.add_(1.0)
+    stored = weights(source)
+    written = gte.convert.write_back(str(source), dict(embedder.model.named_parameters()))
+    changed = {k for k in stored if not torch.equal(stored[k].float(), written[k])}
+    assert changed == set(stored) - {k for k in stored if k.startswith("pooler.") or k.endswith("position_ids")}
+
+
+# ------------------------------------------------------------------------------------ resume, torchrun
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([*GTE, "train", "embed", *args, "--no-progress"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+def test_resume_after_sigkill_ends_at_the_uninterrupted_weights(tmp_path, tiny_model_dir, rows_file):
+    """With dropout on (tiny_model_dir's 0.1): data order, random state and optimizer all come back."""
+    common = ["--data", str(rows_file), "--model", str(tiny_model_dir), "--batch-size", "4", "--epochs", "2",
+              "--save-steps", "5", "--lr", "1e-3"]  # fmt: skip
+    whole = run_cli([*common, "-o", str(tmp_path / "whole")])
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    killed = run_cli([*common, "-o", str(tmp_path / "killed")])
+    deadline = time.monotonic() + 300
+    while checkpoint.latest_checkpoint(tmp_path / "killed") is None and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed = run_cli([*common, "-o", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole_report = json.loads((tmp_path / "whole" / "training.json").read_text())
+    resumed_report = json.loads((tmp_path / "killed" / "training.json").read_text())
+    assert resumed_report["losses"] == whole_report["losses"]
+
+
+def test_resume_refuses_other_settings(tmp_path, still_model, rows_file):
+    out = tmp_path / "out"
+    shutil.copytree(still_model, out / "checkpoints" / "step-1")
+    torch.save({"settings": {"batch_size": 99}, "step": 1}, out / "checkpoints" / "step-1" / "trainer.pt")
+    with pytest.raises(ValueError, match="other settings .*batch_size 99 -> 16"):
+        gte.train(rows_file, out, model=still_model, batch_size=16, steps=2, resume=True, show_progress=False)
+
+
+RANK_STEP = """
+import sys, numpy as np, torch
+from gte.embed import Embedder
+from gte.training import data, forward, losses
+from gte.training.distributed import join
+model, rows_file, out, loss_name, cached = sys.argv[1:6]
+world, device = join("cpu")
+embedder = Embedder(model, device="cpu", trainable=True)
+rows = data.read_rows(rows_file)
+share = 8 // world.size
+ids = [[np.asarray(r, np.int32) for r in embedder.tokenize(c[world.rank * share:(world.rank + 1) * share])] for c in rows.columns]
+loss = {"mnrl": losses.RankingLoss(directions=losses.DIRECTIONS), "matryoshka": losses.Matryoshka(losses.RankingLoss(), (32, 8), (1.0, 0.3))}[loss_name]
+value = forward.step(embedder, loss, ids, [0] * len(ids), 40, cached=cached == "1", gather=world.gather)
+world.average(embedder.model.parameters())
+value = world.mean(value)
+if world.main:
+    torch.save({"loss": value, "grads": {n: p.grad for n, p in embedder.model.named_parameters()}}, out)
+"""
+
+
+@pytest.mark.parametrize(("loss", "cached"), [("mnrl", "0"), ("mnrl", "1"), ("matryoshka", "0")])
+def test_torchrun_gradients_equal_one_process(tmp_path, still_model, rows_file, loss, cached):
+    """gloo, two ranks of 4 rows against one process of 8: the step's loss and averaged gradients are one process's
+    (in-batch negatives gathered across the ranks, with gradients), for every direction of the loss, cached or not."""
+    script = tmp_path / "rank_step.py"
+    script.write_text(RANK_STEP)
+    results = []
+    for processes in (1, 2):
+        out = tmp_path / f"{processes}.pt"
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               str(processes), str(script), str(still_model), str(rows_file), str(out), loss, cached],
+                              env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results.append(torch.load(out))
+    one, two = results
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert_same_gradients(two["grads"], one["grads"])
+
+
+def test_torchrun_training_equals_one_process(tmp_path, still_model, rows_file):
+    """`torchrun ... gte train embed` takes the steps one process takes: the same loss at every step. (Final
+    weights agree to rounding except where a gradient is rounding noise itself, like attention's key bias, whose
+    true gradient is zero: Adam scales such noise up to full-size steps, in either run.)"""
+    common = ["--data", str(rows_file), "--model", str(still_model), "--batch-size", "8", "--steps", "4", "--lr", "1e-3",
+              "--device", "cpu"]  # fmt: skip
+    one = run_cli([*common, "-o", str(tmp_path / "one")])
+    assert one.wait(timeout=300) == 0, one.stderr.read()
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gte_cli",
+         "train", "embed", *common, "-o", str(tmp_path / "two"), "--no-progress"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    losses_one = json.loads((tmp_path / "one" / "training.json").read_text())["losses"]
+    losses_two = json.loads((tmp_path / "two" / "training.json").read_text())["losses"]
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ interop and quality
+def test_sentence_transformers_trainer_over_gte_classes(tmp_path, still_model):
+    """After `import gte`, sentence-transformers' own trainer fine-tunes a GTE directory: no trust_remote_code."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(str(still_model), device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    texts = columns(2, rows=8)
+    dataset = Dataset.from_dict({"anchor": texts[0], "positive": texts[1]})
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "st"), max_steps=2, per_device_train_batch_size=4,
+                                                report_to=[], use_cpu=True, save_strategy="no")  # fmt: skip
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.save(str(tmp_path / "saved"))
+    np.testing.assert_allclose(Embedder(str(tmp_path / "saved"), normalize=False).encode(texts[0]),
+                               model.encode(texts[0]), atol=1e-5)  # fmt: skip
+
+
+def synonym_domain(folder: Path) -> tuple[Path, Path]:
+    """A domain whose queries name things with words its documents never use: 24 made-up query terms, each
+    with its own made-up document term. A query names two things; its document holds their two document
+    terms among filler words. Training pairs and held-out pairs use different couples of things, so only a
+    model that learned the term pairs (not the couples) finds the held-out documents."""
+    rng = random.Random(0)
+
+    def word() -> str:
+        return "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+
+    queries, documents = [word() for _ in range(24)], [word() for _ in range(24)]
+    filler = "the a report notes that system part unit shows with for under over new old".split()
+    couples = list(itertools.combinations(range(24), 2))
+    rng.shuffle(couples)
+
+    def row(i: int, j: int) -> dict[str, str]:
+        text = " ".join([documents[i], *rng.sample(filler, 4), documents[j], *rng.sample(filler, 3)])
+        return {"anchor": f"{queries[i]} {queries[j]}", "positive": text}
+
+    train, held_out = folder / "train.jsonl", folder / "held-out.jsonl"
+    train.write_text("\n".join(json.dumps(row(i, j)) for i, j in couples[:200]) + "\n")
+    held_out.write_text("\n".join(json.dumps(row(i, j)) for i, j in couples[200:276]) + "\n")
+    return train, held_out
+
+
+def test_fine_tuning_the_default_model_raises_held_out_ndcg(tmp_path):
+    train, held_out = synonym_domain(tmp_path)
+    result = gte.train(train, tmp_path / "tuned", batch_size=32, epochs=2, lr=1e-4, eval=held_out, show_progress=False)
+    assert result.before["ndcg@10"] < 0.2
+    assert result.after["ndcg@10"] > result.before["ndcg@10"] + 0.3
+    report = gte.evaluate_retrieval(pairs=held_out, model=str(tmp_path / "tuned"), cache_dir=tmp_path / "cache")
+    assert report.variants[0].scores["ndcg"][10] == pytest.approx(result.after["ndcg@10"], abs=1e-6)
+
+
+def test_cli_trains_and_prints_before_and_after(tmp_path, still_model, rows_file):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()][:40]
+    pairs.write_text("\n".join(json.dumps({"query": r["anchor"], "positive": r["positive"]}) for r in rows) + "\n")
+    done = run_cli(["--data", str(rows_file), "--model", str(still_model), "-o", str(tmp_path / "out"), "--batch-size",
+                    "16", "--loss", "matryoshka", "--matryoshka-dims", "32,16", "--eval", str(pairs)])  # fmt: skip
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert "| ndcg@10 |" in out and "gte train: 7 steps" in err
+
+
+def test_cli_errors_are_one_line(tmp_path, still_model, rows_file):
+    done = run_cli(["--data", str(rows_file), "--model", str(still_model), "-o", str(tmp_path / "out"), "--batch-size", "500"])
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 2 and "fewer than one batch of 500: lower --batch-size" in err
