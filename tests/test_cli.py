@@ -210,8 +210,6 @@ def test_embed_chunks_a_row_per_chunk(capsys, tmp_path):
     assert "chunks are embedded as dense float32" in error_of(capsys, "embed", "--chunk-tokens", "8", "--dim", "8", "hello")
     assert "overlap must be" in error_of(capsys, "embed", "--chunk-tokens", "4", "--chunk-overlap", "4", "hello")
     assert ".npy file holds vectors only" in error_of(capsys, "embed", "--chunk-tokens", "4", "-o", tmp_path / "c.npy", "hi")
-    assert "--ray embeds whole documents" in error_of(capsys, "embed", "--chunk-tokens", "4", "--ray", "-i", source,
-                                                      "-o", tmp_path / "ray-out")  # fmt: skip
 
 
 def test_embed_chunks_by_sentences(capsys, tmp_path):
