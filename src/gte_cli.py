@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the model's tokens (never a part of a token); start and end are the chunk's characters")  # fmt: skip
     chunks.add_argument("--chunk-overlap", type=int, default=0, metavar="M", help="tokens consecutive chunks share "
                         "(default: %(default)s)")  # fmt: skip
+    chunks.add_argument("--chunk-by", choices=defaults.CHUNK_BY, default=defaults.CHUNK_BY[0], help="cut on tokens, or "
+                        "pack whole sentences (. ! ? and line breaks end one) into each chunk, a longer sentence cut "
+                        "on tokens; the overlap repeats the last sentences that fit in M tokens (default: %(default)s)")  # fmt: skip
     chunks.add_argument("--late-chunking", action="store_true", help="embed each document once and pool each chunk "
                         "from its tokens' states (mean), so every chunk sees its document (arXiv 2409.04701)")  # fmt: skip
     chunks.add_argument("--keep-text", action="store_true", help="write each chunk's text too")

@@ -11,6 +11,7 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # embedded (the packag
 DEFAULT_RERANKER = "Alibaba-NLP/gte-multilingual-reranker-base"  # from the hub: no reranker ships with gte
 DEFAULT_FIELD = "text"  # the JSON field or column that holds the text
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # of output vectors (gte.quantize); the first the default
+CHUNK_BY = ("tokens", "sentences")  # how long documents are cut (gte.chunking); the first the default
 ACTIVATIONS = ("softmax", "sigmoid", "none")  # of a classifier's logits (gte.classify)
 
 # Tokens per batch by device. On the CPU, larger batches make the GEMMs no faster, and measured a few percent

@@ -1,8 +1,11 @@
-"""Chunks cut on the model's tokens (spans that tile each document, overlap as asked) and their vectors: naive
-chunks equal to embedding each chunk's text alone; late chunking equal to mean-pooling NewModel's token states of
-the whole document by hand; macro-windows stitched from the window where a token has most context."""
+"""Chunks cut on the model's tokens (spans that tile each document, overlap as asked) or packed from whole
+sentences, and their vectors: naive chunks equal to embedding each chunk's text alone; late chunking equal to
+mean-pooling NewModel's token states of the whole document by hand; macro-windows stitched from the window where a
+token has most context."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -40,14 +43,16 @@ def test_chunk_spans_tile_each_document(embedder, chunk_tokens, overlap):
             assert "".join(text[c.start : c.end] for c in mine) == text
 
 
-def test_naive_chunks_are_their_texts_embedded_alone(embedder):
-    chunks, vectors = embedder.encode_chunks(TEXTS[:2], chunk_tokens=6)
+@pytest.mark.parametrize("by", ["tokens", "sentences"])
+def test_naive_chunks_are_their_texts_embedded_alone(embedder, by):
+    chunks, vectors = embedder.encode_chunks(TEXTS[:2], chunk_tokens=6, by=by)
     alone = embedder.encode([TEXTS[c.document][c.start : c.end].strip() for c in chunks])
     np.testing.assert_allclose(vectors, alone, atol=1e-5)
 
 
-def test_late_chunks_are_the_mean_of_the_documents_token_states(embedder):
-    chunks, vectors = embedder.encode_chunks(TEXTS, chunk_tokens=6, overlap=2, late=True)
+@pytest.mark.parametrize("by", ["tokens", "sentences"])
+def test_late_chunks_are_the_mean_of_the_documents_token_states(embedder, by):
+    chunks, vectors = embedder.encode_chunks(TEXTS, chunk_tokens=6, overlap=2, by=by, late=True)
     for document, text in enumerate(TEXTS):
         ids = embedder.tokenizer(text)["input_ids"]  # [CLS] tokens [SEP]
         with torch.inference_mode():
@@ -91,6 +96,8 @@ def test_bad_chunk_sizes_are_refused(embedder):
         embedder.encode_chunks(["a b c"], chunk_tokens=0)
     with pytest.raises(ValueError, match="leaves no room"):
         embedder.encode_chunks(["a b c"], chunk_tokens=embedder.max_length)
+    with pytest.raises(ValueError, match="chunks are cut by tokens or sentences, not by 'words'"):
+        embedder.encode_chunks(["a b c"], chunk_tokens=3, by="words")
 
 
 def test_late_chunks_with_another_tokenizer_and_a_prompt(multilingual_model_dir):
@@ -116,3 +123,62 @@ def test_late_chunking_in_groups_of_documents_gives_the_same_vectors(embedder, m
     whole = embedder.encode_chunks(TEXTS, chunk_tokens=6, late=True)[1]
     monkeypatch.setattr(gte.embed, "LATE_GROUP_TOKENS", 10)  # a document a group, here
     np.testing.assert_allclose(embedder.encode_chunks(TEXTS, chunk_tokens=6, late=True)[1], whole, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ by sentences
+def words(text: str) -> list[tuple[int, int]]:
+    """Offsets of a toy tokenizer: each word, each punctuation mark."""
+    return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+
+def test_sentences_end_at_end_punctuation_and_line_breaks():
+    text = 'One two. "Three?!" Four 3.14 five\nsix 北京。上海！seven... eight'
+    offsets = words(text)
+    sentences = [" ".join(text[s:e] for s, e in offsets[first:last]) for first, last in chunking.sentences(offsets, text)]
+    assert sentences == ["One two .", '" Three ? ! "', "Four 3 . 14 five", "six 北京 。", "上海 ！", "seven . . .", "eight"]
+    assert chunking.sentences([], "") == [] and chunking.sentences(words("no end"), "no end") == [(0, 2)]
+
+
+def test_whole_sentences_are_packed_and_the_last_that_fit_repeated():
+    units = [(0, 3), (3, 7), (7, 9), (9, 14)]
+    assert chunking.pack(units, 7, 0) == [(0, 7), (7, 14)]
+    # overlap 4: (3, 7) is repeated; then only (7, 9) fits beside the 5 tokens of (9, 14)
+    assert chunking.pack(units, 7, 4) == [(0, 7), (3, 9), (7, 14)]
+    assert chunking.pack(units, 7, 1) == [(0, 7), (7, 14)]  # no whole sentence fits in 1 token
+    assert chunking.pack([], 7, 0) == []
+
+
+def test_a_sentence_longer_than_a_chunk_is_cut_on_tokens():
+    text = "A b. " + " ".join("w" * 11) + ". C."  # sentences of 3, 12 and 2 tokens
+    offsets = words(text)
+    chunks = chunking.cut(offsets, text, 0, 5, 2, by="sentences")
+    # the long sentence's windows share 2 tokens, as `cut` by tokens shares them; its last one takes in "C."
+    assert [(c.first, c.last) for c in chunks] == [(0, 3), (3, 8), (6, 11), (9, 14), (12, 17)]
+    assert [(c.first, c.last) for c in chunking.cut(offsets[3:15], text, 0, 5, 2)] == [(0, 5), (3, 8), (6, 11), (9, 12)]
+    assert [text[c.start : c.end] for c in chunks][:2] == ["A b. ", "w w w w w "]
+
+
+@pytest.mark.parametrize("chunk_tokens, overlap", [(8, 0), (12, 5), (3, 0), (100, 0)])
+def test_sentence_chunks_tile_each_document_in_whole_sentences(embedder, chunk_tokens, overlap):
+    texts = [*TEXTS, "First line\nsecond line.\n\nThird! 北京很大。上海也很大。 Fourth? Done"]
+    chunks, _ = embedder.encode_chunks(texts, chunk_tokens=chunk_tokens, overlap=overlap, by="sentences", late=True)
+    offsets = embedder.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for document, text in enumerate(texts):
+        mine = [c for c in chunks if c.document == document]
+        if not offsets[document]:
+            assert mine == [chunking.Chunk(document, 0, 0, len(text), 0, 0)]
+            continue
+        sentences = chunking.sentences(offsets[document], text)
+        starts = {first for first, _ in sentences}
+        long = {t for first, last in sentences if last - first > chunk_tokens for t in range(first, last)}
+        assert [c.index for c in mine] == list(range(len(mine)))
+        assert mine[0].start == 0 and mine[-1].end == len(text)
+        for before, after in zip(mine, mine[1:]):
+            assert before.first < after.first and before.last < after.last and after.start <= before.end
+            repeated = before.last - after.first
+            assert repeated <= overlap or after.first in long  # whole sentences within the overlap
+        for c in mine:
+            assert c.last - c.first <= chunk_tokens and (c.first in starts or c.first in long)
+            assert c.last in starts or c.last == len(offsets[document]) or c.last - 1 in long
+        if overlap == 0:
+            assert "".join(text[c.start : c.end] for c in mine) == text

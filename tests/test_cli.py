@@ -210,8 +210,29 @@ def test_embed_chunks_a_row_per_chunk(capsys, tmp_path):
     assert "chunks are embedded as dense float32" in error_of(capsys, "embed", "--chunk-tokens", "8", "--dim", "8", "hello")
     assert "overlap must be" in error_of(capsys, "embed", "--chunk-tokens", "4", "--chunk-overlap", "4", "hello")
     assert ".npy file holds vectors only" in error_of(capsys, "embed", "--chunk-tokens", "4", "-o", tmp_path / "c.npy", "hi")
-    assert "--ray embeds whole documents" in error_of(capsys, "embed", "--chunk-tokens", "4", "--ray", "-i", source,
-                                                      "-o", tmp_path / "ray-out")  # fmt: skip
+
+
+def test_embed_chunks_by_sentences(capsys, tmp_path):
+    """--chunk-by sentences: whole sentences in each chunk (the Embedder's chunks), the last that fit in the overlap
+    repeated."""
+    texts = ["Pandas live in China. They eat bamboo! Do they sleep?\nYes, a lot.", "北京很大。上海也很大。", "one"]
+    source = write_inputs(tmp_path, texts)[".jsonl"]
+    embedder = gte.Embedder()
+    for late in (False, True):
+        out = tmp_path / f"sentences-{late}.parquet"
+        argv = ["embed", "-i", source, "--chunk-tokens", "10", "--chunk-overlap", "4", "--chunk-by", "sentences",
+                "--keep-text", "-o", out, *(["--late-chunking"] if late else [])]  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+        table = pq.read_table(out)
+        chunks, vectors = embedder.encode_chunks(texts, chunk_tokens=10, overlap=4, by="sentences", late=late)
+        assert table["text"].to_pylist() == ["Pandas live in China. They eat bamboo! ", "They eat bamboo! Do they sleep?\n",
+                                             "Do they sleep?\nYes, a lot.", "北京很大。", "上海也很大。", "one"]  # fmt: skip
+        assert [(r["id"], r["chunk"], r["start"], r["end"]) for r in table.to_pylist()] == [
+            (c.document, c.index, c.start, c.end) for c in chunks]  # fmt: skip
+        np.testing.assert_allclose(np.array(table["embedding"].to_pylist()), vectors, atol=1e-5)
+    assert "invalid choice: 'words'" in error_of(capsys, "embed", "--chunk-tokens", "8", "--chunk-by", "words", "hi")
+    assert "need --chunk-tokens" in error_of(capsys, "embed", "--chunk-by", "sentences", "hello")
 
 
 # ------------------------------------------------------------------------------ errors

@@ -159,13 +159,14 @@ def ctrl_c_at_window(capsys, monkeypatch, window: int, *argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("late", [False, True], ids=["naive", "late"])
-def test_a_chunked_job_resumes_to_the_uninterrupted_output(capsys, monkeypatch, tmp_path, tiny_model_dir, late):
+@pytest.mark.parametrize("late, by", [(False, "tokens"), (True, "tokens"), (True, "sentences")],
+                         ids=["naive", "late", "late-sentences"])  # fmt: skip
+def test_a_chunked_job_resumes_to_the_uninterrupted_output(capsys, monkeypatch, tmp_path, tiny_model_dir, late, by):
     """A part holds more rows than the window's input rows when chunked: resuming counts input rows."""
-    rows = [{"id": i, "text": t} for i, t in enumerate(corpus(120, seed=4))]
+    rows = [{"id": i, "text": t.replace("dog", "dog.")} for i, t in enumerate(corpus(120, seed=4))]  # some sentences
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     common = ["embed", "-m", tiny_model_dir, "-i", source, "--id-field", "id", "--window", 20, "--chunk-tokens", 5,
-              "--chunk-overlap", 1, *(["--late-chunking"] if late else [])]  # fmt: skip
+              "--chunk-overlap", 1, "--chunk-by", by, *(["--late-chunking"] if late else [])]  # fmt: skip
     assert run(capsys, *common, "-o", tmp_path / "whole.parquet")[0] == 0
     output = tmp_path / "out.parquet"
     assert "stopped after 60 of 120 rows" in ctrl_c_at_window(capsys, monkeypatch, 3, *common, "-o", output)

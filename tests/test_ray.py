@@ -1,5 +1,6 @@
 """Ray Data: `gte.ray.Embed` in map_batches and `gte embed --ray` on a local 2-CPU cluster give the
-single-process vectors, ids and row count; the actor pool leaves CPUs for reading and writing."""
+single-process vectors, ids and row count (a row per chunk when chunked: the job's rows); the actor pool leaves
+CPUs for reading and writing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import gte
+from gte.job import Options, embed_texts
 from gte.ray import Embed, plan_pool
 from gte.sources import InputError
 from gte_cli import main
@@ -17,6 +19,19 @@ from gte_cli import main
 ray = pytest.importorskip("ray")
 
 TEXTS = [f"document {i}: " + " ".join(["search", "deep", "fox", "paris"][: 1 + i % 4] * (1 + i % 7)) for i in range(400)]
+DOCUMENTS = [f"Document {i}. " + " ".join(["Search deep.", "Fox in paris!", "Deep search?\n"][: 1 + i % 3] * (1 + i % 4))
+             for i in range(60)]  # fmt: skip
+
+
+def write_parts(directory, texts: list[str], parts: int = 2):
+    """The texts as a parquet dataset of `parts` files: doc (an id), text, n (the row number)."""
+    directory.mkdir()
+    size = -(-len(texts) // parts)
+    for k in range(parts):
+        rows = range(k * size, min((k + 1) * size, len(texts)))
+        pq.write_table(pa.table({"doc": [f"doc-{i}" for i in rows], "text": [texts[i] for i in rows], "n": list(rows)}),
+                       directory / f"{k}.parquet")  # fmt: skip
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +105,24 @@ def test_embed_applies_the_checkpoints_modules_and_prompts(st_dir):
         Embed(str(path), prompt_name="passage")
 
 
+def test_embed_batches_a_row_per_chunk(tiny_model_dir):
+    """Chunked: each document's columns repeated for each of its chunks, then the job's chunk columns and vectors;
+    a chunk's text takes the place of the document's in a column of the same name."""
+    options = Options(chunk_tokens=5, chunk_overlap=1, chunk_by="sentences", late_chunking=True, keep_text=True)
+    embed = Embed(str(tiny_model_dir), chunk_tokens=5, chunk_overlap=1, chunk_by="sentences", late_chunking=True,
+                  keep_text=True)  # fmt: skip
+    expected = embed_texts(gte.Embedder(tiny_model_dir), pa.array(DOCUMENTS[:6]), options)
+    documents = expected.rows.to_pylist()
+    table = embed(pa.table({"id": range(6), "text": DOCUMENTS[:6]}))
+    assert table.column_names == ["id", "text", "chunk", "start", "end", "embedding"] and table["id"].to_pylist() == documents
+    for name, column in expected.columns.items():
+        assert table[name].to_pylist() == column.to_pylist(), name
+    batch = embed({"id": np.arange(6), "text": np.array(DOCUMENTS[:6], dtype=object)})
+    assert list(batch["id"]) == documents and list(batch["chunk"]) == expected.columns["chunk"].to_pylist()
+    assert list(batch["text"]) == expected.columns["text"].to_pylist()
+    np.testing.assert_array_equal(batch["embedding"], np.array(expected.columns["embedding"].to_pylist()))
+
+
 def test_map_batches_on_a_local_cluster(local_ray, tiny_model_dir):
     dataset = ray.data.from_arrow(pa.table({"id": range(len(TEXTS)), "text": TEXTS}))
     out = dataset.map_batches(Embed, fn_constructor_kwargs={"model": str(tiny_model_dir)}, batch_size=64,
@@ -120,3 +153,25 @@ def test_gte_embed_ray(local_ray, capsys, tmp_path, tiny_model_dir):
     assert "exists and is not empty: pass --overwrite" in capsys.readouterr().err
     assert main([str(a) for a in argv if str(a) not in ("--id-field", "doc")]) == 2
     assert "name the id column with --id-field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("by", ["tokens", "sentences"])
+def test_gte_embed_ray_chunks(local_ray, capsys, tmp_path, tiny_model_dir, by):
+    """--ray with chunks: the rows of the same job on this machine (ids, chunks, spans, texts; vectors to 1e-6),
+    each document's chunks in order."""
+    source = write_parts(tmp_path / "in", DOCUMENTS)
+    common = ["embed", "-m", tiny_model_dir, "-i", source, "--id-field", "doc", "--keep-columns", "n", "--window", 16,
+              "--chunk-tokens", 6, "--chunk-overlap", 2, "--chunk-by", by, "--late-chunking", "--keep-text"]  # fmt: skip
+    assert main([str(a) for a in [*common, "--ray", "-o", tmp_path / "ray"]]) == 0
+    assert main([str(a) for a in [*common, "-o", tmp_path / "here.parquet"]]) == 0
+    capsys.readouterr()
+    here = pq.read_table(tmp_path / "here.parquet")
+    files = sorted((tmp_path / "ray").glob("*.parquet"))
+    for file in files:  # in order: by document, then chunk
+        order = pq.read_table(file).select(["n", "chunk"]).to_pylist()
+        assert order == sorted(order, key=lambda row: (row["n"], row["chunk"]))
+    there = pa.concat_tables(pq.read_table(file) for file in files).sort_by([("n", "ascending"), ("chunk", "ascending")])
+    assert there.column_names == here.column_names == ["doc", "chunk", "start", "end", "text", "embedding", "n"]
+    assert there.num_rows == here.num_rows > len(DOCUMENTS)
+    assert there.drop_columns(["embedding"]).equals(here.drop_columns(["embedding"]))
+    np.testing.assert_allclose(np.array(there["embedding"].to_pylist()), np.array(here["embedding"].to_pylist()), atol=1e-6)

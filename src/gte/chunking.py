@@ -1,9 +1,14 @@
 """Documents cut into chunks on the model's own tokens, and the two ways to embed them (`Embedder.encode_chunks`).
 
-A chunk is a run of at most `chunk_tokens` of a document's tokens (special tokens aside), never a part of a token;
-consecutive chunks share `overlap` tokens. Its character span [start, end) runs from its first token's start to
-the start of the token after its last (the document's end for the last chunk; 0 for the first chunk's start), so
-chunks without overlap tile the document exactly, the spaces between tokens included.
+A chunk is a run of at most `chunk_tokens` of a document's tokens (special tokens aside), never a part of a token.
+By tokens (`cut`), consecutive chunks share `overlap` tokens. By sentences (`cut_sentences`), whole sentences are
+packed greedily into each chunk, and the next chunk repeats the last whole sentences of the one before that fit
+in `overlap` tokens; a sentence longer than `chunk_tokens` is cut by tokens, as `cut` cuts a document. A sentence
+ends after . ! or ? (a run of them, then any closing quotes or brackets) followed by whitespace or the text's end,
+after 。！or ？ anywhere (CJK text puts no space after them), and at a line break; a token belongs to the sentence
+in which it starts. A chunk's character span [start, end) runs from its first token's start to the start of the
+token after its last (the document's end for the last chunk; 0 for the first chunk's start), so chunks without
+overlap tile the document exactly, the spaces between tokens and sentences included.
 
 - naive: each chunk is embedded on its own, as a text of its tokens (the model's special tokens around them and
   the document prompt before them), pooled as the checkpoint pools;
@@ -15,9 +20,14 @@ chunks without overlap tile the document exactly, the spaces between tokens incl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from gte_defaults import CHUNK_BY
+
+SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)|[。！？]+|\n")  # see above: where a sentence ends
 
 
 @dataclass(frozen=True)
@@ -30,23 +40,58 @@ class Chunk:
     last: int
 
 
-def cut(offsets: list[tuple[int, int]], length: int, document: int, chunk_tokens: int, overlap: int) -> list[Chunk]:
-    """The chunks of one document of `length` characters, from its tokens' character offsets."""
-    check(chunk_tokens, overlap)
+def cut(offsets: list[tuple[int, int]], text: str, document: int, chunk_tokens: int, overlap: int,
+        by: str = "tokens") -> list[Chunk]:  # fmt: skip
+    """The chunks of one document, from its tokens' character offsets: by tokens or by sentences (see above)."""
+    check(chunk_tokens, overlap, by)
+    if by == "tokens":
+        ranges = windows(len(offsets), chunk_tokens, overlap)
+    else:
+        units = [(first + a, first + b) for first, last in sentences(offsets, text)
+                 for a, b in windows(last - first, chunk_tokens, overlap)]  # fmt: skip
+        ranges = pack(units, chunk_tokens, overlap) or [(0, 0)]
+    return _chunks(ranges, offsets, len(text), document)
+
+
+def sentences(offsets: list[tuple[int, int]], text: str) -> list[tuple[int, int]]:
+    """[first, last) token ranges of the text's sentences that hold tokens, in order."""
     if not offsets:
-        return [Chunk(document, 0, 0, length, 0, 0)]
-    step = chunk_tokens - overlap
-    firsts = range(0, max(len(offsets) - overlap, 1), step)
+        return []
+    ends = [match.end() for match in SENTENCE_END.finditer(text)]
+    sentence = np.searchsorted(ends, [start for start, _ in offsets], side="right")  # of each token
+    cuts = [0, *(np.flatnonzero(np.diff(sentence)) + 1).tolist(), len(offsets)]
+    return list(zip(cuts, cuts[1:]))
+
+
+
+def pack(units: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """[first, last) token ranges of at most `size` tokens, each a run of whole units (token ranges in order, none
+    longer than `size`), greedily; each repeats the last units of the one before that fit in `overlap` tokens and
+    leave room for the unit that did not fit."""
+    ranges: list[tuple[int, int]] = []
+    current: list[tuple[int, int]] = []
+    for unit in units:
+        if current and unit[1] - current[0][0] > size:
+            ranges.append((current[0][0], current[-1][1]))
+            keep = min(overlap, size - (unit[1] - unit[0]))
+            current = [u for u in current if current[-1][1] - u[0] <= keep]
+        current.append(unit)
+    return ranges + ([(current[0][0], current[-1][1])] if current else [])
+
+
+def _chunks(ranges: list[tuple[int, int]], offsets: list[tuple[int, int]], length: int, document: int) -> list[Chunk]:
+    """Chunks of the [first, last) token ranges, with their character spans."""
     chunks = []
-    for index, first in enumerate(firsts):
-        last = min(first + chunk_tokens, len(offsets))
+    for index, (first, last) in enumerate(ranges):
         start = 0 if first == 0 else offsets[first][0]
         end = length if last == len(offsets) else offsets[last][0]
         chunks.append(Chunk(document, index, start, end, first, last))
     return chunks
 
 
-def check(chunk_tokens: int, overlap: int) -> None:
+def check(chunk_tokens: int, overlap: int, by: str = "tokens") -> None:
+    if by not in CHUNK_BY:
+        raise ValueError(f"chunks are cut by {' or '.join(CHUNK_BY)}, not by {by!r}")
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
     if not 0 <= overlap < chunk_tokens:

@@ -85,9 +85,7 @@ def run_embed(args: argparse.Namespace) -> None:
                       prompt_name=args.prompt_name, prompt=args.prompt, truncation_side=args.truncation_side,
                       precision=args.precision, ranges=_ranges(args.ranges), dense=args.dense,
                       chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap, late_chunking=args.late_chunking,
-                      keep_text=args.keep_text)  # fmt: skip
-    if args.ray and options.chunk_tokens is not None:
-        raise ValueError("--ray embeds whole documents: chunk with a job on this machine (leave out --ray)")
+                      keep_text=args.keep_text, chunk_by=args.chunk_by)  # fmt: skip
     if args.ray:
         return run_ray(args, options)
     job = EmbedJob(_source(args.texts, args), args.output, options, resume=args.resume, overwrite=args.overwrite,

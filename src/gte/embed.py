@@ -478,25 +478,26 @@ class Embedder:
 
     # -------------------------------------------------------------------------- chunks
     def encode_chunks(
-        self, texts: str | Sequence[str], *, chunk_tokens: int, overlap: int = 0, late: bool = False,
+        self, texts: str | Sequence[str], *, chunk_tokens: int, overlap: int = 0, by: str = "tokens", late: bool = False,
         prompt_name: str | None = None, prompt: str | None = None, batch_tokens: int | None = None,
         show_progress: bool | None = None,
     ) -> tuple[list[Chunk], np.ndarray]:  # fmt: skip
-        """Each text cut into chunks of at most `chunk_tokens` of its own tokens, consecutive ones sharing `overlap`
-        (gte.chunking: character spans, never a part of a token), and float32 [chunks, dimension] vectors,
-        normalised as the Embedder normalises: naive (each chunk embedded alone, after the prompt, pooled as the
-        checkpoint pools) or `late` (each document through the encoder once, a chunk the mean of its tokens'
-        states, always normalised)."""
+        """Each text cut into chunks of at most `chunk_tokens` of its own tokens (gte.chunking: character spans, never
+        a part of a token), `by` "tokens" (consecutive chunks sharing `overlap` tokens) or "sentences" (whole
+        sentences packed into each, the next repeating the last ones that fit in `overlap` tokens), and float32
+        [chunks, dimension] vectors, normalised as the Embedder normalises: naive (each chunk embedded alone, after
+        the prompt, pooled as the checkpoint pools) or `late` (each document through the encoder once, a chunk the
+        mean of its tokens' states, always normalised)."""
         if self.tokenizer is None:
             raise ValueError("chunks are cut on the model's tokens: pass tokenizer=... to the Embedder")
-        chunking.check(chunk_tokens, overlap)
+        chunking.check(chunk_tokens, overlap, by)
         texts = check_texts(texts)
         text = self.resolve_prompt(prompt_name, prompt)
         prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids = encoded["input_ids"]
         chunks = [chunk for document, (body, offsets) in enumerate(zip(texts, encoded["offset_mapping"]))
-                  for chunk in chunking.cut(offsets, len(body), document, chunk_tokens, overlap)]  # fmt: skip
+                  for chunk in chunking.cut(offsets, body, document, chunk_tokens, overlap, by)]  # fmt: skip
         if late:
             spans = [(c.document, c.first, c.last) for c in chunks]
             return chunks, self.late_vectors(ids, spans, prompt_ids, batch_tokens=batch_tokens, show_progress=show_progress)

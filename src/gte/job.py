@@ -61,17 +61,19 @@ class Options:
     ranges: tuple[tuple[float, ...], ...] | None = None  # int8 / uint8: each dimension's low and high, [2, dim]
     dense: bool = False  # with sparse: the dense vectors too, from the same encoder pass
     chunk_tokens: int | None = None  # a row per chunk of at most this many tokens (gte.chunking)
-    chunk_overlap: int = 0  # tokens consecutive chunks share
+    chunk_overlap: int = 0  # tokens consecutive chunks share (by sentences: the whole sentences that fit in them)
     late_chunking: bool = False  # chunk vectors from one pass over each document (mean of its tokens' states)
     keep_text: bool = False  # a chunk's text in the output
+    chunk_by: str = "tokens"  # or "sentences": whole sentences packed into each chunk
 
     def __post_init__(self) -> None:
         if self.window_rows < 1 or self.window_chars < 1:
             raise ValueError("a window needs at least one row and one character")
-        if self.chunk_tokens is None and (self.chunk_overlap or self.late_chunking or self.keep_text):
-            raise ValueError("chunk overlap, late chunking and the chunks' text need --chunk-tokens")
+        chunk_options = self.chunk_overlap or self.late_chunking or self.keep_text or self.chunk_by != "tokens"
+        if self.chunk_tokens is None and chunk_options:
+            raise ValueError("chunk overlap, late chunking, chunks by sentences and the chunks' text need --chunk-tokens")
         if self.chunk_tokens is not None:
-            chunking.check(self.chunk_tokens, self.chunk_overlap)
+            chunking.check(self.chunk_tokens, self.chunk_overlap, self.chunk_by)
             if self.sparse or check_precision(self.precision) != "float32" or self.dim is not None:
                 raise ValueError("chunks are embedded as dense float32 vectors of the model's dimension: drop --sparse, "
                                  "--precision and --dim, or embed whole documents")  # fmt: skip
@@ -163,8 +165,9 @@ def embed_texts(embedder: Embedder, texts: pa.Array | pa.ChunkedArray, options: 
 def _embed_chunks(embedder: Embedder, texts: list[str], options: Options) -> Embedded:
     """A row per chunk: its index in its document, its character span, its text if kept, its vector."""
     chunks, vectors = embedder.encode_chunks(texts, chunk_tokens=options.chunk_tokens, overlap=options.chunk_overlap,
-                                             late=options.late_chunking, prompt_name=options.prompt_name,
-                                             prompt=options.prompt, show_progress=False)  # fmt: skip
+                                             by=options.chunk_by, late=options.late_chunking,
+                                             prompt_name=options.prompt_name, prompt=options.prompt,
+                                             show_progress=False)  # fmt: skip
     columns = {
         "chunk": pa.array([c.index for c in chunks], pa.int32()),
         "start": pa.array([c.start for c in chunks], pa.int64()),
@@ -507,6 +510,7 @@ def embed_corpus(
     chunk_overlap: int = 0,
     late_chunking: bool = False,
     keep_text: bool = False,
+    chunk_by: str = "tokens",
     prompt_name: str | None = None,
     prompt: str | None = None,
     truncation_side: str | None = None,
@@ -521,7 +525,8 @@ def embed_corpus(
     a .parquet, .jsonl or .npy file (or JSON lines on stdout), streaming, in input order; `precision` and
     `ranges` [2, dim] as in `Embedder.encode`, except that int8 / uint8 need the ranges; `sparse` token weights
     instead of dense vectors, or with `dense` both, from one encoder pass; with `chunk_tokens`, a row per chunk of
-    each text (`Embedder.encode_chunks`: chunk, start, end, the text with `keep_text`, embedding).
+    each text, cut `chunk_by` tokens or sentences (`Embedder.encode_chunks`: chunk, start, end, the text with
+    `keep_text`, embedding).
 
         gte.embed_corpus("docs.parquet", "vectors.parquet", field="body", id_field="doc_id")
     """
@@ -532,6 +537,6 @@ def embed_corpus(
     options = Options(field, id_field, tuple(keep_columns), dim, normalize, sparse, window_rows, prompt_name=prompt_name,
                       prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges, dense=dense,
                       chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, late_chunking=late_chunking,
-                      keep_text=keep_text)  # fmt: skip
+                      keep_text=keep_text, chunk_by=chunk_by)  # fmt: skip
     job = EmbedJob(source, None if output is None else Path(output), options, resume=resume, overwrite=overwrite)
     return job.run(embedder or Embedder(), show_progress=show_progress)

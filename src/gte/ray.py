@@ -7,9 +7,10 @@
     ds.write_parquet("s3://bucket/vectors/")
 
 Each batch comes back with an `embedding` column (or `sparse`) after its own columns, computed by the same
-`embed_texts` step as `gte embed` and `gte.embed_corpus`. `plan_pool` sizes the actor pool so that Ray's read
-and write tasks keep CPUs of their own: actors holding every CPU starve the reads and the job hangs.
-`gte embed --ray` runs `run` below.
+`embed_texts` step as `gte embed` and `gte.embed_corpus`; with `chunk_tokens`, a row per chunk (its document's
+columns repeated, then chunk, start, end, [text], embedding), documents in order, each one's chunks in order.
+`plan_pool` sizes the actor pool so that Ray's read and write tasks keep CPUs of their own: actors holding every
+CPU starve the reads and the job hangs. `gte embed --ray` runs `run` below.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,9 @@ class Embed:
     `model` and the Embedder's options (device, dtype, max_length, batch_tokens, pooling); `field`: the text
     column; `dim`, `normalize`, `sparse`, `prompt_name`, `prompt`, `truncation_side`, `precision`, `ranges` as in
     `Embedder.encode` (`dense` with `sparse`: both, from one pass) (int8 / uint8 need `ranges`: the batches must share them);
-    `threads`: torch threads (default: Ray's OMP_NUM_THREADS for this actor, which is its num_cpus).
+    `chunk_tokens`, `chunk_overlap`, `chunk_by`, `late_chunking`, `keep_text` as in `gte.embed_corpus` (a chunk's
+    `text` takes the place of a column of that name); `threads`: torch threads (default: Ray's OMP_NUM_THREADS for
+    this actor, which is its num_cpus).
     """
 
     def __init__(
@@ -56,6 +59,11 @@ class Embed:
         truncation_side: str | None = None,
         precision: str = "float32",
         ranges: tuple[tuple[float, ...], ...] | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        chunk_by: str = "tokens",
+        late_chunking: bool = False,
+        keep_text: bool = False,
         threads: int | None = None,
         **embedder_kwargs: Any,
     ):
@@ -65,29 +73,43 @@ class Embed:
             torch.set_num_threads(threads)
         self.options = Options(field=field, dim=dim, normalize=normalize, sparse=sparse, prompt_name=prompt_name,
                                prompt=prompt, truncation_side=truncation_side, precision=precision, ranges=ranges,
-                               dense=dense)  # fmt: skip
+                               dense=dense, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, chunk_by=chunk_by,
+                               late_chunking=late_chunking, keep_text=keep_text)  # fmt: skip
         self.embedder = Embedder(model, show_progress=False, **embedder_kwargs)
         self.embedder.check_dim(dim)
         self.embedder.resolve_prompt(prompt_name, prompt)  # an unknown prompt name fails here, not in a batch
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
-        """The batch with its vector columns added (embedding, sparse or both; a pyarrow table, or a dict of numpy
-        arrays)."""
+        """The batch with its computed columns added (embedding, sparse or both; a pyarrow table, or a dict of numpy
+        arrays); chunked, its rows repeated for each chunk, with the chunk's columns."""
         field = self.options.field
         if isinstance(batch, pa.Table):
-            for name, column in embed_texts(self.embedder, batch.column(field), self.options).columns.items():
-                batch = batch.append_column(name, column)
+            result = embed_texts(self.embedder, batch.column(field), self.options)
+            batch = batch if result.rows is None else batch.take(result.rows)
+            for name, column in result.columns.items():
+                batch = _put(batch, name, column)
             return batch
         if isinstance(batch, dict):
-            columns = embed_texts(self.embedder, pa.array(list(batch[field]), type=pa.string()), self.options).columns
-            return {**batch, **{name: _numpy(column) for name, column in columns.items()}}
+            result = embed_texts(self.embedder, pa.array(list(batch[field]), type=pa.string()), self.options)
+            if result.rows is not None:
+                batch = {name: np.asarray(values)[result.rows.to_numpy()] for name, values in batch.items()}
+            return {**batch, **{name: _numpy(column) for name, column in result.columns.items()}}
         raise TypeError(f"gte.ray.Embed takes pyarrow or numpy batches, got {type(batch).__name__}: pass batch_format='pyarrow'")
+
+
+def _put(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
+    """The table with `column` added, or in place of its own column `name` (a chunk's text for its document's)."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
 
 
 def _numpy(column: pa.Array) -> np.ndarray:
     if pa.types.is_fixed_size_list(column.type):
         return column.values.to_numpy().reshape(len(column), column.type.list_size)
-    return np.array([dict(pairs) for pairs in column.to_pylist()], dtype=object)
+    if pa.types.is_map(column.type):
+        return np.array([dict(pairs) for pairs in column.to_pylist()], dtype=object)
+    return column.to_numpy(zero_copy_only=False)  # a chunk's index, start, end, text
 
 
 # ------------------------------------------------------------------------------ sizing
@@ -172,11 +194,7 @@ def run(
     dataset = _read(input).select_columns(options.read_columns)
     vectors = dataset.map_batches(
         Embed,
-        fn_constructor_kwargs=dict(model=str(model), field=options.field, dim=options.dim, normalize=options.normalize,
-                                   sparse=options.sparse, dense=options.dense, prompt_name=options.prompt_name,
-                                   prompt=options.prompt,
-                                   truncation_side=options.truncation_side, precision=options.precision,
-                                   ranges=options.ranges, threads=threads or int(pool.num_cpus),
+        fn_constructor_kwargs=dict(model=str(model), **_embed_options(options), threads=threads or int(pool.num_cpus),
                                    **(embedder_kwargs or {})),  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=pool.num_cpus,
@@ -187,6 +205,11 @@ def run(
     kept = [options.id_field, *options.vector_names, *(c for c in options.keep_columns if c != options.id_field)]
     vectors.select_columns(kept).write_parquet(output)
     return _rows_written(output), pool
+
+
+def _embed_options(options: Options) -> dict[str, Any]:
+    """The job's options that `Embed` takes: all but the ones of reading and windowing the input."""
+    return {k: v for k, v in asdict(options).items() if k not in ("id_field", "keep_columns", "window_rows", "window_chars")}
 
 
 def _read(location: str) -> Any:
