@@ -314,7 +314,7 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_train_parser(commands: argparse._SubParsersAction) -> None:
-    training = commands.add_parser("train", help="fine-tune a model on your data (contrastive, on the unpadded engine)")
+    training = commands.add_parser("train", help="fine-tune a model on your data (on the unpadded engine)")
     kinds = training.add_subparsers(dest="train_kind", required=True, metavar="KIND")
     embed = kinds.add_parser("embed", help="an embedding model, on (anchor, positive[, negative ...]) rows", description=(
         "Fine-tune an embedding model with in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss, "
@@ -322,13 +322,38 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
         "files: gte, sentence-transformers and transformers load it as they loaded the original. Data: .jsonl, .csv "
         "or parquet with columns anchor (or query, question), positive (or document, answer) and any negative* "
         "columns; else its text columns in order. With torchrun, every process takes its share of each batch."))  # fmt: skip
+    _add_training_arguments(embed, defaults.DEFAULT_MODEL, defaults.TRAIN_LOSSES, "mnrl: in-batch and hard negatives; "
+                            "cached-mnrl: the same loss at one micro-batch's memory (large batches); matryoshka: summed "
+                            "over --matryoshka-dims", "rows")  # fmt: skip
     add = embed.add_argument
-    add("--data", required=True, help="training rows: .jsonl, .csv or parquet")
+    add("--scale", type=float, default=defaults.TRAIN_SCALE, help="similarity scale, 1/temperature (default: %(default)s)")
+    add("--similarity", choices=("cosine", "dot"), default="cosine", help="(default: %(default)s)")
+    add("--directions", type=_names, default=("query_to_doc",), metavar="D,D", help="terms of the softmax: "
+        f"{', '.join(defaults.TRAIN_DIRECTIONS)}; all four are GTE's improved contrastive loss (default: query_to_doc)")  # fmt: skip
+    add("--matryoshka-dims", type=_cutoffs, default=(), metavar="D,D", help="dimensions for --loss matryoshka")
+    add("--matryoshka-weights", type=_floats, metavar="W,W", help="a weight per dimension (default: 1 each)")
+    add("--eval", metavar="SET", help="evaluate retrieval before and after: a (query, positive) pairs file, or a BEIR "
+        "directory (corpus.jsonl, queries.jsonl, qrels/test.tsv)")  # fmt: skip
+    embed.set_defaults(run="gte.cli:run_train")
+    rerank = kinds.add_parser("rerank", help="a cross-encoder, on labelled (query, document) pairs", description=(
+        "Fine-tune a cross-encoder (a one-label sequence classifier: gte-multilingual-reranker-base, BERT-family "
+        "cross-encoders) with sentence-transformers' CrossEncoder losses and save it in the layout it came from. "
+        "Data: .jsonl, .csv or parquet with a query column, a document column and a label column (label or score, "
+        "0..1); or (anchor, positive, negative ...) rows, read as pairs labelled 1 and 0."))  # fmt: skip
+    _add_training_arguments(rerank, None, defaults.RERANK_LOSSES, "bce: binary cross-entropy per pair; listnet: "
+                            "ListNet over each query's candidates (the pairs sharing its text)", "pairs (listnet: queries)")  # fmt: skip
+    rerank.set_defaults(run="gte.cli:run_train")
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, model: str | None, losses: tuple[str, ...], loss_help: str,
+                            units: str) -> None:  # fmt: skip
+    add = parser.add_argument
+    add("--data", required=True, help="training data: .jsonl, .csv or parquet")
     add("--output", "-o", required=True, type=Path, help="the fine-tuned model's directory (checkpoints in OUTPUT/checkpoints)")
-    add("--model", "-m", default=defaults.DEFAULT_MODEL, help=f"the model to start from (default: {defaults.DEFAULT_MODEL}, embedded)")
-    add("--loss", choices=defaults.TRAIN_LOSSES, default="mnrl", help="mnrl: in-batch and hard negatives; cached-mnrl: "
-        "the same loss at one micro-batch's memory (large batches); matryoshka: summed over --matryoshka-dims (default: %(default)s)")  # fmt: skip
-    add("--batch-size", type=positive_int, default=defaults.TRAIN_BATCH_SIZE, help="rows per step (default: %(default)s)")
+    add("--model", "-m", default=model, required=model is None,
+        help=f"the model to start from (default: {model}, embedded)" if model else "the model to start from (required)")
+    add("--loss", choices=losses, default=losses[0], help=f"{loss_help} (default: %(default)s)")
+    add("--batch-size", type=positive_int, default=defaults.TRAIN_BATCH_SIZE, help=f"{units} per step (default: %(default)s)")
     add("--epochs", type=positive_int, default=1, help="passes over the data (default: %(default)s)")
     add("--steps", type=positive_int, help="optimizer steps, instead of --epochs")
     add("--lr", type=float, default=defaults.TRAIN_LR, help="peak learning rate (default: %(default)s)")
@@ -339,23 +364,14 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     add("--max-length", type=positive_int, help="truncate texts to this many tokens (default: from the checkpoint)")
     add("--dtype", choices=("float32", "bf16"), default="float32", help="bf16: bfloat16 autocast, weights and "
         "optimizer in float32 (default: %(default)s)")  # fmt: skip
-    add("--scale", type=float, default=defaults.TRAIN_SCALE, help="similarity scale, 1/temperature (default: %(default)s)")
-    add("--similarity", choices=("cosine", "dot"), default="cosine", help="(default: %(default)s)")
-    add("--directions", type=_names, default=("query_to_doc",), metavar="D,D", help="terms of the softmax: "
-        f"{', '.join(defaults.TRAIN_DIRECTIONS)}; all four are GTE's improved contrastive loss (default: query_to_doc)")  # fmt: skip
-    add("--matryoshka-dims", type=_cutoffs, default=(), metavar="D,D", help="dimensions for --loss matryoshka")
-    add("--matryoshka-weights", type=_floats, metavar="W,W", help="a weight per dimension (default: 1 each)")
     add("--batch-tokens", type=positive_int, help="tokens per forward micro-batch (default: the device's batch_tokens)")
     add("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
     add("--save-steps", type=positive_int, metavar="N", help="a checkpoint every N steps, for --resume")
     add("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
-    add("--eval", metavar="SET", help="evaluate retrieval before and after: a (query, positive) pairs file, or a BEIR "
-        "directory (corpus.jsonl, queries.jsonl, qrels/test.tsv)")  # fmt: skip
     add("--seed", type=int, default=0, help="data order and dropout (default: %(default)s)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present; torchrun: each rank's GPU)")
     add("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     add("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
-    embed.set_defaults(run="gte.cli:run_train_embed")
 
 
 def _floats(value: str) -> tuple[float, ...]:

@@ -36,4 +36,5 @@ TRAIN_LR = 5e-5
 TRAIN_WARMUP = 0.1  # a fraction of the steps (< 1) or a number of steps
 TRAIN_SCALE = 20.0  # similarity x scale inside the softmax (1 / temperature)
 TRAIN_LOSSES = ("mnrl", "cached-mnrl", "matryoshka")
+RERANK_LOSSES = ("bce", "listnet")  # gte train rerank: binary cross-entropy per pair, ListNet over a query's candidates
 TRAIN_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")

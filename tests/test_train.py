@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,16 @@ import torch
 from safetensors.torch import load_file
 
 import gte
-from fixtures import ENGLISH_WORDS, build_sentence_transformer, build_tiny_model, generate_corpus
+from fixtures import (
+    ENGLISH_WORDS, MULTILINGUAL_WORDS, build_reranker_model, build_sentence_transformer, build_tiny_model, generate_corpus,
+)
 from gte.embed import Embedder
 from gte.sources import InputError
 from gte.training import checkpoint, data, forward, losses
-from gte.training.trainer import make_loss, tokenize
+from gte.training.distributed import World
+from gte.training.embedding import make_loss, tokenize
+from gte.training.reranking import RerankTask, read_pairs
+from gte.training.trainer import Options
 
 GTE = [sys.executable, "-m", "gte_cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -314,6 +320,7 @@ world.average(embedder.model.parameters())
 value = world.mean(value)
 if world.main:
     torch.save({"loss": value, "grads": {n: p.grad for n, p in embedder.model.named_parameters()}}, out)
+world.close()
 """
 
 
@@ -425,3 +432,87 @@ def test_cli_errors_are_one_line(tmp_path, still_model, rows_file):
     done = run_cli(["--data", str(rows_file), "--model", str(still_model), "-o", str(tmp_path / "out"), "--batch-size", "500"])
     _, err = done.communicate(timeout=300)
     assert done.returncode == 2 and "fewer than one batch of 500: lower --batch-size" in err
+
+
+# ------------------------------------------------------------------------------------ cross-encoders
+@pytest.fixture(scope="module")
+def still_reranker(tmp_path_factory) -> Path:
+    out = build_reranker_model(tmp_path_factory.mktemp("still-reranker"))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.0}, indent=2))
+    return out
+
+
+def labelled_file(folder: Path, queries: int = 6, per_query: int = 3) -> tuple[Path, list[dict]]:
+    texts = generate_corpus(list(MULTILINGUAL_WORDS), n=queries * (per_query + 1), seed=5)
+    rows = [{"query": texts[q], "document": texts[queries + q * per_query + d], "label": [1.0, 0.0, 0.5][d % 3]}
+            for q in range(queries) for d in range(per_query)]  # fmt: skip
+    path = folder / "labelled.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path, rows
+
+
+@pytest.mark.parametrize("loss", ["bce", "listnet"])
+def test_reranker_losses_equal_sentence_transformers(tmp_path, still_reranker, loss):
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder import losses as st
+
+    path, rows = labelled_file(tmp_path)
+    task = RerankTask(still_reranker, path, Options(loss=loss), "cpu")
+    value, _ = task.step(list(range(task.units)), World(), nullcontext(), 40)
+
+    model = CrossEncoder(str(still_reranker), device="cpu")
+    model.train()
+    if loss == "bce":
+        theirs = st.BinaryCrossEntropyLoss(model)([[r["query"] for r in rows], [r["document"] for r in rows]],
+                                                  torch.tensor([r["label"] for r in rows]))  # fmt: skip
+    else:
+        groups = [rows[i : i + 3] for i in range(0, len(rows), 3)]
+        theirs = st.ListNetLoss(model)([[g[0]["query"] for g in groups], [[r["document"] for r in g] for g in groups]],
+                                       [torch.tensor([r["label"] for r in g]) for g in groups])  # fmt: skip
+    theirs.backward()
+    assert value == pytest.approx(theirs.item(), rel=1e-5)
+    assert_same_gradients(gradients(task.model), gradients(model.model))
+
+
+def test_pairs_from_labels_and_from_triplets(tmp_path):
+    path, rows = labelled_file(tmp_path, queries=2, per_query=2)
+    pairs = read_pairs(path)
+    assert pairs.labels == [r["label"] for r in rows] and pairs.groups() == [[0, 1], [2, 3]]
+    triplets = tmp_path / "triplets.jsonl"
+    triplets.write_text(json.dumps({"anchor": "q", "positive": "p", "negative_1": "n1", "negative_2": "n2"}) + "\n")
+    pairs = read_pairs(triplets)
+    assert (pairs.queries, pairs.documents, pairs.labels) == (["q"] * 3, ["p", "n1", "n2"], [1.0, 0.0, 0.0])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "document": "d", "label": None}) + "\n")
+    with pytest.raises(InputError, match="must hold a number"):
+        read_pairs(bad)
+
+
+@pytest.mark.parametrize("loss", ["bce", "listnet"])
+def test_train_rerank_saves_a_cross_encoder_sentence_transformers_loads(tmp_path, reranker_model_dir, loss):
+    from sentence_transformers import CrossEncoder
+
+    path, rows = labelled_file(tmp_path)
+    out = tmp_path / "tuned"
+    result = gte.train_rerank(path, out, model=reranker_model_dir, loss=loss, batch_size=2, epochs=2, lr=1e-3,
+                              show_progress=False)  # fmt: skip
+    assert len(result.losses) == (18 if loss == "bce" else 6)
+    assert weights(out).keys() == weights(reranker_model_dir).keys()
+    pairs = [(r["query"], r["document"]) for r in rows[:4]]
+    ours = gte.Reranker(str(out)).score(pairs[0][0], [d for _, d in pairs])
+    theirs = CrossEncoder(str(out), device="cpu").predict([(pairs[0][0], d) for _, d in pairs], activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert not np.allclose(ours, gte.Reranker(str(reranker_model_dir)).score(pairs[0][0], [d for _, d in pairs]))
+
+
+def test_cli_train_rerank(tmp_path, reranker_model_dir):
+    path, _ = labelled_file(tmp_path)
+    done = subprocess.run([*GTE, "train", "rerank", "--data", str(path), "--model", str(reranker_model_dir), "-o",
+                           str(tmp_path / "out"), "--loss", "listnet", "--batch-size", "2", "--no-progress"],
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "gte train: 3 steps" in done.stderr and (tmp_path / "out" / "model.safetensors").is_file()
+    refused = subprocess.run([*GTE, "train", "rerank", "--data", str(path), "--model", str(reranker_model_dir), "-o",
+                              str(tmp_path / "out"), "--loss", "mnrl"], env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "invalid choice: 'mnrl'" in refused.stderr

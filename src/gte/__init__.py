@@ -42,6 +42,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "evaluate_retrieval": "evaluation",
     "evaluate_sts": "evaluation",
     "train": "training",
+    "train_rerank": "training",
 }
 
 __all__ = ["NewConfig", *_LAZY]

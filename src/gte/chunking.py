@@ -63,7 +63,6 @@ def sentences(offsets: list[tuple[int, int]], text: str) -> list[tuple[int, int]
     return list(zip(cuts, cuts[1:]))
 
 
-
 def pack(units: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
     """[first, last) token ranges of at most `size` tokens, each a run of whole units (token ranges in order, none
     longer than `size`), greedily; each repeats the last units of the one before that fit in `overlap` tokens and

@@ -31,7 +31,8 @@ class Classifier:
     "multi_label_classification") or a one-label one, else the softmax over the labels; "none" gives the logits.
     Labels are the checkpoint's id2label names. An over-long input is cut on `truncation_side`. dtype "int8" (CPU
     only) quantizes the encoder layers' projections, as in `Embedder`; `int8_fidelity` then holds the cosines of the
-    pooled vectors (the classifier's input) to float32's.
+    pooled vectors (the classifier's input) to float32's. `trainable`: the model in train mode with gradients and
+    unpacked weights, for `gte.training` (the scoring methods still run without gradients).
     """
 
     def __init__(
@@ -47,12 +48,13 @@ class Classifier:
         tokenizer: Any = None,
         attn_implementation: str | None = None,
         revision: str | None = None,
+        trainable: bool = False,
     ):
         loaded = hub.load(
             model, self._model_class, device=device, dtype=dtype, tokenizer=tokenizer,
-            attn_implementation=attn_implementation, revision=revision,
+            attn_implementation=attn_implementation, revision=revision, trainable=trainable,
         )  # fmt: skip
-        self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
+        self.model, self.tokenizer, self.model_name, self.path = loaded.model, loaded.tokenizer, loaded.name, loaded.path
         config = self.model.config
         self.device, self.dtype = self.model.device, self.model.dtype
         self.max_length = check_max_length(config, max_length or config.max_position_embeddings)

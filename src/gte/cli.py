@@ -196,17 +196,18 @@ def run_eval_sts(args: argparse.Namespace) -> None:
 
 
 TRAIN_OPTIONS = ("model", "loss", "batch_size", "epochs", "steps", "lr", "warmup", "weight_decay", "max_grad_norm",
-                 "max_length", "dtype", "scale", "similarity", "directions", "matryoshka_dims", "matryoshka_weights",
-                 "batch_tokens", "gradient_checkpointing", "save_steps", "eval", "seed", "resume", "device")  # fmt: skip
+                 "max_length", "dtype", "batch_tokens", "gradient_checkpointing", "save_steps", "seed", "resume", "device")  # fmt: skip
+EMBED_TRAIN_OPTIONS = ("scale", "similarity", "directions", "matryoshka_dims", "matryoshka_weights", "eval")
 
 
-def run_train_embed(args: argparse.Namespace) -> None:
-    from .training import train
+def run_train(args: argparse.Namespace) -> None:
+    from .training import train, train_rerank
 
-    options = {name: getattr(args, name) for name in TRAIN_OPTIONS}
-    result = train(args.data, args.output, **options, show_progress=args.progress)
+    names = TRAIN_OPTIONS + (EMBED_TRAIN_OPTIONS if args.train_kind == "embed" else ())
+    fine_tune = train if args.train_kind == "embed" else train_rerank
+    result = fine_tune(args.data, args.output, **{name: getattr(args, name) for name in names}, show_progress=args.progress)
     if result.losses:
-        print(f"gte train: {result.steps} steps, {result.seconds:.1f} s, {result.pairs_per_second:.1f} rows/s, "
+        print(f"gte train: {result.steps} steps, {result.seconds:.1f} s, {result.rows_per_second:.1f} rows/s, "
               f"{result.tokens_per_second:.0f} tokens/s; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
               f"saved to {result.output}", file=sys.stderr)  # fmt: skip
     if result.table():

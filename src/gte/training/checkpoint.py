@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from .. import convert
-from ..embed import Embedder
-from ..pooling import Dense
 
 STATE = "trainer.pt"  # optimizer, schedule, step, random state, settings
 CHECKPOINTS = "checkpoints"
@@ -29,30 +29,31 @@ STALE = ("model.safetensors", "model.safetensors.index.json", "model-*.safetenso
          "onnx", "openvino", CHECKPOINTS, ".cache", STATE)  # fmt: skip
 
 
-def save_model(embedder: Embedder, source: Path, out: Path) -> Path:
-    """The files of the checkpoint `source` (the embedder's, or the one it was saved from) with the embedder's
-    current weights, written to `out` (its files replace their namesakes there)."""
+def save_model(model: nn.Module, source: Path, out: Path, extra: dict[Path, dict[str, torch.Tensor]] | None = None) -> Path:
+    """The files of the checkpoint `source` (the one the model was loaded from, or saved from) with the model's
+    current weights in its layout, and each `extra` state dict as model.safetensors in its folder (relative to the
+    checkpoint: a Dense module's); written to `out`, its files replacing their namesakes there."""
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*STALE))
-    ours = dict(embedder.model.named_parameters())
-    weights = convert.write_back(str(source), ours, embedder.model.base_model_prefix)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"), metadata={"format": "pt"})
-    dense_folders = [folder for kind, folder in embedder.settings.modules if kind == "Dense"]
-    dense_steps = [step for step in embedder.head.steps if isinstance(step, Dense)]
-    for folder, dense in zip(dense_folders, dense_steps):
-        target = partial / folder.relative_to(embedder.path)
-        (target / "pytorch_model.bin").unlink(missing_ok=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in dense.state_dict().items()}
-        save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    weights = convert.write_back(str(source), dict(model.named_parameters()), model.base_model_prefix)
+    _save(weights, partial / "model.safetensors")
+    for folder, state in (extra or {}).items():
+        (partial / folder / "pytorch_model.bin").unlink(missing_ok=True)
+        _save(state, partial / folder / "model.safetensors")
     _replace(partial, out)
     return out
 
 
-def save_checkpoint(embedder: Embedder, source: Path, output: Path, step: int, state: dict[str, Any]) -> Path:
-    """OUTPUT/checkpoints/step-N: the model (loadable) and the trainer's state; earlier checkpoints removed."""
+def _save(state: dict[str, torch.Tensor], file: Path) -> None:
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(file), metadata={"format": "pt"})
+
+
+def save_checkpoint(save: Callable[[Path], None], output: Path, step: int, state: dict[str, Any]) -> Path:
+    """OUTPUT/checkpoints/step-N: the model (`save(folder)` writes it, loadable) and the trainer's state; earlier
+    checkpoints removed."""
     folder = output / CHECKPOINTS / f"step-{step}"
-    save_model(embedder, source, folder)
+    save(folder)
     torch.save(state, folder / f"{STATE}.partial")
     os.replace(folder / f"{STATE}.partial", folder / STATE)
     for older in (output / CHECKPOINTS).glob("step-*"):

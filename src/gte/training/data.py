@@ -57,7 +57,7 @@ class Tokens:
 
 def read_rows(location: str | os.PathLike) -> Rows:
     """The anchors, positives and negatives of a training file; InputError for a missing or empty text."""
-    table = _read_table(Path(location))
+    table = read_table(Path(location))
     names = _text_columns(table, location)
     columns = [table.column(name).to_pylist() for name in names]
     for name, values in zip(names, columns):
@@ -77,7 +77,8 @@ def epoch_order(rows: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(rows, generator=generator).tolist()
 
 
-def _read_table(path: Path) -> pa.Table:
+def read_table(path: Path) -> pa.Table:
+    """A whole .jsonl, .csv or parquet file as a table."""
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet

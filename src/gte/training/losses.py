@@ -117,3 +117,21 @@ class Matryoshka:
 
 
 Loss = RankingLoss | Matryoshka
+
+
+# ------------------------------------------------------------------------------------ cross-encoders
+def binary_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """sentence-transformers' CrossEncoder BinaryCrossEntropyLoss: [n] logits, [n] labels in 0..1; the mean."""
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def listnet(logits: Tensor, labels: Tensor, sizes: Sequence[int]) -> Tensor:
+    """sentence-transformers' ListNetLoss: each query's candidates (`sizes` of them, consecutive in `logits` and
+    `labels`) as one distribution; the cross-entropy of softmax(logits) against softmax(labels), mean over queries."""
+    rows = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(logits.device)
+    columns = torch.cat([torch.arange(n) for n in sizes]).to(logits.device)
+    scores = torch.full((len(sizes), max(sizes)), -1e16, device=logits.device)  # a query's missing candidates
+    targets = torch.full_like(scores, -torch.inf)
+    scores = scores.index_put((rows, columns), logits.float())
+    targets = targets.index_put((rows, columns), labels.float())
+    return F.cross_entropy(scores, targets.softmax(dim=1))

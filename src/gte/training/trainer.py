@@ -1,13 +1,14 @@
-"""`gte.train`: contrastive fine-tuning of an embedding model on the packed, unpadded path.
+"""`gte.train` and `gte.train_rerank`: fine-tuning on the packed, unpadded path.
 
     result = gte.train("pairs.jsonl", "my-model", model="Alibaba-NLP/gte-base-en-v1.5", loss="cached-mnrl",
                        batch_size=256, epochs=1, eval="my-beir-set/")
+    gte.train_rerank("labelled.jsonl", "my-reranker", model="Alibaba-NLP/gte-multilingual-reranker-base")
 
-Each step takes `batch_size` rows (anchor, positive, negatives) in an order fixed by the seed and the epoch,
-embeds every text with the checkpoint's prompts (anchors "query", the rest "document"), computes the loss
-(`losses`), and takes one AdamW step under a linear warm-up / decay schedule with gradients clipped at
-`max_grad_norm` (transformers' Trainer defaults). Checkpoints every `save_steps` hold everything --resume
-needs to end at the weights an uninterrupted run ends at.
+A task (`embedding.EmbedTask`, `reranking.RerankTask`) holds the model and its data and knows a step's loss;
+`Run` does the rest, the same for both: each step takes `batch_size` units (rows, pairs or queries) in an
+order fixed by the seed and the epoch, computes the loss and its gradients, and takes one AdamW step under a
+linear warm-up / decay schedule with gradients clipped at `max_grad_norm` (transformers' Trainer defaults).
+Checkpoints every `save_steps` hold everything --resume needs to end at the weights an uninterrupted run ends at.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -26,18 +26,18 @@ from typing import Any
 
 import torch
 
-from gte_defaults import DEFAULT_MODEL, TRAIN_BATCH_SIZE, TRAIN_LOSSES, TRAIN_LR, TRAIN_SCALE, TRAIN_WARMUP
+from gte_defaults import DEFAULT_MODEL, TRAIN_BATCH_SIZE, TRAIN_LR, TRAIN_SCALE, TRAIN_WARMUP
 
 from .. import hub
-from ..embed import Embedder, progress_enabled
-from . import checkpoint, forward
-from .data import Rows, Tokens, epoch_order, read_rows
+from ..embed import progress_enabled
+from . import checkpoint
+from .data import epoch_order
 from .distributed import World, join
-from .losses import Loss, Matryoshka, RankingLoss
+from .embedding import EmbedTask
+from .reranking import RerankTask
 
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 REPORT = "training.json"
-EVAL_METRICS = (("ndcg", 10), ("mrr", 10), ("recall", 10), ("recall", 100))
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Options:
     """A run's choices (see `train`); all but the operational ones at the end must match for --resume."""
 
     model: str = DEFAULT_MODEL
-    loss: str = "mnrl"
+    loss: str = "mnrl"  # a reranker's default: "bce"
     batch_size: int = TRAIN_BATCH_SIZE
     epochs: int = 1
     steps: int | None = None
@@ -84,7 +84,7 @@ class Result:
     output: Path
     steps: int
     seconds: float
-    pairs_per_second: float
+    rows_per_second: float
     tokens_per_second: float
     losses: list[float] = field(default_factory=list)  # per step
     before: dict[str, float] | None = None  # retrieval metrics ("ndcg@10": ...) before training, with eval
@@ -101,8 +101,8 @@ class Result:
 
 
 def train(data: str | os.PathLike, output: str | os.PathLike, **options: Any) -> Result:
-    """Fine-tune a model on `data` and save it to `output` in the layout it came from (see the module's doc).
-    Options (`Options`): model; loss "mnrl" (in-batch negatives and the data's hard negatives, `scale`,
+    """Fine-tune an embedding model on `data` and save it to `output` in the layout it came from (see the module's
+    doc). Options (`Options`): model; loss "mnrl" (in-batch negatives and the data's hard negatives, `scale`,
     `similarity` cosine or dot, the `directions` of sentence-transformers' MultipleNegativesRankingLoss),
     "cached-mnrl" (the same loss at the memory of one micro-batch of `batch_tokens` tokens) or "matryoshka"
     (the same loss summed over `matryoshka_dims` with `matryoshka_weights`); batch_size rows per step; epochs
@@ -110,47 +110,58 @@ def train(data: str | os.PathLike, output: str | os.PathLike, **options: Any) ->
     max_length; dtype "bf16" (bfloat16 autocast; weights and optimizer stay float32); gradient_checkpointing;
     save_steps and resume; eval (a (query, positive) pairs file or a BEIR directory: corpus.jsonl,
     queries.jsonl, qrels/test.tsv), evaluated before and after; seed; device; show_progress."""
-    run_options = Options(**options)
+    return _run(EmbedTask, data, output, options)
+
+
+def train_rerank(data: str | os.PathLike, output: str | os.PathLike, **options: Any) -> Result:
+    """Fine-tune a cross-encoder (a one-label sequence classifier) on labelled pairs (`reranking`): loss "bce"
+    (batch_size pairs per step) or "listnet" (batch_size queries per step, each with its candidates); the other
+    options as `train`'s (no eval)."""
+    return _run(RerankTask, data, output, options)
+
+
+def _run(task: type, data: str | os.PathLike, output: str | os.PathLike, options: dict[str, Any]) -> Result:
+    run_options = Options(**{"loss": task.default_loss} | options)
+    if run_options.eval is not None and task is RerankTask:
+        raise ValueError("--eval measures embedding models (retrieval); evaluate a reranker with gte eval retrieval "
+                         "--rerank on its saved directory")  # fmt: skip
     world, device = join(run_options.device)
     try:
-        return Run(Path(data), Path(output), run_options, world, device).go()
+        return Run(task, Path(data), Path(output), run_options, world, device).go()
     finally:
         world.close()
 
 
 class Run:
-    """One training run: the model, its data and optimizer, set up (or restored from a checkpoint) to take steps."""
+    """One training run: a task (model and data) with its optimizer, set up or restored from a checkpoint."""
 
-    def __init__(self, data: Path, output: Path, options: Options, world: World, device: str | None):
+    def __init__(self, task: type, data: Path, output: Path, options: Options, world: World, device: str | None):
         self.output, self.options, self.world = output, options, world
         self.source = hub.resolve(options.model)
         found = checkpoint.latest_checkpoint(output) if options.resume else None
         if options.resume and found is None:
-            warnings.warn(f"--resume: no checkpoint in {output / checkpoint.CHECKPOINTS}; training from the start", stacklevel=3)
+            warnings.warn(f"--resume: no checkpoint in {output / checkpoint.CHECKPOINTS}; training from the start", stacklevel=4)
         torch.manual_seed(options.seed)
-        self.embedder = Embedder(found or self.source, device=device, dtype="float32", max_length=options.max_length,
-                                 trainable=True, show_progress=False)  # fmt: skip
+        self.task = task(found or self.source, data, options, device)
         if options.gradient_checkpointing:
-            self.embedder.model.gradient_checkpointing_enable()
-        self.rows = rows = read_rows(data)
-        self.loss = make_loss(options.loss, options.scale, options.similarity, options.directions,
-                              options.matryoshka_dims, options.matryoshka_weights, self.embedder.dimension)  # fmt: skip
-        self.autocast = _autocast(options.dtype, self.embedder.device)
-        self.per_epoch = len(rows) // options.batch_size
+            self.task.model.gradient_checkpointing_enable()
+        self.autocast = _autocast(options.dtype, self.task.model.device)
+        self.per_epoch = self.task.units // options.batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{data} has {len(rows)} rows, fewer than one batch of {options.batch_size}: lower --batch-size")
+            raise ValueError(f"{data} has {self.task.units} {'rows' if task is EmbedTask else 'units'}, fewer than one "
+                             f"batch of {options.batch_size}: lower --batch-size")  # fmt: skip
         if options.batch_size % world.size:
             raise ValueError(f"--batch-size {options.batch_size} must split evenly over the {world.size} processes")
         self.total = options.steps or options.epochs * self.per_epoch
-        self.settings = options.settings(str(data), world, self.embedder.max_length)
-        _, self.skips, self.tokens = tokenize(self.embedder, rows)
-        self.parameters = [*self.embedder.model.parameters(), *self.embedder.head.parameters()]
-        self.optimizer, self.schedule = _optimizer(self.embedder, options, _warmup_steps(options.warmup, self.total), self.total)
+        self.settings = options.settings(str(data), world, self.task.max_length)
+        self.parameters = self.task.parameters()
+        self.optimizer, self.schedule = _optimizer(self.task.model, self.parameters, options,
+                                                   _warmup_steps(options.warmup, self.total), self.total)  # fmt: skip
         self.start, self.losses, self.before = 0, [], None
         if found is not None:
             self._restore(found)
         elif options.eval is not None and world.main:
-            self.before = evaluate(self.embedder, options.eval)
+            self.before = self.task.evaluate(options.eval)
 
     def go(self) -> Result:
         """Every remaining step, checkpoints on the way, then the model saved (and evaluated)."""
@@ -161,7 +172,7 @@ class Run:
             elapsed = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{self.losses[-1]:.4f}", lr=f"{self.schedule.get_last_lr()[0]:.2e}",
-                            pairs_s=f"{(step + 1 - self.start) * options.batch_size / elapsed:.1f}",
+                            rows_s=f"{(step + 1 - self.start) * options.batch_size / elapsed:.1f}",
                             tokens_s=f"{tokens / elapsed:.0f}")  # fmt: skip
             if options.save_steps and (step + 1) % options.save_steps == 0 and step + 1 < self.total:
                 self.save_checkpoint(step + 1)
@@ -175,32 +186,30 @@ class Run:
         return result
 
     def step(self, step: int) -> int:
-        """One optimizer step; the tokens it embedded (every rank's)."""
-        batch = _step_rows(step, self.per_epoch, len(self.rows), self.options.batch_size, self.options.seed, self.world)
-        columns = [column.take(batch) for column in self.tokens]
-        value = forward.step(self.embedder, self.loss, columns, self.skips, self.options.batch_tokens or self.embedder.batch_tokens,
-                             cached=self.options.loss == "cached-mnrl", gather=self.world.gather, autocast=self.autocast)  # fmt: skip
+        """One optimizer step; the tokens it computed (every rank's)."""
+        batch = _step_rows(step, self.per_epoch, self.task.units, self.options.batch_size, self.options.seed, self.world)
+        value, tokens = self.task.step(batch, self.world, self.autocast, self.options.batch_tokens)
         self.losses.append(self.world.mean(value))
         self.world.average(self.parameters)
         torch.nn.utils.clip_grad_norm_(self.parameters, self.options.max_grad_norm)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return sum(len(r) for column in columns for r in column) * self.world.size
+        return tokens * self.world.size
 
     def save_checkpoint(self, step: int) -> None:
         if self.world.main:
             state = {"settings": self.settings, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                      "rng": torch.get_rng_state(), "step": step, "losses": self.losses, "before": self.before}  # fmt: skip
-            checkpoint.save_checkpoint(self.embedder, self.source, self.output, step, state)
+            checkpoint.save_checkpoint(lambda folder: self.task.save(self.source, folder), self.output, step, state)
         self.world.barrier()
 
     def finish(self, result: Result) -> None:
         """The model saved in the source's layout (checkpoints removed: it supersedes them), evaluated, reported."""
-        checkpoint.save_model(self.embedder, self.source, self.output)
+        self.task.save(self.source, self.output)
         shutil.rmtree(self.output / checkpoint.CHECKPOINTS, ignore_errors=True)
         if self.options.eval is not None:
-            result.after = evaluate(self.embedder, self.options.eval)
+            result.after = self.task.evaluate(self.options.eval)
         report = {"settings": self.settings, **{k: v for k, v in asdict(result).items() if k != "output"}}
         (self.output / REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -213,57 +222,6 @@ class Run:
         self.start, self.losses, self.before = state["step"], state["losses"], state["before"]
 
 
-def make_loss(name: str, scale: float, similarity: str, directions: tuple[str, ...], dims: tuple[int, ...],
-              weights: tuple[float, ...] | None, dimension: int) -> Loss:  # fmt: skip
-    if name not in TRAIN_LOSSES:
-        raise ValueError(f"loss {name!r}: use one of {', '.join(TRAIN_LOSSES)}")
-    ranking = RankingLoss(scale, similarity, tuple(directions))
-    if name != "matryoshka":
-        if dims:
-            raise ValueError("Matryoshka dimensions are for loss 'matryoshka'")
-        return ranking
-    if not dims:
-        raise ValueError(f"loss 'matryoshka' needs its dimensions (e.g. {dimension},{dimension // 2},{dimension // 4})")
-    matryoshka = Matryoshka(ranking, tuple(dims), tuple(_weights(dims, weights)))
-    matryoshka.check(dimension)
-    return matryoshka
-
-
-def tokenize(embedder: Embedder, rows: Rows) -> tuple[list[str], list[int], list[Tokens]]:
-    """(prompt, tokens pooling skips, token ids) per column: anchors with the "query" prompt, the others with the
-    "document" prompt (sentence-transformers' encode_query / encode_document rule)."""
-    document = next(name for name in ("document", "passage", "corpus") if name in embedder.prompts)
-    prompts = [embedder.resolve_prompt("query")] + [embedder.resolve_prompt(document)] * (len(rows.columns) - 1)
-    tokens = [Tokens.pack(embedder.tokenize(texts, prompt=prompt)) for texts, prompt in zip(rows.columns, prompts)]
-    return prompts, [embedder.prompt_length(p) for p in prompts], tokens
-
-
-def evaluate(embedder: Embedder, location: str | os.PathLike) -> dict[str, float]:
-    """Retrieval metrics of the model as it is now (gte eval), in eval mode; train mode after."""
-    from ..evaluation import evaluate_retrieval
-
-    embedder.model.eval()
-    embedder.head.eval()
-    try:
-        with tempfile.TemporaryDirectory(prefix="gte-train-eval-") as cache:
-            report = evaluate_retrieval(**eval_files(location), embedder=embedder, cache_dir=cache, show_progress=False)
-    finally:
-        embedder.model.train()
-        embedder.head.train()
-    scores = report.variants[0].scores
-    return {f"{metric}@{k}": scores[metric][k] for metric, k in EVAL_METRICS if k in scores[metric]}
-
-
-def eval_files(location: str | os.PathLike) -> dict[str, Any]:
-    """evaluate_retrieval's inputs: a BEIR directory's three files, or one pairs file."""
-    path = Path(location)
-    if not path.is_dir():
-        return {"pairs": path}
-    qrels = next((q for q in (path / "qrels" / "test.tsv", path / "qrels" / "dev.tsv", path / "qrels.tsv") if q.is_file()),
-                 path / "qrels" / "test.tsv")  # fmt: skip
-    return {"corpus": path / "corpus.jsonl", "queries": path / "queries.jsonl", "qrels": qrels}
-
-
 def _step_rows(step: int, per_epoch: int, rows: int, batch_size: int, seed: int, world: World) -> list[int]:
     """This rank's share of the rows of `step`."""
     order = epoch_order(rows, step // per_epoch, seed)
@@ -272,13 +230,12 @@ def _step_rows(step: int, per_epoch: int, rows: int, batch_size: int, seed: int,
     return order[start + world.rank * share : start + (world.rank + 1) * share]
 
 
-def _optimizer(embedder: Embedder, options: Options, warmup: int, total: int):
+def _optimizer(model: torch.nn.Module, parameters: list[torch.nn.Parameter], options: Options, warmup: int, total: int):
     """AdamW (no weight decay on biases and norms, as transformers' Trainer) under a linear warm-up and decay."""
     from transformers import get_linear_schedule_with_warmup
 
-    named = [*embedder.model.named_parameters(), *embedder.head.named_parameters()]
-    decay = [p for n, p in named if p.ndim > 1]
-    rest = [p for n, p in named if p.ndim <= 1]
+    decay = [p for p in parameters if p.ndim > 1]
+    rest = [p for p in parameters if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=options.lr)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
@@ -288,10 +245,6 @@ def _warmup_steps(warmup: float, total: int) -> int:
     if warmup < 0:
         raise ValueError(f"warmup must be a fraction of the steps (< 1) or a number of steps, got {warmup}")
     return int(warmup * total + 0.5) if warmup < 1 else int(warmup)
-
-
-def _weights(dims: tuple[int, ...], weights: tuple[float, ...] | None) -> tuple[float, ...]:
-    return tuple(weights) if weights is not None else (1.0,) * len(dims)
 
 
 def _autocast(dtype: str, device: torch.device):
