@@ -332,8 +332,8 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
         f"{', '.join(defaults.TRAIN_DIRECTIONS)}; all four are GTE's improved contrastive loss (default: query_to_doc)")  # fmt: skip
     add("--matryoshka-dims", type=_cutoffs, default=(), metavar="D,D", help="dimensions for --loss matryoshka")
     add("--matryoshka-weights", type=_floats, metavar="W,W", help="a weight per dimension (default: 1 each)")
-    add("--eval", metavar="SET", help="evaluate retrieval before and after: a (query, positive) pairs file, or a BEIR "
-        "directory (corpus.jsonl, queries.jsonl, qrels/test.tsv)")  # fmt: skip
+    add("--eval", metavar="SET", help="evaluate retrieval before, at each checkpoint and after: a (query, positive) "
+        "pairs file, or a BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv)")  # fmt: skip
     embed.set_defaults(run="gte.cli:run_train")
     rerank = kinds.add_parser("rerank", help="a cross-encoder, on labelled (query, document) pairs", description=(
         "Fine-tune a cross-encoder (a one-label sequence classifier: gte-multilingual-reranker-base, BERT-family "
@@ -362,8 +362,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser, model: str | None, 
     add("--weight-decay", type=float, default=0.0, help="AdamW weight decay, not on biases and norms (default: %(default)s)")
     add("--max-grad-norm", type=float, default=1.0, help="gradients clipped to this norm (default: %(default)s)")
     add("--max-length", type=positive_int, help="truncate texts to this many tokens (default: from the checkpoint)")
-    add("--dtype", choices=("float32", "bf16"), default="float32", help="bf16: bfloat16 autocast, weights and "
-        "optimizer in float32 (default: %(default)s)")  # fmt: skip
+    add("--dtype", choices=("auto", "float32", "bf16"), default="auto", help="bf16: bfloat16 autocast, weights and "
+        "optimizer in float32; auto: bf16 on a GPU that has it, else float32 (default: %(default)s)")  # fmt: skip
     add("--batch-tokens", type=positive_int, help="tokens per forward micro-batch (default: the device's batch_tokens)")
     add("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
     add("--save-steps", type=positive_int, metavar="N", help="a checkpoint every N steps, for --resume")

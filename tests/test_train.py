@@ -417,15 +417,18 @@ def test_fine_tuning_the_default_model_raises_held_out_ndcg(tmp_path):
     assert report.variants[0].scores["ndcg"][10] == pytest.approx(result.after["ndcg@10"], abs=1e-6)
 
 
-def test_cli_trains_and_prints_before_and_after(tmp_path, still_model, rows_file):
+def test_cli_trains_and_prints_before_during_and_after(tmp_path, still_model, rows_file):
     pairs = tmp_path / "pairs.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()][:40]
     pairs.write_text("\n".join(json.dumps({"query": r["anchor"], "positive": r["positive"]}) for r in rows) + "\n")
     done = run_cli(["--data", str(rows_file), "--model", str(still_model), "-o", str(tmp_path / "out"), "--batch-size",
-                    "16", "--loss", "matryoshka", "--matryoshka-dims", "32,16", "--eval", str(pairs)])  # fmt: skip
+                    "16", "--loss", "matryoshka", "--matryoshka-dims", "32,16", "--eval", str(pairs), "--save-steps", "3"])  # fmt: skip
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
-    assert "| ndcg@10 |" in out and "gte train: 7 steps" in err
+    assert "| metric | before | step 3 | step 6 | after | change |" in out and "| ndcg@10 |" in out
+    assert "gte train: 7 steps" in err
+    report = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert list(report["during"]) == ["3", "6"] and report["after"]["ndcg@10"] >= 0
 
 
 def test_cli_errors_are_one_line(tmp_path, still_model, rows_file):

@@ -54,7 +54,7 @@ class Options:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"  # bf16 autocast on a GPU that has bfloat16, else float32
     scale: float = TRAIN_SCALE
     similarity: str = "cosine"
     directions: tuple[str, ...] = ("query_to_doc",)
@@ -88,15 +88,19 @@ class Result:
     tokens_per_second: float
     losses: list[float] = field(default_factory=list)  # per step
     before: dict[str, float] | None = None  # retrieval metrics ("ndcg@10": ...) before training, with eval
+    during: dict[int, dict[str, float]] = field(default_factory=dict)  # at each checkpoint's step, with eval
     after: dict[str, float] | None = None
 
     def table(self) -> str:
-        """before / after as a markdown table (with an evaluation set)."""
+        """before / at each checkpoint / after, as a markdown table (with an evaluation set)."""
         if self.before is None or self.after is None:
             return ""
-        lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
+        steps = [f"step {step}" for step in self.during]
+        lines = ["| " + " | ".join(["metric", "before", *steps, "after", "change"]) + " |",
+                 "|---|" + "---:|" * (len(steps) + 3)]  # fmt: skip
         for name, value in self.before.items():
-            lines.append(f"| {name} | {value:.4f} | {self.after[name]:.4f} | {self.after[name] - value:+.4f} |")
+            cells = [value, *(metrics[name] for metrics in self.during.values()), self.after[name]]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in cells) + f" | {self.after[name] - value:+.4f} |")
         return "\n".join(lines)
 
 
@@ -107,9 +111,10 @@ def train(data: str | os.PathLike, output: str | os.PathLike, **options: Any) ->
     "cached-mnrl" (the same loss at the memory of one micro-batch of `batch_tokens` tokens) or "matryoshka"
     (the same loss summed over `matryoshka_dims` with `matryoshka_weights`); batch_size rows per step; epochs
     or steps; lr, warmup (a fraction of the steps, < 1, or a number of steps), weight_decay, max_grad_norm;
-    max_length; dtype "bf16" (bfloat16 autocast; weights and optimizer stay float32); gradient_checkpointing;
+    max_length; dtype "bf16" (bfloat16 autocast; weights and optimizer stay float32), "float32" or "auto" (bf16
+    on a GPU that has it); gradient_checkpointing;
     save_steps and resume; eval (a (query, positive) pairs file or a BEIR directory: corpus.jsonl,
-    queries.jsonl, qrels/test.tsv), evaluated before and after; seed; device; show_progress."""
+    queries.jsonl, qrels/test.tsv), evaluated before, at each checkpoint and after; seed; device; show_progress."""
     return _run(EmbedTask, data, output, options)
 
 
@@ -157,7 +162,7 @@ class Run:
         self.parameters = self.task.parameters()
         self.optimizer, self.schedule = _optimizer(self.task.model, self.parameters, options,
                                                    _warmup_steps(options.warmup, self.total), self.total)  # fmt: skip
-        self.start, self.losses, self.before = 0, [], None
+        self.start, self.losses, self.before, self.during = 0, [], None, {}
         if found is not None:
             self._restore(found)
         elif options.eval is not None and world.main:
@@ -179,7 +184,7 @@ class Run:
         bar.close()
         seconds, done = time.perf_counter() - started, self.total - self.start
         result = Result(self.output, self.total, seconds, done * options.batch_size / seconds if done else 0.0,
-                        tokens / seconds if done else 0.0, self.losses, self.before)  # fmt: skip
+                        tokens / seconds if done else 0.0, self.losses, self.before, self.during)  # fmt: skip
         if self.world.main:
             self.finish(result)
         self.world.barrier()
@@ -198,9 +203,13 @@ class Run:
         return tokens * self.world.size
 
     def save_checkpoint(self, step: int) -> None:
+        """The checkpoint of `step` (the model evaluated first, with eval)."""
         if self.world.main:
+            if self.options.eval is not None:
+                self.during[step] = self.task.evaluate(self.options.eval)
             state = {"settings": self.settings, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                     "rng": torch.get_rng_state(), "step": step, "losses": self.losses, "before": self.before}  # fmt: skip
+                     "rng": torch.get_rng_state(), "step": step, "losses": self.losses, "before": self.before,
+                     "during": self.during}  # fmt: skip
             checkpoint.save_checkpoint(lambda folder: self.task.save(self.source, folder), self.output, step, state)
         self.world.barrier()
 
@@ -219,7 +228,7 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
-        self.start, self.losses, self.before = state["step"], state["losses"], state["before"]
+        self.start, self.losses, self.before, self.during = state["step"], state["losses"], state["before"], state["during"]
 
 
 def _step_rows(step: int, per_epoch: int, rows: int, batch_size: int, seed: int, world: World) -> list[int]:
@@ -248,8 +257,12 @@ def _warmup_steps(warmup: float, total: int) -> int:
 
 
 def _autocast(dtype: str, device: torch.device):
+    """bfloat16 autocast for "bf16", and for "auto" on a GPU with bfloat16 (on the CPU it bought 1.11x for 1.34x the
+    memory: BENCHMARKS.md, train_bench.py); else none (float32)."""
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: train in one of {', '.join(DTYPES)} (bf16: bfloat16 autocast)")
+        raise ValueError(f"dtype {dtype!r}: train in one of auto, {', '.join(DTYPES)} (bf16: bfloat16 autocast)")
     return nullcontext() if DTYPES[dtype] is None else torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
