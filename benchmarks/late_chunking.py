@@ -3,6 +3,7 @@ against late chunks, scored with gte's trec_eval metrics.
 
     python benchmarks/late_chunking.py              # the embedded default model
     python benchmarks/late_chunking.py --tiny       # fewer documents: a smoke run
+    python benchmarks/late_chunking.py --base-shape # the gte-base shape, random weights (its numbers are noise: see below)
 
 The set is generated: one document per animal, its name and kind only in the first sentence ("Bruno is a bear
 from Alaska."), its facts in later ones that name it by pronoun only ("It eats salmon. It sleeps in a cave.").
@@ -10,7 +11,10 @@ Every document is cut into chunks of `--chunk-tokens` of the model's tokens; a q
 by name and kind ("what does the bear Bruno eat?"), and the chunks that overlap that fact's sentence are relevant.
 A naive chunk ("It eats salmon.") cannot tell whose fact it is; a late chunk saw the whole document. Naive chunks
 are pooled as the checkpoint pools, and with CLS pooling too (gte-v1.5 pools CLS; late chunking is defined with
-mean pooling).
+mean pooling). `--base-shape` runs a gte-base-en-v1.5-shaped checkpoint with random weights (and the default
+model's tokenizer), which is all that can be run here without a download: it measures nothing about late
+chunking (a random encoder ranks at chance either way), only that the path runs at that shape; the issue asks for
+the row whatever it says.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ import argparse
 import os
 import platform
 import random
+import sys
+import tempfile
+from pathlib import Path
+
 import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
 import numpy as np
 import torch
 
 from gte.evaluation import metrics
+from gte_defaults import DEFAULT_MODEL
 
 NAMES = ["Bruno", "Mila", "Taro", "Ines", "Kofi", "Lena", "Ravi", "Zoe", "Omar", "Hana", "Pablo", "Ebba", "Sven",
          "Aiko", "Nuno", "Farah", "Igor", "Lupe", "Chen", "Dara"]  # fmt: skip
@@ -59,11 +68,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a few documents: a smoke run")
     parser.add_argument("--chunk-tokens", type=int, default=8, help="tokens per chunk (default: %(default)s)")
+    parser.add_argument("--base-shape", action="store_true", help="a gte-base-shaped model with random weights")
     args = parser.parse_args(argv)
+    if not args.base_shape:
+        return measure(DEFAULT_MODEL, args)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from corpus_bench import base_shape_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(base_shape_model(Path(tmp)), args)
+
+
+def measure(model: str, args: argparse.Namespace) -> None:
     count = 10 if args.tiny else 200
     texts, spans, who = documents(count)
-    embedder = gte.Embedder(show_progress=False)
-    cls = gte.Embedder(pooling="cls", show_progress=False)
+    embedder = gte.Embedder(model, pooling="mean", show_progress=False)
+    cls = gte.Embedder(model, pooling="cls", show_progress=False)
     chunks, late = embedder.encode_chunks(texts, chunk_tokens=args.chunk_tokens, late=True)
     _, naive = embedder.encode_chunks(texts, chunk_tokens=args.chunk_tokens)
     _, naive_cls = cls.encode_chunks(texts, chunk_tokens=args.chunk_tokens)
@@ -74,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             qrels[f"q{len(queries)}"] = relevant
             queries.append(FACTS[fact][2].format(kind=kind, name=name))
     q_mean, q_cls = embedder.encode(queries), cls.encode(queries)
-    rows = [("naive, mean pooling (the checkpoint's)", naive, q_mean), ("naive, CLS pooling", naive_cls, q_cls),
+    rows = [("naive, mean pooling", naive, q_mean), ("naive, CLS pooling", naive_cls, q_cls),
             ("late chunking (mean of the document's token states)", late, q_mean)]  # fmt: skip
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; model {embedder.model_name}; "
           f"{count} documents, {len(chunks)} chunks of {args.chunk_tokens} tokens, {len(queries)} queries\n")  # fmt: skip

@@ -37,13 +37,17 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
 
 
 # ------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def still_model(tmp_path_factory) -> Path:
-    """The tiny GTE checkpoint without dropout: two implementations draw no random masks to disagree on."""
-    out = build_tiny_model(tmp_path_factory.mktemp("still"))
+def without_dropout(out: Path) -> Path:
+    """The checkpoint at `out` with dropout 0: two implementations draw no random masks to disagree on."""
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.0}, indent=2))
     return out
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory) -> Path:
+    """The tiny GTE checkpoint, without dropout."""
+    return without_dropout(build_tiny_model(tmp_path_factory.mktemp("still")))
 
 
 @pytest.fixture(scope="module")
@@ -440,10 +444,8 @@ def test_cli_errors_are_one_line(tmp_path, still_model, rows_file):
 # ------------------------------------------------------------------------------------ cross-encoders
 @pytest.fixture(scope="module")
 def still_reranker(tmp_path_factory) -> Path:
-    out = build_reranker_model(tmp_path_factory.mktemp("still-reranker"))
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.0}, indent=2))
-    return out
+    """The tiny gte-multilingual-reranker-base, without dropout."""
+    return without_dropout(build_reranker_model(tmp_path_factory.mktemp("still-reranker")))
 
 
 def labelled_file(folder: Path, queries: int = 6, per_query: int = 3) -> tuple[Path, list[dict]]:
@@ -519,3 +521,9 @@ def test_cli_train_rerank(tmp_path, reranker_model_dir):
     refused = subprocess.run([*GTE, "train", "rerank", "--data", str(path), "--model", str(reranker_model_dir), "-o",
                               str(tmp_path / "out"), "--loss", "mnrl"], env=ENV, capture_output=True, text=True)  # fmt: skip
     assert refused.returncode == 2 and "invalid choice: 'mnrl'" in refused.stderr
+
+
+def test_train_rerank_refuses_an_embedding_evaluation(tmp_path, reranker_model_dir):
+    path, _ = labelled_file(tmp_path)
+    with pytest.raises(ValueError, match="--eval measures embedding models"):
+        gte.train_rerank(path, tmp_path / "out", model=reranker_model_dir, eval=path)

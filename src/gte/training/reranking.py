@@ -77,7 +77,7 @@ def read_pairs(location: str | Path) -> Pairs:
 
 
 class RerankTask:
-    """A cross-encoder for `trainer.Run`: units are pairs (bce) or queries (listnet)."""
+    """A cross-encoder for `trainer.Run`: units are pairs (bce) or queries (listnet); no `evaluate`."""
 
     default_loss = "bce"
 
@@ -126,10 +126,6 @@ class RerankTask:
 
     def save(self, source: Path, out: Path) -> None:
         checkpoint.save_model(self.model, source, out)
-
-    def evaluate(self, location: Any) -> dict[str, float]:
-        raise ValueError("--eval measures embedding models (retrieval); evaluate a reranker with gte eval retrieval "
-                         "--rerank on its saved directory")  # fmt: skip
 
 
 def _text(value: Any) -> bool:

@@ -127,7 +127,7 @@ def train_rerank(data: str | os.PathLike, output: str | os.PathLike, **options: 
 
 def _run(task: type, data: str | os.PathLike, output: str | os.PathLike, options: dict[str, Any]) -> Result:
     run_options = Options(**{"loss": task.default_loss} | options)
-    if run_options.eval is not None and task is RerankTask:
+    if run_options.eval is not None and not hasattr(task, "evaluate"):
         raise ValueError("--eval measures embedding models (retrieval); evaluate a reranker with gte eval retrieval "
                          "--rerank on its saved directory")  # fmt: skip
     world, device = join(run_options.device)
