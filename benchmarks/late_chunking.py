@@ -4,6 +4,7 @@ against late chunks, scored with gte's trec_eval metrics.
     python benchmarks/late_chunking.py              # the embedded default model
     python benchmarks/late_chunking.py --tiny       # fewer documents: a smoke run
     python benchmarks/late_chunking.py --base-shape # the gte-base shape, random weights (its numbers are noise: see below)
+    python benchmarks/late_chunking.py --model Alibaba-NLP/gte-base-en-v1.5   # the real one, where it can be downloaded
 
 The set is generated: one document per animal, its name and kind only in the first sentence ("Bruno is a bear
 from Alaska."), its facts in later ones that name it by pronoun only ("It eats salmon. It sleeps in a cave.").
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a few documents: a smoke run")
     parser.add_argument("--chunk-tokens", type=int, default=8, help="tokens per chunk (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a checkpoint (default: %(default)s, embedded)")
     parser.add_argument("--base-shape", action="store_true", help="a gte-base-shaped model with random weights")
     args = parser.parse_args(argv)
     if not args.base_shape:
-        return measure(DEFAULT_MODEL, args)
+        return measure(args.model, args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from corpus_bench import base_shape_model
 
