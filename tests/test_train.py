@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,13 +25,13 @@ import gte
 from fixtures import (
     ENGLISH_WORDS, MULTILINGUAL_WORDS, build_reranker_model, build_sentence_transformer, build_tiny_model, generate_corpus,
 )
-from gte.embed import Embedder
+from gte.embed import Embedder, TruncationWarning
 from gte.sources import InputError
 from gte.training import checkpoint, data, forward, losses
 from gte.training.distributed import World
 from gte.training.embedding import make_loss, tokenize
 from gte.training.reranking import RerankTask, read_pairs
-from gte.training.trainer import Options
+from gte.training.trainer import Options, checkpointing
 
 GTE = [sys.executable, "-m", "gte_cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -164,6 +165,19 @@ def test_the_cache_replays_dropout(tiny_model_dir):
     assert_same_gradients(runs[1][1], runs[0][1])
 
 
+def test_gradient_checkpointing_changes_memory_not_gradients(still_model):
+    texts = columns(3)
+    runs = []
+    for recompute in (False, True):
+        ours = Embedder(str(still_model), device="cpu", trainable=True)
+        if recompute:
+            checkpointing(ours.model)
+        ids = [[np.asarray(r, dtype=np.int32) for r in ours.tokenize(c)] for c in texts]
+        runs.append((forward.step(ours, losses.RankingLoss(), ids, [0, 0, 0], budget=40), gradients(ours.model)))
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-6)
+    assert_same_gradients(runs[1][1], runs[0][1])
+
+
 def test_loss_settings_are_checked():
     with pytest.raises(ValueError, match="query_to_doc always"):
         losses.RankingLoss(directions=("doc_to_query",))
@@ -209,6 +223,23 @@ def test_prompts_as_the_checkpoint_defines_them(tmp_path, still_model):
     assert prompts == ["query: ", "passage: ", "passage: "]
     assert skips == [embedder.prompt_length("query: "), *[embedder.prompt_length("passage: ")] * 2] and skips[0] > 0
     assert list(tokens[0].take([0])[0]) == embedder.tokenize("a b", prompt="query: ")[0]
+
+
+def test_tokenized_in_slices_with_one_truncation_warning(monkeypatch):
+    monkeypatch.setattr(data, "TOKENIZE_ROWS", 3)
+    texts = ["ab", "abcdef", "c", "defg", "e", "fgh", "hij"]
+
+    def tokenize(chunk: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        cut = sum(len(t) > 3 for t in chunk)
+        if cut:
+            warnings.warn(TruncationWarning("one slice", cut))
+        return [[ord(c) for c in t[:3]] for t in chunk], [[0] * len(t[:3]) for t in chunk]
+
+    with pytest.warns(TruncationWarning) as caught:
+        ids, types = data.Tokens.tokenized(texts, tokenize, 3)
+    assert [str(w.message) for w in caught] == ["2 of 7 training texts were longer than max_length=3 tokens and were truncated"]
+    assert [r.tolist() for r in ids.take(list(range(7)))] == [[ord(c) for c in t[:3]] for t in texts]
+    assert ids.lengths().tolist() == types.lengths().tolist() == [len(t[:3]) for t in texts]
 
 
 def test_epoch_order_is_fixed_by_seed_and_epoch():
@@ -309,7 +340,7 @@ def test_resume_refuses_other_settings(tmp_path, still_model, rows_file):
 
 RANK_STEP = """
 import sys, numpy as np, torch
-from gte.embed import Embedder
+from gte.embed import Embedder, TruncationWarning
 from gte.training import data, forward, losses
 from gte.training.distributed import join
 model, rows_file, out, loss_name, cached = sys.argv[1:6]

@@ -9,6 +9,8 @@ its text columns in order, the first the anchor, the second the positive, the re
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..embed import TruncationWarning
 from ..sources import InputError
 
 ANCHOR_NAMES = ("anchor", "query", "question", "sentence1", "text1")
 POSITIVE_NAMES = ("positive", "pos", "document", "answer", "sentence2", "text2")
 FORMATS = (".jsonl", ".csv", ".parquet")
+TOKENIZE_ROWS = 8192
 
 
 @dataclass
@@ -47,6 +51,30 @@ class Tokens:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         ids = np.fromiter((i for r in rows for i in r), dtype=np.int32, count=int(offsets[-1]))
         return cls(ids, offsets)
+
+    @classmethod
+    def concat(cls, parts: list[Tokens]) -> Tokens:
+        starts = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+        offsets = np.concatenate([[0], *(p.offsets[1:] + start for p, start in zip(parts, starts))])
+        return cls(np.concatenate([p.ids for p in parts]), offsets)
+
+    @classmethod
+    def tokenized(cls, texts: list, tokenize: Callable[[list], tuple[list[list[int]], ...]], max_length: int) -> list[Tokens]:
+        """One Tokens per sequence `tokenize` returns for a slice of texts (token ids; token type ids), tokenized
+        TOKENIZE_ROWS at a time (Python lists of every id at once take gigabytes for a million rows), with one
+        TruncationWarning for them all."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncationWarning)
+            slices = [[cls.pack(rows) for rows in tokenize(texts[i : i + TOKENIZE_ROWS])]
+                      for i in range(0, len(texts), TOKENIZE_ROWS)]  # fmt: skip
+        for warning in caught:
+            if not isinstance(warning.message, TruncationWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        cut = sum(w.message.count for w in caught if isinstance(w.message, TruncationWarning))
+        if cut:
+            warnings.warn(TruncationWarning(f"{cut} of {len(texts)} training texts were longer than max_length="
+                                            f"{max_length} tokens and were truncated", cut), stacklevel=3)  # fmt: skip
+        return [cls.concat(list(parts)) for parts in zip(*slices)]
 
     def take(self, rows: list[int]) -> list[np.ndarray]:
         return [self.ids[self.offsets[r] : self.offsets[r + 1]] for r in rows]

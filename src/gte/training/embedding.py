@@ -94,7 +94,8 @@ def tokenize(embedder: Embedder, rows: Rows) -> tuple[list[str], list[int], list
     "document" prompt (sentence-transformers' encode_query / encode_document rule)."""
     document = next(name for name in ("document", "passage", "corpus") if name in embedder.prompts)
     prompts = [embedder.resolve_prompt("query")] + [embedder.resolve_prompt(document)] * (len(rows.columns) - 1)
-    tokens = [Tokens.pack(embedder.tokenize(texts, prompt=prompt)) for texts, prompt in zip(rows.columns, prompts)]
+    tokens = [Tokens.tokenized(texts, lambda chunk, prompt=prompt: (embedder.tokenize(chunk, prompt=prompt),),
+                               embedder.max_length)[0] for texts, prompt in zip(rows.columns, prompts)]  # fmt: skip
     return prompts, [embedder.prompt_length(p) for p in prompts], tokens
 
 

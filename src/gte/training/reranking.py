@@ -91,9 +91,10 @@ class RerankTask:
         self.labels = torch.tensor(pairs.labels)
         self.groups = pairs.groups() if self.listwise else [[i] for i in range(len(pairs.labels))]
         self.units = len(self.groups)
-        ids, types = self.reranker.tokenize(list(zip(pairs.queries, pairs.documents)))
-        self.ids = Tokens.pack(ids)
-        self.types = None if types is None else Tokens.pack(types)
+        inputs = list(zip(pairs.queries, pairs.documents))
+        tracks = Tokens.tokenized(inputs, lambda chunk: tuple(t for t in self.reranker.tokenize(chunk) if t is not None),
+                                  self.max_length)  # fmt: skip
+        self.ids, self.types = tracks[0], (tracks[1] if len(tracks) > 1 else None)  # token ids; token type ids
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())
