@@ -237,7 +237,7 @@ def test_tokenized_in_slices_with_one_truncation_warning(monkeypatch):
 
     with pytest.warns(TruncationWarning) as caught:
         ids, types = data.Tokens.tokenized(texts, tokenize, 3)
-    assert [str(w.message) for w in caught] == ["2 of 7 training texts were longer than max_length=3 tokens and were truncated"]
+    assert [str(w.message) for w in caught] == ["2 of 7 training inputs were longer than max_length=3 tokens and were truncated"]
     assert [r.tolist() for r in ids.take(list(range(7)))] == [[ord(c) for c in t[:3]] for t in texts]
     assert ids.lengths().tolist() == types.lengths().tolist() == [len(t[:3]) for t in texts]
 

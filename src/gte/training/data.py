@@ -72,7 +72,7 @@ class Tokens:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         cut = sum(w.message.count for w in caught if isinstance(w.message, TruncationWarning))
         if cut:
-            warnings.warn(TruncationWarning(f"{cut} of {len(texts)} training texts were longer than max_length="
+            warnings.warn(TruncationWarning(f"{cut} of {len(texts)} training inputs were longer than max_length="
                                             f"{max_length} tokens and were truncated", cut), stacklevel=3)  # fmt: skip
         return [cls.concat(list(parts)) for parts in zip(*slices)]
 
