@@ -320,3 +320,53 @@ def build_sentence_transformer(
     model = SentenceTransformer(modules=modules, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name)
     model.save(str(out))
     return out
+
+
+# ------------------------------------------------------------------------------ nomic-bert checkpoints
+NOMIC_PROMPTS = {"query": "search_query: ", "document": "search_document: ", "classification": "classification: ",
+                 "clustering": "clustering: "}  # fmt: skip  # nomic-embed-text-v1.5's config_sentence_transformers.json
+NOMIC_AUTO_MAP = {"AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+                  "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}  # fmt: skip
+
+
+def nomic_bert_config(tokenizer: Tokenizer, architecture: str = "NomicBertModel", **overrides):
+    """A 2-layer, hidden-32 transformers NomicBertConfig shaped like nomic-embed-text-v1.5 (SwiGLU, no biases, rope
+    theta 1000, two token types, LayerNorm eps 1e-12); 64 positions, so longer inputs test RoPE past them."""
+    import transformers
+
+    return transformers.NomicBertConfig(**TINY_SHAPE, vocab_size=round_up(tokenizer.get_vocab_size()),
+                                        max_position_embeddings=64, num_labels=1, architectures=[architecture],
+                                        **overrides)  # fmt: skip
+
+
+def remote_nomic_config(config) -> dict:
+    """`config` (a transformers NomicBertConfig) as the hub checkpoints spell it for nomic's remote code."""
+    return {
+        "model_type": "nomic_bert", "architectures": config.architectures, "auto_map": NOMIC_AUTO_MAP,
+        "activation_function": "swiglu", "n_embd": config.hidden_size, "n_head": config.num_attention_heads,
+        "n_layer": config.num_hidden_layers, "n_inner": config.intermediate_size, "n_positions": 8192,
+        "max_trained_positions": config.max_position_embeddings, "vocab_size": config.vocab_size,
+        "pad_vocab_size_multiple": 64, "layer_norm_epsilon": config.layer_norm_eps, "type_vocab_size": 2,
+        "rotary_emb_base": config.rope_parameters["rope_theta"], "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False, "rotary_emb_scale_base": None, "rotary_scaling_factor": None,
+        "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False, "prenorm": False, "parallel_block": False,
+        "parallel_block_tied_norm": False, "causal": False, "use_rms_norm": False, "fused_bias_fc": True,
+        "fused_dropout_add_ln": True, "use_flash_attn": True, "dense_seq_output": True, "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": config.initializer_range,
+    }  # fmt: skip
+
+
+def build_nomic_bert_model(out: Path, architecture: str = "NomicBertModel", *, remote: bool = False, seed: int = 6,
+                           **overrides) -> Path:  # fmt: skip
+    """A tiny random checkpoint saved by transformers' own NomicBert class (the hub's weight names), with the English
+    tokenizer; `remote`: its config.json in the hub's spelling (nomic's remote code) instead of transformers'."""
+    import transformers
+
+    tok = _english_tokenizer()
+    torch.manual_seed(seed)
+    config = nomic_bert_config(tok, architecture, **overrides)
+    getattr(transformers, architecture)(config).save_pretrained(out)
+    save_tokenizer(tok, out, multilingual=False, max_length=128)
+    if remote:
+        (out / "config.json").write_text(json.dumps(remote_nomic_config(config), indent=2))
+    return out

@@ -92,6 +92,7 @@ def test_defaults():
     assert config.model_type == "new"
     assert {key: getattr(config, key) for key in DEFAULTS} == DEFAULTS
     assert config.tie_word_embeddings is True
+    assert (config.gated_mlp, config.attention_bias, config.mlp_bias) == (True, True, True)  # ours: the official model
 
 
 @pytest.mark.parametrize(
@@ -105,6 +106,8 @@ def test_defaults():
         ({"rope_scaling": "ntk"}, "rope_scaling"),
         ({"hidden_size": 100, "num_attention_heads": 12}, "hidden_size"),
         ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"attention_bias": "no"}, "attention_bias"),
+        ({"mlp_bias": None}, "mlp_bias"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_key(kwargs, key):

@@ -133,6 +133,8 @@ UNSUPPORTED = {
     "qa": ({"architectures": ["NewForQuestionAnswering"]}, "NewForQuestionAnswering"),
     "mc": ({"architectures": ["NewForMultipleChoice"]}, "NewForMultipleChoice"),
     "mlm_silu": ({"architectures": ["NewForMaskedLM"], "hidden_act": "silu"}, "hidden_act='silu'"),
+    "no attention bias": ({"attention_bias": False}, "attention_bias=False"),
+    "no mlp bias": ({"mlp_bias": False}, "mlp_bias=False"),
 }
 
 

@@ -55,7 +55,8 @@ def test_the_projections_are_int8_and_the_rest_float32(quantized):
 
 
 @pytest.mark.skipif(not supported(torch.float32), reason="no packed oneDNN kernel on this machine / torch build")
-@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}], ids=["packed-qkv", "split-qkv", "plain-mlp"])
+@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}, {"attention_bias": False, "mlp_bias": False}],
+                         ids=["packed-qkv", "split-qkv", "plain-mlp", "no-bias"])
 def test_quantize_after_prepack_gives_the_same_model(config):
     """Packing then quantizing gives what quantizing alone does (a packed weight is the float32 weight); packing an
     int8 model finds nothing to pack. The loader quantizes the unpacked model: packing first would be wasted."""

@@ -21,7 +21,8 @@ def packed_modules(model: torch.nn.Module) -> list[PackedLinear]:
     return [module for module in model.modules() if isinstance(module, PackedLinear)]
 
 
-@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}], ids=["packed-qkv", "split-qkv", "plain-mlp"])
+@pytest.mark.parametrize("config", [{}, {"pack_qkv": False}, {"gated_mlp": False}, {"attention_bias": False, "mlp_bias": False}],
+                         ids=["packed-qkv", "split-qkv", "plain-mlp", "no-bias"])
 def test_packed_layers_give_the_linear_numbers(config):
     torch.manual_seed(0)
     model = gte.NewModel(small_config(**config)).eval()

@@ -246,7 +246,7 @@ def model_info(model: str, revision: str | None = None, int8: bool = False) -> d
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
             "max_position_embeddings", "type_vocab_size", "hidden_act", "position_embedding_type", *rope,
             "layer_norm_type", "logn_attention_scale", "logn_attention_clip1", "pack_qkv",
-            "gated_mlp")  # fmt: skip
+            "gated_mlp", "attention_bias", "mlp_bias")  # fmt: skip
     return {
         "model": model,
         "path": str(path),

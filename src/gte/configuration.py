@@ -1,8 +1,10 @@
 """`NewConfig`: the configuration of the GTE "new" encoder (HF `model_type: "new"`).
 
 Accepts every key that official `config.json` files carry, with the original implementation's
-defaults, and validates the values that shape the model. One key of our own, `gated_mlp` (default
-true, the official GLU), describes checkpoints converted from BERT-family models (`gte.convert`).
+defaults, and validates the values that shape the model. Keys of our own describe checkpoints converted from
+other families (`gte.convert`); their defaults are the official model's: `gated_mlp` (true: the official GLU;
+false: BERT's feed-forward), `attention_bias` (the q/k/v and output projections' biases) and `mlp_bias` (the
+feed-forward's biases outside the GLU's up/gate projection, which never has one); nomic-bert has neither.
 
 Importing this module registers model_type "new" with transformers' AutoConfig; the first NewConfig built
 imports `gte.modeling`, which registers the model classes with AutoModel & co. An Auto class looks a model up
@@ -54,6 +56,8 @@ class NewConfig(PretrainedConfig):
         logn_attention_scale: bool = False,
         logn_attention_clip1: bool = False,
         gated_mlp: bool = True,
+        attention_bias: bool = True,
+        mlp_bias: bool = True,
         **kwargs: Any,
     ):
         kwargs.setdefault("pad_token_id", 0)
@@ -82,6 +86,8 @@ class NewConfig(PretrainedConfig):
         self.logn_attention_scale = logn_attention_scale
         self.logn_attention_clip1 = logn_attention_clip1
         self.gated_mlp = gated_mlp
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
         self.validate_new()
         importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
 
@@ -100,6 +106,9 @@ class NewConfig(PretrainedConfig):
             )
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(sorted(ACT2FN))}")
+        for key in ("gated_mlp", "attention_bias", "mlp_bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _check_choice("layer_norm_type", self.layer_norm_type, LAYER_NORM_TYPES)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         if self.rope_scaling is not None:

@@ -80,12 +80,12 @@ class NewAttention(nn.Module):
     def __init__(self, config: NewConfig):
         super().__init__()
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
-        hidden = config.hidden_size
+        hidden, bias = config.hidden_size, config.attention_bias
         if config.pack_qkv:
-            self.qkv_proj = nn.Linear(hidden, 3 * hidden)
+            self.qkv_proj = nn.Linear(hidden, 3 * hidden, bias=bias)
         else:
-            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(hidden, hidden) for _ in range(3))
-        self.o_proj = nn.Linear(hidden, hidden)
+            self.q_proj, self.k_proj, self.v_proj = (nn.Linear(hidden, hidden, bias=bias) for _ in range(3))
+        self.o_proj = nn.Linear(hidden, hidden, bias=bias)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """[T, H] -> [T, 3 (q, k, v), heads, head_dim]."""
@@ -126,7 +126,7 @@ class NewGatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = config.intermediate_size
         self.up_gate_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -141,8 +141,8 @@ class NewMLP(nn.Module):
 
     def __init__(self, config: NewConfig):
         super().__init__()
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

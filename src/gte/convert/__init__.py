@@ -3,6 +3,7 @@
 Each layout is declared as data in its own module:
     native_gte   transformers' native `gte` (model_type "gte") <-> official `new`, both ways
     bert         BERT and XLM-RoBERTa (model_type "bert", "xlm-roberta") -> `new` with BERT's MLP
+    nomic_bert   nomic-bert (model_type "nomic_bert": nomic-embed-text) -> `new` without biases
 
 `NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
 `new_config` read a config.json of any layout without touching the weights, `new_shapes` the names and
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from ..configuration import NewConfig
-from . import bert, native_gte
+from . import bert, native_gte, nomic_bert
 from .files import ConversionError, read_config, read_weights
 from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
 
@@ -45,6 +46,9 @@ LAYOUTS: dict[str, Layout] = {
         native_gte.config_from_native, lambda weights, raw: state_dict_from_native(weights), native_gte.architecture
     ),
     **dict.fromkeys(bert.MODEL_TYPES, _BERT),
+    nomic_bert.MODEL_TYPE: Layout(
+        nomic_bert.config_from_nomic_bert, nomic_bert.state_dict_from_nomic_bert, nomic_bert.architecture
+    ),
 }
 MODEL_TYPES = ("new", *LAYOUTS)
 
@@ -114,6 +118,6 @@ def _model_type(raw: dict[str, Any]) -> str:
     if model_type not in MODEL_TYPES:
         raise ConversionError(
             f"gte runs GTE v1.5 checkpoints (model_type 'new', or transformers' native 'gte') and BERT-family ones "
-            f"('bert', 'xlm-roberta'); this one is {model_type!r}"
+            f"('bert', 'xlm-roberta') and nomic-bert ('nomic_bert'); this one is {model_type!r}"
         )
     return model_type

@@ -27,6 +27,7 @@ from .files import ConversionError
 MODEL_TYPES = ("bert", "xlm-roberta")
 ELSEWHERE = "run it with transformers or sentence-transformers instead"
 BASE_PREFIXES = ("bert.", "roberta.")  # the base model inside a head checkpoint
+BASE_ROOTS = ("embeddings.", "encoder.", "pooler.")  # the base model's own modules
 
 # Their name -> ours, inside the base model. {i}: the layer index.
 EMBEDDINGS = {
@@ -143,18 +144,18 @@ def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) 
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights.items():
-        inner = _strip_base_prefix(name)
+        inner = strip_base_prefix(name, BASE_PREFIXES, BASE_ROOTS)
         if inner is None:  # a head weight
             if arch.new_class != "NewModel":
-                out[_rename_head(name, arch.heads)] = tensor
+                out[rename_head(name, arch.heads)] = tensor
             continue
         if inner.startswith(BUFFERS):
             continue
-        module, kind = _split_parameter(inner, name)
+        module, kind = split_parameter(inner, name)
         layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
         if layer is None:
             if module not in EMBEDDINGS:
-                raise _unknown(name)
+                raise unknown_weight(name)
             if module == "embeddings.position_embeddings":
                 tensor = tensor[position_offset(full):]
             out[f"{base_prefix}{EMBEDDINGS[module]}.{kind}"] = tensor
@@ -166,36 +167,36 @@ def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) 
         elif part in LAYER:
             out[f"{target}{LAYER[part]}.{kind}"] = tensor
         else:
-            raise _unknown(name)
+            raise unknown_weight(name)
     for name, parts in qkv.items():
         out[name] = torch.cat([parts[p] for p in QKV])
     return out
 
 
-def _strip_base_prefix(name: str) -> str | None:
-    """The name inside the base model, or None for a head weight."""
-    for prefix in BASE_PREFIXES:
+def strip_base_prefix(name: str, prefixes: tuple[str, ...], roots: tuple[str, ...]) -> str | None:
+    """The name inside the base model (stored under one of `prefixes`, or bare under one of its `roots`), or None
+    for a head weight."""
+    for prefix in prefixes:
         if name.startswith(prefix):
             return name[len(prefix):]
-    return name if name.startswith(("embeddings.", "encoder.", "pooler.")) else None
+    return name if name.startswith(roots) else None
 
 
-def _split_parameter(inner: str, name: str) -> tuple[str, str]:
+def split_parameter(inner: str, name: str) -> tuple[str, str]:
     module, _, kind = inner.rpartition(".")
     if kind not in PARAMETER_NAMES:
-        raise _unknown(name)
+        raise unknown_weight(name)
     return module, PARAMETER_NAMES[kind]
 
 
-def _rename_head(name: str, heads: dict[str, str]) -> str:
+def rename_head(name: str, heads: dict[str, str]) -> str:
     module, _, kind = name.rpartition(".")
     if module not in heads:
-        raise _unknown(name)
+        raise unknown_weight(name)
     return f"{heads[module]}.{PARAMETER_NAMES.get(kind, kind)}"
 
 
-def _unknown(name: str) -> ConversionError:
+def unknown_weight(name: str) -> ConversionError:
     return ConversionError(
-        f"weight {name!r} has no place in gte's encoder: this BERT-family checkpoint is a variant gte cannot run "
-        f"exactly; {ELSEWHERE}"
+        f"weight {name!r} has no place in gte's encoder: this checkpoint is a variant gte cannot run exactly; {ELSEWHERE}"
     )

@@ -55,6 +55,8 @@ def native_config(config: NewConfig) -> dict[str, Any]:
         "position_embedding_type='absolute'": config.position_embedding_type == "absolute",
         "rope_scaling mixed_b": bool(config.rope_scaling and config.rope_scaling.get("mixed_b") is not None),
         "gated_mlp=False (BERT's feed-forward)": not config.gated_mlp,
+        "attention_bias=False (projections without biases)": not config.attention_bias,
+        "mlp_bias=False (a feed-forward without biases)": not config.mlp_bias,
         f"a masked-LM head with hidden_act={config.hidden_act!r} (native: always 'gelu')": _mlm_act_differs(
             config.architectures, config.hidden_act
         ),

@@ -1,0 +1,203 @@
+"""nomic-bert checkpoints on our engine (gte.convert.nomic_bert): the numbers of transformers' own NomicBert
+classes on every backend, padded and unpadded, past the model's positions; the hub's config spelling (nomic's
+remote code) read as transformers' is; sentence-transformers' vectors with nomic's prompts; write_back into the
+hub's names; a clear refusal for every variant we cannot run exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+
+import fixtures
+import gte
+from gte import NewForSequenceClassification, NewModel
+from gte.convert import ConversionError, write_back
+from gte.convert.files import read_weights
+from gte.convert.nomic_bert import ARCHITECTURES, config_from_nomic_bert
+from model_helpers import collected_warnings, random_batch
+
+ATOL = 1e-5
+BACKENDS = gte.available_backends("cpu", torch.float32)
+OURS = {"NomicBertModel": NewModel, "NomicBertForSequenceClassification": NewForSequenceClassification}
+LENGTHS = [9, 4, 100, 1, 13]  # 100: past the checkpoints' 64 positions, where RoPE goes on as it starts
+TEXTS = ["the quick brown fox jumps over the lazy dog", "paris", "", "deep neural network " * 30]
+pytestmark = pytest.mark.filterwarnings("ignore::gte.embed.TruncationWarning")
+
+
+@pytest.fixture(scope="module")
+def nomic(tmp_path_factory):
+    """nomic(architecture="NomicBertModel", remote=False, **config) -> a tiny checkpoint saved by transformers' own
+    class (fixtures.build_nomic_bert_model), built on first use."""
+    built = {}
+
+    def get(architecture: str = "NomicBertModel", remote: bool = False, **overrides):
+        key = (architecture, remote, json.dumps(overrides, sort_keys=True))
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"{architecture}-{'remote' if remote else 'native'}")
+            built[key] = fixtures.build_nomic_bert_model(out, architecture, remote=remote, **overrides)
+        return built[key]
+
+    return get
+
+
+def outputs(model, batch, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch, **kwargs)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state[batch["attention_mask"].bool()]
+
+
+def assert_same(ours, theirs, lengths=LENGTHS, **kwargs) -> None:
+    batch = random_batch(theirs.config, lengths)
+    torch.testing.assert_close(outputs(ours, batch, **kwargs), outputs(theirs, batch), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("architecture", list(OURS))
+def test_same_numbers_as_transformers(nomic, architecture, backend, unpad):
+    path = nomic(architecture)
+    theirs = getattr(transformers, architecture).from_pretrained(path).eval()
+    with collected_warnings() as found:
+        ours = OURS[architecture].from_pretrained(path, attn_implementation=backend).eval()
+    assert not found
+    assert not ours.config.attention_bias and not ours.config.mlp_bias
+    assert_same(ours, theirs, unpad_inputs=unpad)
+
+
+def test_the_hub_spelling_reads_as_transformers_spelling(nomic):
+    """A config.json in the hub's spelling (n_embd, rotary_emb_base, qkv_proj_bias, ...) gives the config and the
+    numbers of the same checkpoint in transformers' spelling."""
+    native, remote = NewModel.from_pretrained(nomic()).eval(), NewModel.from_pretrained(nomic(remote=True)).eval()
+    shape = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+             "type_vocab_size", "layer_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "mlp_bias", "gated_mlp")
+    assert {k: getattr(remote.config, k) for k in shape} == {k: getattr(native.config, k) for k in shape}
+    assert remote.config.max_position_embeddings == 8192  # n_positions: the rotary table's first length, no limit
+    batch = random_batch(native.config, LENGTHS)
+    torch.testing.assert_close(outputs(remote, batch), outputs(native, batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500.0])
+def test_rope_theta_as_the_checkpoint_declares_it(nomic, theta):
+    """transformers' rope_parameters and the hub's rotary_emb_base both set the frequencies' base."""
+    path = nomic(rope_parameters={"rope_type": "default", "rope_theta": theta})
+    ours = NewModel.from_pretrained(path).eval()
+    assert ours.config.rope_theta == theta
+    assert_same(ours, transformers.NomicBertModel.from_pretrained(path).eval())
+    assert config_from_nomic_bert(configs(path)["hub"]).rope_theta == theta
+
+
+def test_gelu_glu(nomic):
+    path = nomic(hidden_act="gelu")
+    assert_same(NewModel.from_pretrained(path).eval(), transformers.NomicBertModel.from_pretrained(path).eval())
+
+
+def test_base_model_from_heads(nomic):
+    """The encoder of a masked-LM or classifier checkpoint: their head weights are left behind."""
+    for architecture in ("NomicBertForMaskedLM", "NomicBertForSequenceClassification"):
+        path = nomic(architecture)
+        reference = transformers.NomicBertModel.from_pretrained(path).eval()
+        assert_same(NewModel.from_pretrained(path).eval(), reference)
+
+
+def test_transformers_keeps_its_own_nomic_bert_classes(nomic):
+    assert type(transformers.AutoModel.from_pretrained(nomic())) is transformers.NomicBertModel
+
+
+# ------------------------------------------------------------------------------ Embedder, sentence-transformers
+def test_embedder_equals_sentence_transformers_with_nomic_prompts(nomic, tmp_path):
+    path = fixtures.build_sentence_transformer(tmp_path, nomic(), pooling="mean", normalize=True,
+                                               prompts=fixtures.NOMIC_PROMPTS)  # fmt: skip
+    reference = SentenceTransformer(str(path), device="cpu")
+    assert type(reference[0].auto_model) is transformers.NomicBertModel  # their class, not ours
+    embedder = gte.Embedder(path)
+    assert embedder.pooling == "mean" and embedder.prompts == fixtures.NOMIC_PROMPTS
+    pairs = {
+        "query": (embedder.encode_query(TEXTS), reference.encode_query(TEXTS)),
+        "document": (embedder.encode_document(TEXTS), reference.encode_document(TEXTS)),
+        "clustering": (embedder.encode(TEXTS, prompt_name="clustering"), reference.encode(TEXTS, prompt_name="clustering")),
+        "none": (embedder.encode(TEXTS), reference.encode(TEXTS)),
+    }
+    for name, (got, expected) in pairs.items():
+        np.testing.assert_allclose(got, expected, atol=ATOL, err_msg=name)
+    assert not np.allclose(pairs["query"][0], pairs["none"][0])  # the prompts did change the vectors
+
+
+def test_info_describes_a_nomic_checkpoint(nomic, tmp_path, capsys):
+    from gte_cli import main
+
+    path = fixtures.build_sentence_transformer(tmp_path, nomic(), pooling="mean", prompts=fixtures.NOMIC_PROMPTS)
+    (path / "config.json").write_text((nomic(remote=True) / "config.json").read_text())  # the hub's spelling
+    assert main(["info", "--json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "nomic_bert (converted as it loads)" and report["architecture"] == "NewModel"
+    assert (report["gated_mlp"], report["attention_bias"], report["mlp_bias"], report["hidden_act"]) == (True, False, False, "silu")
+    assert (report["rope_theta"], report["prompts"], report["pooling"]) == (1000.0, fixtures.NOMIC_PROMPTS, "mean")
+
+
+# ------------------------------------------------------------------------------ write_back
+@pytest.mark.parametrize("architecture", list(OURS))
+def test_write_back_of_an_unchanged_model_gives_the_stored_tensors(nomic, architecture):
+    """Our parameters written back into the hub's names (fc11 / fc12 unstacked) are the stored tensors, exactly."""
+    path = nomic(architecture)
+    ours = OURS[architecture].from_pretrained(path)
+    stored = read_weights(str(path), {})
+    written = write_back(str(path), ours.state_dict())
+    assert written.keys() == stored.keys()
+    for name, tensor in stored.items():
+        torch.testing.assert_close(written[name], tensor, rtol=0, atol=0, msg=name)
+
+
+# ------------------------------------------------------------------------------ what we refuse
+def configs(path) -> dict[str, dict]:
+    """The checkpoint's config.json in transformers' spelling ("native") and in the hub's ("hub")."""
+    native = json.loads((path / "config.json").read_text())
+    return {"native": native, "hub": fixtures.remote_nomic_config(transformers.NomicBertConfig.from_pretrained(path))}
+
+
+REFUSED = {  # name: (spelling, overrides, what the error names)
+    "pre-norm": ("hub", {"prenorm": True}, "prenorm=True \\(pre-norm"),
+    "parallel": ("hub", {"parallel_block": True}, "parallel_block=True"),
+    "causal": ("hub", {"causal": True}, "causal=True"),
+    "partial rotary": ("hub", {"rotary_emb_fraction": 0.5}, "rotary_emb_fraction=0.5"),
+    "interleaved": ("hub", {"rotary_emb_interleaved": True}, "rotary_emb_interleaved=True"),
+    "xpos": ("hub", {"rotary_emb_scale_base": 512}, "rotary_emb_scale_base=512"),
+    "dynamic ntk": ("hub", {"rotary_scaling_factor": 2}, "rotary_scaling_factor=2 \\(dynamic NTK"),
+    "fc1 bias": ("hub", {"mlp_fc1_bias": True}, "mlp_fc1_bias=True"),
+    "rms norm": ("hub", {"use_rms_norm": True}, "use_rms_norm=True"),
+    "plain mlp": ("hub", {"activation_function": "gelu"}, "activation_function='gelu'"),
+    "moe": ("hub", {"moe_every_n_layers": 2, "num_experts": 8}, "mixture-of-experts"),
+    "remote classifier": ("hub", {"architectures": ["NomicBertForSequenceClassification"]}, "a head of nomic's remote code"),
+    "architecture": ("hub", {"architectures": ["NomicBertForTokenClassification"]}, "NomicBertForTokenClassification"),
+    "rope scaling": ("native", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1000.0, "factor": 2.0}},
+                     "rotary scaling"),
+    "head_dim": ("native", {"head_dim": 16}, "head_dim=16"),
+    "activation": ("native", {"hidden_act": "swiglu"}, "hidden_act='swiglu'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_variants_we_cannot_run_are_refused_by_name(nomic, name, tmp_path):
+    spelling, overrides, needle = REFUSED[name]
+    config = configs(nomic())[spelling] | overrides
+    with pytest.raises(ConversionError, match=needle) as error:
+        config_from_nomic_bert(config)
+    assert "transformers" in str(error.value)  # says what to use instead
+    for file in nomic().iterdir():  # the checkpoint with this config.json: refused as it loads
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for load in (NewModel.from_pretrained, gte.Embedder):
+        with pytest.raises(ConversionError, match=needle):
+            load(tmp_path)
+
+
+def test_every_declared_architecture_converts(nomic):
+    spellings = configs(nomic())
+    for name, arch in ARCHITECTURES.items():
+        assert config_from_nomic_bert(spellings["native"] | {"architectures": [name]}).architectures == [arch.new_class]
+        if arch.new_class == "NewModel":  # nomic's remote code: its encoder classes
+            assert config_from_nomic_bert(spellings["hub"] | {"architectures": [name]}).architectures == ["NewModel"]
