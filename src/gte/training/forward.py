@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..embed import Embedder, cut_batches
 from ..padding import Packing
-from .losses import Gather, Loss
+from .losses import Gather, Loss, local
 
 Column = Sequence[np.ndarray]  # one column's rows of token ids
 
@@ -56,18 +56,24 @@ def step(
     budget: int,
     *,
     cached: bool = False,
-    gather: Gather | None = None,
+    gather: Gather = local,
     autocast: AbstractContextManager | None = None,
 ) -> float:
     """Forward, loss and backward for one step's rows (anchors, positives, negatives); the loss's value. The
     gradients land in the parameters' .grad."""
     autocast = autocast or nullcontext()
-    extra = {} if gather is None else {"gather": gather}
-    if not cached:
-        reps = [embed(embedder, rows, skip, budget, autocast) for rows, skip in zip(columns, skips)]
-        value = loss(reps[0], reps[1:], **extra)
-        value.backward()
-        return value.item()
+    if cached:
+        return _cached_step(embedder, loss, columns, skips, budget, gather, autocast)
+    reps = [embed(embedder, rows, skip, budget, autocast) for rows, skip in zip(columns, skips)]
+    value = loss(reps[0], reps[1:], gather)
+    value.backward()
+    return value.item()
+
+
+def _cached_step(embedder: Embedder, loss: Loss, columns: Sequence[Column], skips: Sequence[int], budget: int,
+                 gather: Gather, autocast: AbstractContextManager) -> float:  # fmt: skip
+    """GradCache: vectors without gradients (each micro-batch's random state kept), the loss's gradients with
+    respect to them, then each micro-batch again, replayed, back-propagating its rows' share."""
     plans = [plan(rows, budget) for rows in columns]
     states: list[list[RandomState]] = []
     leaves = []
@@ -80,7 +86,7 @@ def step(
                 with autocast:
                     out[batch] = vectors(embedder, rows, batch, skip)
             leaves.append(out.requires_grad_())
-    value = loss(leaves[0], leaves[1:], **extra)
+    value = loss(leaves[0], leaves[1:], gather)
     value.backward()
     for rows, skip, batches, column_states, leaf in zip(columns, skips, plans, states, leaves):
         for batch, state in zip(batches, column_states):
