@@ -94,8 +94,8 @@ def test_defaults():
     assert config.tie_word_embeddings is True
     assert (config.gated_mlp, config.attention_bias, config.mlp_bias) == (True, True, True)  # ours: the official model
     ours = ("norm_position", "first_attn_norm", "norm_bias", "layer_types", "sliding_window", "local_rope_theta",
-            "classifier_pooling", "head_act", "head_bias", "pooler_norm", "decoder_bias")  # ModernBERT's switches
-    assert [getattr(config, key) for key in ours] == ["post", True, True, None, None, None, "cls", None, True, False, True]
+            "classifier_pooling", "head_act", "head_bias", "pooler_norm", "decoder_bias", "token_head")  # ModernBERT's switches
+    assert [getattr(config, key) for key in ours] == ["post", True, True, None, None, None, "cls", None, True, False, True, False]
     assert config.layer_window(0) is None
 
 

@@ -1,5 +1,5 @@
 """ModernBERT checkpoints on our engine (gte.convert.modernbert): the numbers of transformers' own ModernBert classes
-(base model, sequence classifier with "cls" and "mean" pooling, masked LM) on every CPU backend, padded and unpadded,
+(base model, sequence classifier with "cls" and "mean" pooling, masked LM, token classifier) on every CPU backend, padded and unpadded,
 with sequences below and well above the local attention window; sentence-transformers' vectors; the Reranker;
 write_back into their names; a clear refusal for what we cannot run exactly."""
 
@@ -16,7 +16,7 @@ from sentence_transformers import SentenceTransformer
 
 import fixtures
 import gte
-from gte import NewForMaskedLM, NewForSequenceClassification, NewModel
+from gte import NewForMaskedLM, NewForSequenceClassification, NewForTokenClassification, NewModel
 from gte.convert import ConversionError, write_back
 from gte.convert.files import read_weights
 from gte.convert.modernbert import config_from_modernbert
@@ -28,6 +28,7 @@ OURS = {
     "ModernBertModel": NewModel,
     "ModernBertForSequenceClassification": NewForSequenceClassification,
     "ModernBertForMaskedLM": NewForMaskedLM,
+    "ModernBertForTokenClassification": NewForTokenClassification,
 }
 # The local layers see 4 positions each way: 1 and 4 tokens lie inside one window, 40 and 13 well past it.
 LENGTHS = [9, 4, 40, 1, 13]
@@ -68,6 +69,7 @@ CASES = {  # name: (architecture, config overrides)
     "classifier-cls": ("ModernBertForSequenceClassification", {}),
     "classifier-mean": ("ModernBertForSequenceClassification", {"classifier_pooling": "mean", "num_labels": 3}),
     "masked-lm": ("ModernBertForMaskedLM", {}),
+    "token-classifier": ("ModernBertForTokenClassification", {"num_labels": 5}),
 }
 
 

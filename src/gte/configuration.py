@@ -10,7 +10,8 @@ last layer), `first_attn_norm` (false: layer 0 without its attention norm, the e
 `norm_bias` (LayerNorms with biases), `layer_types` with `sliding_window` (layers of local attention: a query sees
 the keys at most `sliding_window` positions away) and `local_rope_theta` (their RoPE base), and the heads':
 `classifier_pooling` ("cls" or "mean" before the pooler), `head_act` / `head_bias` (the pooler's and the masked-LM
-head's dense transform), `pooler_norm` (a norm after the pooler's activation), `decoder_bias`. Every default is
+head's dense transform), `pooler_norm` (a norm after the pooler's activation), `decoder_bias`, `token_head` (the token
+classifier's tokens through the pooler's transform first). Every default is
 the official model's.
 
 Importing this module registers model_type "new" with transformers' AutoConfig; the first NewConfig built
@@ -79,6 +80,7 @@ class NewConfig(PretrainedConfig):
         head_bias: bool = True,
         pooler_norm: bool = False,
         decoder_bias: bool = True,
+        token_head: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("pad_token_id", 0)
@@ -120,6 +122,7 @@ class NewConfig(PretrainedConfig):
         self.head_bias = head_bias
         self.pooler_norm = pooler_norm
         self.decoder_bias = decoder_bias
+        self.token_head = token_head
         self.validate_new()
         importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
 
@@ -144,7 +147,7 @@ class NewConfig(PretrainedConfig):
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(sorted(ACT2FN))}")
         for key in ("gated_mlp", "attention_bias", "mlp_bias", "first_attn_norm", "norm_bias", "head_bias",
-                    "pooler_norm", "decoder_bias"):
+                    "pooler_norm", "decoder_bias", "token_head"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _check_choice("layer_norm_type", self.layer_norm_type, LAYER_NORM_TYPES)

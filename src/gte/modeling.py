@@ -140,7 +140,11 @@ class NewPooler(nn.Module):
 
     def forward(self, picked: torch.Tensor, packing: Packing) -> torch.Tensor:
         """picked: the tokens `picks` names ([B, H] first tokens, or all [T, H]) -> [B, H]."""
-        x = self.activation(self.dense(packing.sequence_means(picked) if self.mean else picked))
+        return self.transform(packing.sequence_means(picked) if self.mean else picked)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, H]: dense -> activation [-> norm]."""
+        x = self.activation(self.dense(x))
         return x if self.norm is None else self.norm(x)
 
 
@@ -555,6 +559,7 @@ class NewForTokenClassification(NewPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.new = NewModel(config, add_pooling_layer=False)
+        self.head = NewPooler(config) if config.token_head else None  # its transform, per token (ModernBERT)
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -585,7 +590,7 @@ class NewForTokenClassification(NewPreTrainedModel):
             return_dict=True,
             unpad_inputs=unpad,
         )
-        head = lambda h: self.classifier(self.dropout(h))  # noqa: E731
+        head = lambda h: self.classifier(self.dropout(h if self.head is None else self.head.transform(h)))  # noqa: E731
         logits = _per_token(head, outputs.last_hidden_state, attention_mask, unpad)
         loss = None
         if labels is not None:

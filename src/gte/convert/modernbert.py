@@ -7,12 +7,12 @@ position table or token types, packed q/k/v (`Wqkv`), local attention in the lay
 "sliding_attention" (a query sees the keys at most local_attention // 2 positions away, transformers' band) with
 their own RoPE base (`local_rope_theta`), and a GeGLU whose first half of `Wi` is activated: our `up_gate_proj`
 activates its second half, so the halves swap. Its head (dense -> act -> norm) is our pooler with `pooler_norm`
-(after "cls" or "mean" pooling) and our masked-LM head's transform. Dropouts: `mlp_dropout` becomes
+(after "cls" or "mean" pooling; per token in the token classifier, `token_head`) and our masked-LM head's transform. Dropouts: `mlp_dropout` becomes
 `hidden_dropout_prob`; embedding and attention-output dropout (0 in every official checkpoint) are left out.
 
 Refused with a ConversionError naming the setting: rotary scaling (`rope_parameters` of another type), biases on
 the feed-forward's input projection (`mlp_bias`: ours has none there), activations transformers does not know,
-architectures we have no head for.
+architectures we have no head for (question answering, multiple choice).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ ARCHITECTURES = {
         "NewForSequenceClassification",
         {"head.dense": "new.pooler.dense", "head.norm": "new.pooler.norm", "classifier": "classifier"},
     ),
+    "ModernBertForTokenClassification": Architecture(
+        "NewForTokenClassification", {"head.dense": "head.dense", "head.norm": "head.norm", "classifier": "classifier"}
+    ),
 }
 
 SHARED_KEYS = (
@@ -65,7 +68,7 @@ SHARED_KEYS = (
 )  # fmt: skip
 # Ours for every ModernBERT checkpoint. Attention dropout is dropped as for BERT (our kernels take none).
 FIXED = {"position_embedding_type": "rope", "rope_scaling": None, "type_vocab_size": 0, "norm_position": "pre",
-         "first_attn_norm": False, "gated_mlp": True, "pack_qkv": True, "mlp_bias": False, "pooler_norm": True,
+         "first_attn_norm": False, "gated_mlp": True, "pack_qkv": True, "mlp_bias": False, "pooler_norm": True, "token_head": True,
          "layer_norm_type": "layer_norm", "unpad_inputs": True, "attention_probs_dropout_prob": 0.0}  # fmt: skip
 
 

@@ -42,6 +42,7 @@ _SHARED_KEYS = (
 _NEW_ONLY = {
     "norm_position": "post", "first_attn_norm": True, "norm_bias": True, "layer_types": None, "local_rope_theta": None,
     "classifier_pooling": "cls", "head_act": None, "head_bias": True, "pooler_norm": False, "decoder_bias": True,
+    "token_head": False,
 }  # fmt: skip
 # transformers' GteConfig defaults for keys a native config.json may leave out: those read here, and
 # those that differ from NewConfig's.
