@@ -370,3 +370,35 @@ def build_nomic_bert_model(out: Path, architecture: str = "NomicBertModel", *, r
     if remote:
         (out / "config.json").write_text(json.dumps(remote_nomic_config(config), indent=2))
     return out
+
+
+# ------------------------------------------------------------------------------ ModernBERT checkpoints
+def modernbert_config(tokenizer: Tokenizer, architecture: str = "ModernBertModel", **overrides):
+    """A 4-layer, hidden-32 transformers ModernBertConfig in ModernBERT-base's family: global attention every 3rd
+    layer (0 and 3), the others local with local_attention 8 (a query sees 4 positions each way), global / local
+    RoPE bases 160000 / 10000, LayerNorms without biases; 128 positions."""
+    import transformers
+
+    shape = TINY_SHAPE | {"num_hidden_layers": 4}
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    return transformers.ModernBertConfig(**shape, vocab_size=round_up(tokenizer.get_vocab_size()),
+                                         max_position_embeddings=128, local_attention=8, global_attn_every_n_layers=3,
+                                         pad_token_id=tokenizer.token_to_id("[PAD]"), bos_token_id=cls, cls_token_id=cls,
+                                         eos_token_id=sep, sep_token_id=sep, architectures=[architecture],
+                                         **({"num_labels": 1} | overrides))  # fmt: skip
+
+
+def build_modernbert_model(out: Path, architecture: str = "ModernBertModel", *, seed: int = 7, **overrides) -> Path:
+    """A tiny random checkpoint saved by transformers' own ModernBert class, with the English tokenizer; every
+    parameter (norms and biases too) moved off its initial value, so that each one's place is tested."""
+    import transformers
+
+    tok = _english_tokenizer()
+    torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(modernbert_config(tok, architecture, **overrides))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.save_pretrained(out)
+    save_tokenizer(tok, out, multilingual=False, max_length=128)
+    return out

@@ -93,6 +93,10 @@ def test_defaults():
     assert {key: getattr(config, key) for key in DEFAULTS} == DEFAULTS
     assert config.tie_word_embeddings is True
     assert (config.gated_mlp, config.attention_bias, config.mlp_bias) == (True, True, True)  # ours: the official model
+    ours = ("norm_position", "first_attn_norm", "norm_bias", "layer_types", "sliding_window", "local_rope_theta",
+            "classifier_pooling", "head_act", "head_bias", "pooler_norm", "decoder_bias", "token_head")  # ModernBERT's switches
+    assert [getattr(config, key) for key in ours] == ["post", True, True, None, None, None, "cls", None, True, False, True, False]
+    assert config.layer_window(0) is None
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,14 @@ def test_defaults():
         ({"num_attention_heads": 0}, "num_attention_heads"),
         ({"attention_bias": "no"}, "attention_bias"),
         ({"mlp_bias": None}, "mlp_bias"),
+        ({"norm_position": "middle"}, "norm_position"),
+        ({"norm_bias": 1}, "norm_bias"),
+        ({"classifier_pooling": "max"}, "classifier_pooling"),
+        ({"head_act": "nope"}, "head_act"),
+        ({"layer_types": ["full_attention"]}, "layer_types"),
+        ({"num_hidden_layers": 2, "layer_types": ["full_attention", "local"]}, "layer_types"),
+        ({"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}, "sliding_window"),
+        ({"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"], "sliding_window": -1}, "sliding_window"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_key(kwargs, key):

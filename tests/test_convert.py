@@ -135,6 +135,9 @@ UNSUPPORTED = {
     "mlm_silu": ({"architectures": ["NewForMaskedLM"], "hidden_act": "silu"}, "hidden_act='silu'"),
     "no attention bias": ({"attention_bias": False}, "attention_bias=False"),
     "no mlp bias": ({"mlp_bias": False}, "mlp_bias=False"),
+    "pre-norm": ({"norm_position": "pre"}, "norm_position='pre'"),
+    "local attention": ({"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4}, "layer_types="),
+    "mean pooling": ({"classifier_pooling": "mean"}, "classifier_pooling='mean'"),
 }
 
 

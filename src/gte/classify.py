@@ -15,7 +15,6 @@ from gte_defaults import ACTIVATIONS
 from . import hub, int8
 from .embed import backend_name, check_max_length, check_side, default_batch_tokens, run_packed, sided, tokenize_texts
 from .modeling import NewForSequenceClassification
-from .padding import Packing
 
 Input = str | tuple[str, str] | list[str]  # a text, or a pair encoded together
 
@@ -157,10 +156,11 @@ class Classifier:
         out = torch.empty(len(token_ids), self.model.config.hidden_size, dtype=self.dtype, device=self.device)
         show = self.show_progress if show_progress is None else show_progress
         types = token_type_ids if self._type_ids else None
+        pooler = self.model.new.pooler
         batches = run_packed(self.model.new, token_ids, batch_tokens or self.batch_tokens, type_ids=types,
-                             picks=Packing.first_token_index, show_progress=show)  # fmt: skip
-        for batch, first, _ in batches:
-            out[batch] = self.model.new.pooler(first)  # [B, hidden]
+                             picks=pooler.picks, show_progress=show)  # fmt: skip
+        for batch, picked, packing in batches:
+            out[batch] = pooler(picked, packing)  # [B, hidden]
         return out
 
 

@@ -5,6 +5,14 @@ defaults, and validates the values that shape the model. Keys of our own describ
 other families (`gte.convert`); their defaults are the official model's: `gated_mlp` (true: the official GLU;
 false: BERT's feed-forward), `attention_bias` (the q/k/v and output projections' biases) and `mlp_bias` (the
 feed-forward's biases outside the GLU's up/gate projection, which never has one); nomic-bert has neither.
+ModernBERT's are keys too: `norm_position` ("post"; "pre": each sublayer's input normed, a final norm after the
+last layer), `first_attn_norm` (false: layer 0 without its attention norm, the embeddings' norm standing in),
+`norm_bias` (LayerNorms with biases), `layer_types` with `sliding_window` (layers of local attention: a query sees
+the keys at most `sliding_window` positions away) and `local_rope_theta` (their RoPE base), and the heads':
+`classifier_pooling` ("cls" or "mean" before the pooler), `head_act` / `head_bias` (the pooler's and the masked-LM
+head's dense transform), `pooler_norm` (a norm after the pooler's activation), `decoder_bias`, `token_head` (the token
+classifier's tokens through the pooler's transform first). Every default is
+the official model's.
 
 Importing this module registers model_type "new" with transformers' AutoConfig; the first NewConfig built
 imports `gte.modeling`, which registers the model classes with AutoModel & co. An Auto class looks a model up
@@ -23,6 +31,9 @@ from transformers import AutoConfig, PretrainedConfig
 LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 POSITION_EMBEDDING_TYPES = ("rope", "absolute")
 ROPE_SCALING_TYPES = ("ntk",)
+NORM_POSITIONS = ("post", "pre")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 
 class NewConfig(PretrainedConfig):
@@ -58,6 +69,18 @@ class NewConfig(PretrainedConfig):
         gated_mlp: bool = True,
         attention_bias: bool = True,
         mlp_bias: bool = True,
+        norm_position: str = "post",
+        first_attn_norm: bool = True,
+        norm_bias: bool = True,
+        layer_types: list[str] | None = None,
+        sliding_window: int | None = None,
+        local_rope_theta: float | None = None,
+        classifier_pooling: str = "cls",
+        head_act: str | None = None,
+        head_bias: bool = True,
+        pooler_norm: bool = False,
+        decoder_bias: bool = True,
+        token_head: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("pad_token_id", 0)
@@ -88,12 +111,29 @@ class NewConfig(PretrainedConfig):
         self.gated_mlp = gated_mlp
         self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
+        self.norm_position = norm_position
+        self.first_attn_norm = first_attn_norm
+        self.norm_bias = norm_bias
+        self.layer_types = layer_types
+        self.sliding_window = sliding_window
+        self.local_rope_theta = local_rope_theta
+        self.classifier_pooling = classifier_pooling
+        self.head_act = head_act
+        self.head_bias = head_bias
+        self.pooler_norm = pooler_norm
+        self.decoder_bias = decoder_bias
+        self.token_head = token_head
         self.validate_new()
         importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def layer_window(self, i: int) -> int | None:
+        """Layer i's attention window (a query sees keys at most this many positions away), None: every key."""
+        local = self.layer_types is not None and self.layer_types[i] == "sliding_attention"
+        return self.sliding_window if local else None
 
     def validate_new(self) -> None:
         """Raise a ValueError naming the key for values the architecture cannot take."""
@@ -106,11 +146,17 @@ class NewConfig(PretrainedConfig):
             )
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(sorted(ACT2FN))}")
-        for key in ("gated_mlp", "attention_bias", "mlp_bias"):
+        for key in ("gated_mlp", "attention_bias", "mlp_bias", "first_attn_norm", "norm_bias", "head_bias",
+                    "pooler_norm", "decoder_bias", "token_head"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _check_choice("layer_norm_type", self.layer_norm_type, LAYER_NORM_TYPES)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
+        if self.head_act is not None and (not isinstance(self.head_act, str) or self.head_act not in ACT2FN):
+            raise ValueError(f"unknown head_act {self.head_act!r}: expected null or one of {', '.join(sorted(ACT2FN))}")
+        self._validate_local_attention()
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, dict):
                 raise ValueError(f"rope_scaling must be a dict like {{'type': 'ntk', 'factor': 2.0}} or null, got {self.rope_scaling!r}")
@@ -123,6 +169,20 @@ class NewConfig(PretrainedConfig):
                 f"attention_probs_dropout_prob must be 0.0 (memory-efficient attention kernels take no dropout), "
                 f"got {self.attention_probs_dropout_prob}"
             )
+
+    def _validate_local_attention(self) -> None:
+        if self.layer_types is None:
+            return
+        if not isinstance(self.layer_types, list) or len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types must list one type per layer ({self.num_hidden_layers}), got {self.layer_types!r}")
+        for kind in self.layer_types:
+            _check_choice("layer_types entry", kind, LAYER_TYPES)
+        local = "sliding_attention" in self.layer_types
+        if local and (isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) or self.sliding_window < 0):
+            raise ValueError(f"sliding_window must be a whole number >= 0 for layer_types with 'sliding_attention', "
+                             f"got {self.sliding_window!r}")  # fmt: skip
+        if self.position_embedding_type != "rope" and self.local_rope_theta is not None:
+            raise ValueError("local_rope_theta needs position_embedding_type 'rope'; set it to null")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

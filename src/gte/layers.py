@@ -35,11 +35,16 @@ def by_chunks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.
 def make_norm(config: NewConfig) -> nn.Module:
     if config.layer_norm_type == "rms_norm":
         return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return layer_norm(config)
+
+
+def layer_norm(config: NewConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.norm_bias)
 
 
 class NewEmbeddings(nn.Module):
-    """word (+ token type) (+ absolute position) -> LayerNorm -> dropout; owns the rotary tables."""
+    """word (+ token type) (+ absolute position) -> LayerNorm -> dropout; owns the rotary tables (a second one for
+    local attention layers with their own base, `local_rope_theta`)."""
 
     def __init__(self, config: NewConfig):
         super().__init__()
@@ -51,9 +56,11 @@ class NewEmbeddings(nn.Module):
             )
         else:
             self.rotary_emb = RotaryEmbedding(config)
+            if config.local_rope_theta is not None:
+                self.local_rotary_emb = RotaryEmbedding(config, config.local_rope_theta)
         if config.type_vocab_size > 0:
             self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = layer_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -62,18 +69,21 @@ class NewEmbeddings(nn.Module):
         inputs_embeds: torch.Tensor | None,  # [T, H]
         token_type_ids: torch.Tensor | None,  # [T]
         positions: torch.Tensor,  # [T]
-    ) -> tuple[torch.Tensor, Rope | None]:
+    ) -> tuple[torch.Tensor, Rope | None, Rope | None]:
+        """hidden [T, H], the rotary cos/sin of global layers and of local attention layers (None: absolute)."""
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if hasattr(self, "token_type_embeddings"):
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(positions)
             x = x + self.token_type_embeddings(token_type_ids)
-        rope = None
+        rope = local_rope = None
         if self.position_embedding_type == "absolute":
             x = x + self.position_embeddings(positions)
         elif positions.numel():
-            rope = self.rotary_emb(positions, x.dtype)
-        return self.dropout(self.LayerNorm(x)), rope
+            rope = local_rope = self.rotary_emb(positions, x.dtype)
+            if hasattr(self, "local_rotary_emb"):
+                local_rope = self.local_rotary_emb(positions, x.dtype)
+        return self.dropout(self.LayerNorm(x)), rope, local_rope
 
 
 class NewAttention(nn.Module):
@@ -102,6 +112,7 @@ class NewAttention(nn.Module):
         logn_scale: torch.Tensor | None,  # [T]
         output_attentions: bool = False,
         subset: torch.Tensor | None = None,  # [S]: project only these tokens' outputs
+        window: int | None = None,  # keys at most this many positions from the query; None: all
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[T, H] -> [T, H] (or [S, H]), plus the attention probabilities when asked."""
         qkv = self.qkv(x)
@@ -112,9 +123,9 @@ class NewAttention(nn.Module):
         if logn_scale is not None:
             q = q * logn_scale[:, None, None]
         if output_attentions:
-            out, probs = attention_with_probs(q, k, v, packing)
+            out, probs = attention_with_probs(q, k, v, packing, window)
         else:
-            out, probs = backend.attend(q, k, v, packing), None
+            out, probs = backend.attend(q, k, v, packing, window), None
         out = out.reshape(x.shape)
         return self.o_proj(out if subset is None else out[subset]), probs
 
@@ -150,12 +161,17 @@ class NewMLP(nn.Module):
 
 
 class NewLayer(GradientCheckpointingLayer):
-    """Post-norm: h = attn_ln(h + attn(h)); h = mlp_ln(h + mlp(h))."""
+    """Post-norm: h = attn_ln(h + attn(h)); h = mlp_ln(h + mlp(h)).
+    Pre-norm (`norm_position: "pre"`): h = h + attn(attn_ln(h)); h = h + mlp(mlp_ln(h)).
+    Layer 0 has no attention norm with `first_attn_norm: false`; attention is local in the layers that
+    `layer_types` marks "sliding_attention"."""
 
-    def __init__(self, config: NewConfig):
+    def __init__(self, config: NewConfig, index: int):
         super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.window = config.layer_window(index)
         self.attention = NewAttention(config)
-        self.attn_ln = make_norm(config)
+        self.attn_ln = make_norm(config) if index or config.first_attn_norm else nn.Identity()
         self.mlp = NewGatedMLP(config) if config.gated_mlp else NewMLP(config)
         self.mlp_ln = make_norm(config)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -170,18 +186,26 @@ class NewLayer(GradientCheckpointingLayer):
         subset: torch.Tensor | None = None,  # [S]: keep only these tokens' outputs
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn, probs = self.attention(x, packing, backend, rope, logn_scale, output_attentions, subset)
+        query = by_chunks(self.attn_ln, x) if self.pre_norm else x
+        attn, probs = self.attention(query, packing, backend, rope, logn_scale, output_attentions, subset, self.window)
         if subset is not None:
             x = x[subset]
         return by_chunks(self.feed_forward, x, attn), probs
 
     def feed_forward(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """The per-token rest of the layer: [N, H] residual and attention output -> [N, H]."""
+        if self.pre_norm:
+            x = x + self.hidden_dropout(attn)
+            return x + self.hidden_dropout(self.mlp(self.mlp_ln(x)))
         x = self.attn_ln(x + self.hidden_dropout(attn))
         return self.mlp_ln(x + self.hidden_dropout(self.mlp(x)))
 
 
 class NewEncoder(nn.Module):
+    """The layers; with pre-norm layers, the final norm after the last one."""
+
     def __init__(self, config: NewConfig):
         super().__init__()
-        self.layer = nn.ModuleList(NewLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(NewLayer(config, i) for i in range(config.num_hidden_layers))
+        if config.norm_position == "pre":
+            self.final_norm = make_norm(config)

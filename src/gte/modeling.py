@@ -35,7 +35,7 @@ from transformers.utils import logging
 
 from . import attention, threads
 from .configuration import NewConfig
-from .layers import NewEmbeddings, NewEncoder
+from .layers import NewEmbeddings, NewEncoder, by_chunks, layer_norm, make_norm
 from .padding import Packing, pad, unpad_index
 from .tracing import is_exporting
 
@@ -124,13 +124,28 @@ class Batch:
 
 
 class NewPooler(nn.Module):
+    """Each sequence's first token (`classifier_pooling` "cls") or the mean of its tokens ("mean") -> dense ->
+    tanh (or `head_act`) [-> norm, with `pooler_norm`: ModernBERT's head]."""
+
     def __init__(self, config: NewConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
+        self.mean = config.classifier_pooling == "mean"
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_bias)
+        self.activation = nn.Tanh() if config.head_act is None else ACT2FN[config.head_act]
+        self.norm = make_norm(config) if config.pooler_norm else None
 
-    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(first_token))
+    def picks(self, packing: Packing) -> torch.Tensor | None:
+        """The packed tokens the pooler reads ([B] first tokens), None when it reads them all."""
+        return None if self.mean else packing.first_token_index()
+
+    def forward(self, picked: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """picked: the tokens `picks` names ([B, H] first tokens, or all [T, H]) -> [B, H]."""
+        return self.transform(packing.sequence_means(picked) if self.mean else picked)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, H]: dense -> activation [-> norm]."""
+        x = self.activation(self.dense(x))
+        return x if self.norm is None else self.norm(x)
 
 
 class NewModel(NewPreTrainedModel):
@@ -163,9 +178,10 @@ class NewModel(NewPreTrainedModel):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Packed tokens in, hidden [T, H] (or [S, H]) out, plus every layer's output and attention probs."""
         positions = packing.positions if positions is None else positions
-        x, rope = self.embeddings(input_ids, inputs_embeds, token_type_ids, positions)
+        x, rope, local_rope = self.embeddings(input_ids, inputs_embeds, token_type_ids, positions)
+        windowed = self.config.layer_types is not None and "sliding_attention" in self.config.layer_types
         backend = attention.select(
-            self.config._attn_implementation, x.device, x.dtype, packing.key_mask is not None, output_attentions
+            self.config._attn_implementation, x.device, x.dtype, packing.key_mask is not None, output_attentions, windowed
         )
         logn = self._logn_scale(packing.seqlens if lengths is None else lengths, packing, x.dtype)
         hidden_states, attentions = [x], []
@@ -173,10 +189,18 @@ class NewModel(NewPreTrainedModel):
         with threads.sized_to(x.shape[0] * self.config.hidden_size * self.config.intermediate_size, x.device):
             for i, layer in enumerate(self.encoder.layer):
                 x, probs = layer(
-                    x, packing, backend, rope, logn, subset=subset if i == last else None, output_attentions=output_attentions
+                    x,
+                    packing,
+                    backend,
+                    rope if layer.window is None else local_rope,
+                    logn,
+                    subset=subset if i == last else None,
+                    output_attentions=output_attentions,
                 )
                 hidden_states.append(x)
                 attentions.append(probs)
+        if hasattr(self.encoder, "final_norm"):  # pre-norm layers: the last hidden state is the final norm's output
+            x = hidden_states[-1] = by_chunks(self.encoder.final_norm, x)
         return x, hidden_states if output_hidden_states else [], attentions if output_attentions else []
 
     def _logn_scale(self, lengths: torch.Tensor, packing: Packing, dtype: torch.dtype) -> torch.Tensor | None:
@@ -294,7 +318,7 @@ class NewModel(NewPreTrainedModel):
         )
         pooled = None
         if self.pooler is not None and subset is None:
-            pooled = self.pooler(hidden[batch.first_tokens()])
+            pooled = self.pooler(hidden if self.pooler.mean else hidden[batch.first_tokens()], batch.packing)
         if subset is None:
             hidden = batch.to_padded(hidden)
         states = [batch.to_padded(s) if s.shape[0] == batch.positions.shape[0] else s for s in states]
@@ -343,12 +367,14 @@ def _per_token(head: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tens
 
 # ---------------------------------------------------------------------------------------- heads
 class NewLMPredictionHead(nn.Module):
+    """dense -> hidden_act (or `head_act`) -> LayerNorm -> decoder."""
+
     def __init__(self, config: NewConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.transform_act_fn = ACT2FN[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_bias)
+        self.transform_act_fn = ACT2FN[config.head_act or config.hidden_act]
+        self.norm = layer_norm(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.transform_act_fn(self.dense(hidden))))
@@ -533,6 +559,7 @@ class NewForTokenClassification(NewPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.new = NewModel(config, add_pooling_layer=False)
+        self.head = NewPooler(config) if config.token_head else None  # its transform, per token (ModernBERT)
         self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -563,7 +590,7 @@ class NewForTokenClassification(NewPreTrainedModel):
             return_dict=True,
             unpad_inputs=unpad,
         )
-        head = lambda h: self.classifier(self.dropout(h))  # noqa: E731
+        head = lambda h: self.classifier(self.dropout(h if self.head is None else self.head.transform(h)))  # noqa: E731
         logits = _per_token(head, outputs.last_hidden_state, attention_mask, unpad)
         loss = None
         if labels is not None:

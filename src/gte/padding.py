@@ -97,6 +97,15 @@ class Packing:
     def first_token_index(self) -> torch.Tensor:  # [B]: index of each sequence's first token
         return self.cu_seqlens[:-1].long()
 
+    def sequence_means(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, H] -> [B, H]: each sequence's mean over its valid tokens (padding left out in padded mode)."""
+        if self.key_mask is not None:
+            valid = self.key_mask.to(x.dtype)
+            return (x.view(self.batch_size, self.max_seqlen, -1) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        rows = torch.arange(self.batch_size, device=x.device).repeat_interleave(self.seqlens)
+        sums = x.new_zeros(self.batch_size, x.shape[-1]).index_add_(0, rows, x)
+        return sums / self.seqlens[:, None].to(x.dtype)
+
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """[T, ...] -> [B, max_seqlen, ...], zeros where a sequence is shorter."""
         shape = (self.batch_size, self.max_seqlen, *x.shape[1:])

@@ -33,10 +33,11 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> to
 class RotaryEmbedding(nn.Module):
     """Maps positions [T] to (cos, sin) [T, 1, 1, head_dim], from a float32 table that grows as needed."""
 
-    def __init__(self, config: NewConfig):
+    def __init__(self, config: NewConfig, theta: float | None = None):
+        """`theta`: the base, when not config.rope_theta (local attention layers' `local_rope_theta`)."""
         super().__init__()
         scaling = config.rope_scaling
-        self.inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, scaling)
+        self.inv_freq = inverse_frequencies(config.head_dim, config.rope_theta if theta is None else theta, scaling)
         factor = float(scaling["factor"]) if scaling else 1.0
         self.initial_length = int(config.max_position_embeddings * factor)
         self._table: torch.Tensor | None = None  # [L, 2, head_dim] float32: cos, sin

@@ -1,8 +1,10 @@
 """Attention backends behind one interface.
 
-    attend(q, k, v, packing) -> out      # q, k, v, out: [T, heads, head_dim]; packing: padding.Packing
+    attend(q, k, v, packing, window=None) -> out   # q, k, v, out: [T, heads, head_dim]; packing: padding.Packing
 
-Queries arrive already scaled by any logn factor; every backend applies 1/sqrt(head_dim).
+Queries arrive already scaled by any logn factor; every backend applies 1/sqrt(head_dim). `window` (local
+attention) limits each query to the keys of its sequence at most `window` positions away (|i - j| <= window);
+a backend that cannot do that says so (`windows`), and models with local attention layers run on one that can.
 Adding a backend = one module with `attend` and `available`, plus one line in `BACKENDS`.
 """
 
@@ -28,6 +30,7 @@ class Backend:
     attend: Callable[..., torch.Tensor]
     available: Callable[[torch.device, torch.dtype], bool]
     padded: bool  # can take a padded batch (Packing.key_mask)
+    windows: bool = True  # can limit attention to a window (local attention layers)
 
 
 # In order of preference for "auto".
@@ -36,7 +39,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("flash_attn", flash.attend, flash.available, padded=False),
         Backend("varlen", varlen.attend, varlen.available, padded=False),
-        Backend("xformers", xformers.attend, xformers.available, padded=False),
+        Backend("xformers", xformers.attend, xformers.available, padded=False, windows=False),
         Backend("sdpa", sdpa.attend, sdpa.available, padded=True),
         Backend("eager", eager.attend, eager.available, padded=True),
     )
@@ -63,21 +66,25 @@ def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[s
 _warned: set[tuple[str, str, str]] = set()
 
 
-def select(requested: str, device: torch.device, dtype: torch.dtype, padded: bool, need_probs: bool) -> Backend:
-    """The backend to run: the requested one if it can serve this call, else the best that can."""
+def select(
+    requested: str, device: torch.device, dtype: torch.dtype, padded: bool, need_probs: bool, windowed: bool = False
+) -> Backend:
+    """The backend to run: the requested one if it can serve this call, else the best that can. `windowed`: the
+    model has local attention layers."""
     if need_probs:
         return BACKENDS["eager"]
-    candidates = [b for b in BACKENDS.values() if b.available(device, dtype) and (b.padded or not padded)]
+    candidates = [
+        b for b in BACKENDS.values() if b.available(device, dtype) and (b.padded or not padded) and (b.windows or not windowed)
+    ]
     wanted = BACKENDS.get(requested)
     if wanted is not None and wanted in candidates:
         return wanted
     best = candidates[0]
-    if wanted is not None and wanted.available(device, dtype):
+    if wanted is not None and wanted.available(device, dtype) and (wanted.windows or not windowed):
         return best  # a packed-only kernel asked to run a padded batch: quietly take the padded one
-    key = (requested, str(device.type), str(dtype))
+    key = (requested, str(device.type), str(dtype), windowed)
     if wanted is not None and key not in _warned:
         _warned.add(key)
-        logger.warning(
-            "attention backend %r is not available for %s on %s; using %r instead", requested, dtype, device.type, best.name
-        )
+        why = "cannot run local attention (windows)" if wanted.available(device, dtype) else f"is not available for {dtype} on {device.type}"
+        logger.warning("attention backend %r %s; using %r instead", requested, why, best.name)
     return best

@@ -25,6 +25,7 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and kernel() is not None
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, window: int | None = None) -> torch.Tensor:
     cu = packing.cu_seqlens
-    return kernel()(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen)
+    local = {} if window is None else {"window_size": (window, window)}  # keys [i - left, i + right], inclusive
+    return kernel()(q, k, v, cu, cu, packing.max_seqlen, packing.max_seqlen, **local)

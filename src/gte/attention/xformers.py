@@ -25,7 +25,8 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and kernel() is not None
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, window: None = None) -> torch.Tensor:
+    """No window: models with local attention layers run on another backend (Backend.windows)."""
     xops = kernel()
     bias = xops.fmha.BlockDiagonalMask.from_seqlens(packing.seqlens_list)
     return xops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0]

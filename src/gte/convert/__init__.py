@@ -4,6 +4,7 @@ Each layout is declared as data in its own module:
     native_gte   transformers' native `gte` (model_type "gte") <-> official `new`, both ways
     bert         BERT and XLM-RoBERTa (model_type "bert", "xlm-roberta") -> `new` with BERT's MLP
     nomic_bert   nomic-bert (model_type "nomic_bert": nomic-embed-text) -> `new` without biases
+    modernbert   ModernBERT (model_type "modernbert") -> `new` with pre-norm layers and local attention
 
 `NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
 `new_config` read a config.json of any layout without touching the weights, `new_shapes` the names and
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from ..configuration import NewConfig
-from . import bert, native_gte, nomic_bert
+from . import bert, modernbert, native_gte, nomic_bert
 from .files import ConversionError, read_config, read_weights
 from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
 
@@ -48,6 +49,9 @@ LAYOUTS: dict[str, Layout] = {
     **dict.fromkeys(bert.MODEL_TYPES, _BERT),
     nomic_bert.MODEL_TYPE: Layout(
         nomic_bert.config_from_nomic_bert, nomic_bert.state_dict_from_nomic_bert, nomic_bert.architecture
+    ),
+    modernbert.MODEL_TYPE: Layout(
+        modernbert.config_from_modernbert, modernbert.state_dict_from_modernbert, modernbert.architecture
     ),
 }
 MODEL_TYPES = ("new", *LAYOUTS)
@@ -104,8 +108,12 @@ def write_back(path: str, ours: dict[str, torch.Tensor], base_prefix: str = "new
     model_type = _model_type(raw)
     sources = numbers if model_type == "new" else LAYOUTS[model_type].state_dict(numbers, raw)
     flat = torch.cat([tensor.detach().flatten().float().cpu() for tensor in stored.values()])
+    written: set[int] = set()
     for name, tensor in ours.items():
         source = sources.get(name, sources.get(f"{base_prefix}.{name}"))
+        if source is None and tensor.data_ptr() in written:
+            continue  # a tied copy (a masked-LM decoder that is the word embeddings) of a weight written back
+        written.add(tensor.data_ptr())
         if source is None or source.shape != tensor.shape:
             raise ConversionError(f"{path}: our weight {name!r} {tuple(tensor.shape)} has no stored counterpart to write "
                                   "back to; save the model in the official layout instead")  # fmt: skip
@@ -118,6 +126,6 @@ def _model_type(raw: dict[str, Any]) -> str:
     if model_type not in MODEL_TYPES:
         raise ConversionError(
             f"gte runs GTE v1.5 checkpoints (model_type 'new', or transformers' native 'gte') and BERT-family ones "
-            f"('bert', 'xlm-roberta') and nomic-bert ('nomic_bert'); this one is {model_type!r}"
+            f"('bert', 'xlm-roberta'), nomic-bert ('nomic_bert') and ModernBERT ('modernbert'); this one is {model_type!r}"
         )
     return model_type

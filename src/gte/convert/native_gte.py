@@ -38,6 +38,12 @@ _SHARED_KEYS = (
     "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout", "id2label", "label2id",
     "problem_type", "tie_word_embeddings",
 )  # fmt: skip
+# Keys of ours (ModernBERT's pre-norm layers, local attention, heads) that the native layout has only at these values.
+_NEW_ONLY = {
+    "norm_position": "post", "first_attn_norm": True, "norm_bias": True, "layer_types": None, "local_rope_theta": None,
+    "classifier_pooling": "cls", "head_act": None, "head_bias": True, "pooler_norm": False, "decoder_bias": True,
+    "token_head": False,
+}  # fmt: skip
 # transformers' GteConfig defaults for keys a native config.json may leave out: those read here, and
 # those that differ from NewConfig's.
 _NATIVE_DEFAULTS = {
@@ -60,6 +66,7 @@ def native_config(config: NewConfig) -> dict[str, Any]:
         f"a masked-LM head with hidden_act={config.hidden_act!r} (native: always 'gelu')": _mlm_act_differs(
             config.architectures, config.hidden_act
         ),
+        **{f"{key}={getattr(config, key)!r}": getattr(config, key) != default for key, default in _NEW_ONLY.items()},
     }
     bad = [name for name, present in unsupported.items() if present]
     if bad:

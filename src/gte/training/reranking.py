@@ -120,8 +120,9 @@ class RerankTask:
             flat = torch.from_numpy(np.concatenate([ids[i] for i in batch])).to(device=device, dtype=torch.long)
             kinds = None if types is None else torch.from_numpy(np.concatenate([types[i] for i in batch])).to(device=device, dtype=torch.long)
             packing = Packing.from_seqlens(torch.tensor([len(ids[i]) for i in batch], device=device))
-            hidden, _, _ = self.model.new.run(flat, packing, token_type_ids=kinds, subset=packing.first_token_index())
-            parts.append(self.model.classifier(self.model.dropout(self.model.new.pooler(hidden))).float().view(-1))
+            pooler = self.model.new.pooler
+            hidden, _, _ = self.model.new.run(flat, packing, token_type_ids=kinds, subset=pooler.picks(packing))
+            parts.append(self.model.classifier(self.model.dropout(pooler(hidden, packing))).float().view(-1))
         order = torch.tensor([i for batch in batches for i in batch], device=device)
         return torch.cat(parts)[torch.argsort(order)]
 
