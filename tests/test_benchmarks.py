@@ -28,6 +28,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import bench  # noqa: E402
 import bert_bench  # noqa: E402
+import modernbert_bench  # noqa: E402
 import corpus_bench  # noqa: E402
 import gpu_bench  # noqa: E402
 import profile_ops  # noqa: E402
@@ -89,6 +90,18 @@ def test_bert_bench_runs_and_its_contenders_agree():
     tiny = table_rows(out.getvalue(), "tiny shape")
     assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= FP32_MIN_COSINE
     assert tiny["ours"][2] == "0%"  # no padding computed
+
+
+def test_modernbert_bench_runs_and_its_contenders_agree():
+    """modernbert_bench.py --tiny: a tiny ModernBertModel against ours converted as it loads, and a long document."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        modernbert_bench.main(["--tiny"])
+    tiny = table_rows(out.getvalue(), "tiny shape")
+    assert set(tiny) == {"sentence-transformers-style", "ours"} and float(tiny["ours"][-1]) >= FP32_MIN_COSINE
+    assert tiny["ours"][2] == "0%"  # no padding computed
+    assert set(table_rows(out.getvalue(), "One document")) == {"ours, local layers", "ours, every layer global",
+                                                                "transformers ModernBertModel (SDPA)"}  # fmt: skip
 
 
 def test_corpus_bench_runs():
