@@ -140,6 +140,15 @@ def test_bert_family(bert_family, architecture, tmp_path):
     assert ("logits" in report.outputs) == architecture.endswith("Classification")
 
 
+@pytest.mark.parametrize("family", ["nomic_bert", "modernbert"])
+def test_other_families(family, tmp_path):
+    """nomic-bert and ModernBERT (local layers with a window of 4 positions, shorter than the check texts) export
+    as they run: ONNX Runtime gives the PyTorch numbers."""
+    build = fixtures.build_nomic_bert_model if family == "nomic_bert" else fixtures.build_modernbert_model
+    report = export_to(build(tmp_path / family), tmp_path / "out")
+    assert report.outputs[0] == "last_hidden_state"
+
+
 def test_sparse_head_token_weights(sparse_model_dir, tmp_path):
     report = export_to(sparse_model_dir, tmp_path)
     assert report.outputs == ["last_hidden_state", "token_weights", "sentence_embedding"]

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fixtures
 import gte
 from fixtures import (
     ENGLISH_WORDS, MULTILINGUAL_WORDS, build_reranker_model, build_sentence_transformer, build_tiny_model, generate_corpus,
@@ -278,6 +279,29 @@ def test_default_model_saved_in_bert_layout_loads_everywhere(tmp_path, rows_file
     theirs = SentenceTransformer(str(out), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert np.abs(ours - Embedder().encode(texts)).max() > 1e-3  # it did train
+
+
+@pytest.mark.parametrize("family", ["nomic_bert", "modernbert"])
+def test_other_families_fine_tune_into_their_own_layout(tmp_path, rows_file, family):
+    """Fine-tuned nomic-bert and ModernBERT checkpoints keep their layout: transformers' own class loads them and
+    gives the numbers gte gives."""
+    from transformers import AutoModel
+
+    build = fixtures.build_nomic_bert_model if family == "nomic_bert" else fixtures.build_modernbert_model
+    source = build(tmp_path / family)
+    out = tmp_path / "tuned"
+    gte.train(rows_file, out, model=source, batch_size=8, steps=2, lr=1e-3, show_progress=False)
+    before, after = weights(source), weights(out)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k].float(), after[k]) for k in before)
+    assert json.loads((out / "config.json").read_text())["model_type"] == family
+    theirs = AutoModel.from_pretrained(str(out)).eval()
+    assert type(theirs).__module__.startswith("transformers.models.")
+    ids = torch.randint(5, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5])
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = gte.NewModel.from_pretrained(str(out)).eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=0, atol=1e-5)
 
 
 def test_dense_weights_saved_in_their_folder(tmp_path, dense_model, rows_file):
