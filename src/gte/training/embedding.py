@@ -33,7 +33,7 @@ class EmbedTask:
                                  show_progress=False)  # fmt: skip
         self.model, self.max_length = self.embedder.model, self.embedder.max_length
         rows = read_rows(data)
-        self.units = len(rows)
+        self.units, self.unit = len(rows), "rows"
         self.loss = make_loss(options.loss, options.scale, options.similarity, options.directions,
                               options.matryoshka_dims, options.matryoshka_weights, self.embedder.dimension)  # fmt: skip
         self.cached = options.loss == "cached-mnrl"

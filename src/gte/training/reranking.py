@@ -90,7 +90,7 @@ class RerankTask:
         pairs = read_pairs(data)
         self.labels = torch.tensor(pairs.labels)
         self.groups = pairs.groups() if self.listwise else [[i] for i in range(len(pairs.labels))]
-        self.units = len(self.groups)
+        self.units, self.unit = len(self.groups), "queries" if self.listwise else "pairs"
         inputs = list(zip(pairs.queries, pairs.documents))
         tracks = Tokens.tokenized(inputs, lambda chunk: tuple(t for t in self.reranker.tokenize(chunk) if t is not None),
                                   self.max_length)  # fmt: skip

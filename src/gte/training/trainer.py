@@ -153,15 +153,15 @@ class Run:
         self.autocast = _autocast(options.dtype, self.task.model.device)
         self.per_epoch = self.task.units // options.batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{data} has {self.task.units} {'rows' if task is EmbedTask else 'units'}, fewer than one "
-                             f"batch of {options.batch_size}: lower --batch-size")  # fmt: skip
+            raise ValueError(f"{data} has {self.task.units} {self.task.unit}, fewer than one batch of {options.batch_size}: "
+                             "lower --batch-size")  # fmt: skip
         if options.batch_size % world.size:
             raise ValueError(f"--batch-size {options.batch_size} must split evenly over the {world.size} processes")
         self.total = options.steps or options.epochs * self.per_epoch
         self.settings = options.settings(str(data), world, self.task.max_length)
         self.parameters = self.task.parameters()
-        self.optimizer, self.schedule = _optimizer(self.task.model, self.parameters, options,
-                                                   _warmup_steps(options.warmup, self.total), self.total)  # fmt: skip
+        self.optimizer, self.schedule = _optimizer(self.parameters, options, _warmup_steps(options.warmup, self.total),
+                                                   self.total)  # fmt: skip
         self.start, self.losses, self.before, self.during = 0, [], None, {}
         if found is not None:
             self._restore(found)
@@ -239,7 +239,7 @@ def _step_rows(step: int, per_epoch: int, rows: int, batch_size: int, seed: int,
     return order[start + world.rank * share : start + (world.rank + 1) * share]
 
 
-def _optimizer(model: torch.nn.Module, parameters: list[torch.nn.Parameter], options: Options, warmup: int, total: int):
+def _optimizer(parameters: list[torch.nn.Parameter], options: Options, warmup: int, total: int):
     """AdamW (no weight decay on biases and norms, as transformers' Trainer) under a linear warm-up and decay."""
     from transformers import get_linear_schedule_with_warmup
 
