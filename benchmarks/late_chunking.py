@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 
 import gte  # first: it sets the OpenMP wait policy that torch reads as it loads, as gte's users get it
-import numpy as np
 import torch
 
 from gte.evaluation import metrics

@@ -126,13 +126,18 @@ def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _architecture(raw: dict[str, Any]) -> Architecture:
-    names = raw.get("architectures") or [DEFAULT_ARCHITECTURE[raw["model_type"]]]
-    if names[0] not in ARCHITECTURES:
+    return pick_architecture(raw, ARCHITECTURES, DEFAULT_ARCHITECTURE[raw["model_type"]])
+
+
+def pick_architecture(raw: dict[str, Any], architectures: dict[str, Architecture], default: str) -> Architecture:
+    """The Architecture a config.json names (`default` when it names none); ConversionError for one we do not run."""
+    name = (raw.get("architectures") or [default])[0]
+    if name not in architectures:
         raise ConversionError(
-            f"gte cannot run the {raw['model_type']} architecture {names[0]!r} exactly (custom code or a head we do not "
-            f"have): it runs {', '.join(ARCHITECTURES)}; {ELSEWHERE}"
+            f"gte cannot run the {raw['model_type']} architecture {name!r} exactly (custom code or a head we do not "
+            f"have): it runs {', '.join(architectures)}; {ELSEWHERE}"
         )
-    return ARCHITECTURES[names[0]]
+    return architectures[name]
 
 
 # ------------------------------------------------------------------------------------ weights

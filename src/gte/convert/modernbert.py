@@ -25,7 +25,9 @@ from transformers import CONFIG_MAPPING
 from transformers.activations import ACT2FN
 
 from ..configuration import NewConfig
-from .bert import ELSEWHERE, LABEL_KEYS, Architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight
+from .bert import (
+    ELSEWHERE, LABEL_KEYS, Architecture, pick_architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight,
+)
 from .files import ConversionError
 
 MODEL_TYPE = "modernbert"
@@ -111,13 +113,7 @@ def config_from_modernbert(raw: dict[str, Any]) -> NewConfig:
 
 
 def _architecture(raw: dict[str, Any]) -> Architecture:
-    names = raw.get("architectures") or ["ModernBertModel"]
-    if names[0] not in ARCHITECTURES:
-        raise ConversionError(
-            f"gte cannot run the modernbert architecture {names[0]!r} exactly (a head we do not have): it runs "
-            f"{', '.join(ARCHITECTURES)}; {ELSEWHERE}"
-        )
-    return ARCHITECTURES[names[0]]
+    return pick_architecture(raw, ARCHITECTURES, "ModernBertModel")
 
 
 # ------------------------------------------------------------------------------------ weights

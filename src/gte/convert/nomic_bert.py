@@ -26,7 +26,9 @@ from transformers import CONFIG_MAPPING
 from transformers.activations import ACT2FN
 
 from ..configuration import NewConfig
-from .bert import ELSEWHERE, LABEL_KEYS, Architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight
+from .bert import (
+    ELSEWHERE, LABEL_KEYS, Architecture, pick_architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight,
+)
 from .files import ConversionError
 
 MODEL_TYPE = "nomic_bert"
@@ -168,13 +170,7 @@ def _remote_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _architecture(raw: dict[str, Any]) -> Architecture:
-    names = raw.get("architectures") or ["NomicBertModel"]
-    if names[0] not in ARCHITECTURES:
-        raise ConversionError(
-            f"gte cannot run the nomic_bert architecture {names[0]!r} exactly (custom code or a head we do not have): "
-            f"it runs {', '.join(ARCHITECTURES)}; {ELSEWHERE}"
-        )
-    return ARCHITECTURES[names[0]]
+    return pick_architecture(raw, ARCHITECTURES, "NomicBertModel")
 
 
 # ------------------------------------------------------------------------------------ weights
