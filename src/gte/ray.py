@@ -8,7 +8,8 @@
 
 Each batch comes back with an `embedding` column (or `sparse`) after its own columns, computed by the same
 `embed_texts` step as `gte embed` and `gte.embed_corpus`; with `chunk_tokens`, a row per chunk (its document's
-columns repeated, then chunk, start, end, [text], embedding), documents in order, each one's chunks in order.
+columns repeated, then chunk, start, end, [text], embedding), each document's chunks together and in order (the
+id and chunk columns say where a row belongs: Ray may write blocks in another order).
 `plan_pool` sizes the actor pool so that Ray's read and write tasks keep CPUs of their own: actors holding every
 CPU starve the reads and the job hangs. `gte embed --ray` runs `run` below.
 """
