@@ -132,16 +132,9 @@ def shape_section(shape: BertShape, docs: int, repeats: int, batch_tokens: int) 
     ]
     suite.log(f"{shape.name}: {workload.description}, {workload.tokens} tokens")
     results = suite.run_workload(contenders, workload, repeats)
-    st_seconds = results[0].seconds
-    lines = ["| contender | time s | real tokens/s | padding computed | vs sentence-transformers-style | min cosine |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in results:
-        cosine = 1.0 if r is results[0] else suite.min_cosine(r.embeddings, results[0].embeddings)
-        lines.append(f"| {r.contender} | {r.seconds:.3g} | {workload.tokens / r.seconds:,.0f} | "
-                     f"{r.computed_tokens / workload.tokens - 1:.0%} | {st_seconds / r.seconds:.2f}x | {cosine:.6f} |")  # fmt: skip
     title = (f"### {shape.name} shape ({shape.model_type}, hidden {shape.hidden}, {shape.layers} layers, vocab "
              f"{shape.vocab}), mixed: {workload.description} ({workload.tokens:,} tokens)")  # fmt: skip
-    return "\n\n".join([title, "\n".join(lines)])
+    return "\n\n".join([title, suite.versus_table(results, workload)])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,15 +82,9 @@ def mixed_section(shape: Shape, theirs: torch.nn.Module, ours: gte.NewModel, doc
     contenders = [suite.Contender(suite.ST, suite.sorted_by_length(32), st_embed, padded=True), suite.ours(ours, budget)]
     suite.log(f"{shape.name}: {workload.description}, {workload.tokens} tokens")
     results = suite.run_workload(contenders, workload, repeats)
-    lines = ["| contender | time s | real tokens/s | padding computed | vs sentence-transformers-style | min cosine |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in results:
-        cosine = 1.0 if r is results[0] else suite.min_cosine(r.embeddings, results[0].embeddings)
-        lines.append(f"| {r.contender} | {r.seconds:.3g} | {workload.tokens / r.seconds:,.0f} | "
-                     f"{r.computed_tokens / workload.tokens - 1:.0%} | {results[0].seconds / r.seconds:.2f}x | {cosine:.6f} |")  # fmt: skip
     title = (f"### {shape.name} shape (hidden {shape.hidden}, {shape.layers} layers, window {shape.local_attention}), "
              f"mixed: {workload.description} ({workload.tokens:,} tokens)")  # fmt: skip
-    return "\n\n".join([title, "\n".join(lines)])
+    return "\n\n".join([title, suite.versus_table(results, workload)])
 
 
 def long_section(shape: Shape, theirs: torch.nn.Module, ours: gte.NewModel, full: gte.NewModel, repeats: int) -> str:

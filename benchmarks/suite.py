@@ -302,6 +302,17 @@ def computed_tokens(batch: list[int], lengths: list[int], padded: bool) -> int:
     return len(batch) * max(lengths[i] for i in batch) if padded else sum(lengths[i] for i in batch)
 
 
+def versus_table(results: list[Result], workload: Workload) -> str:
+    """Markdown rows of each contender against the first (the sentence-transformers-style baseline)."""
+    lines = ["| contender | time s | real tokens/s | padding computed | vs sentence-transformers-style | min cosine |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        cosine = 1.0 if r is results[0] else min_cosine(r.embeddings, results[0].embeddings)
+        lines.append(f"| {r.contender} | {r.seconds:.3g} | {workload.tokens / r.seconds:,.0f} | "
+                     f"{r.computed_tokens / workload.tokens - 1:.0%} | {results[0].seconds / r.seconds:.2f}x | {cosine:.6f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Smallest cosine similarity between matching rows, over the rows both have."""
     both = ~(a.isnan().any(-1) | b.isnan().any(-1))

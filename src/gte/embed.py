@@ -273,7 +273,8 @@ class Embedder:
         trainable: bool = False,
     ):
         if trainable and (dtype == "int8" or not isinstance(model, (str, os.PathLike))):
-            raise ValueError("trainable=True loads a checkpoint (a directory or hub id) in float32 or bfloat16 weights")
+            raise ValueError("trainable=True loads a checkpoint in float32 or bfloat16 weights: pass a directory or hub id, "
+                             "not a model object, and no int8 dtype")  # fmt: skip
         loaded = hub.load(
             model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
             revision=revision, trainable=trainable,

@@ -44,7 +44,6 @@ LAYER = {
     "output.dense": "mlp.down_proj",
     "output.LayerNorm": "mlp_ln",
 }
-QKV = ("attention.self.query", "attention.self.key", "attention.self.value")  # -> attention.qkv_proj, in this order
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some checkpoints store
 # Old TF-converted checkpoints name LayerNorm parameters gamma / beta.
 PARAMETER_NAMES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
@@ -54,6 +53,18 @@ PARAMETER_NAMES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta"
 class Architecture:
     new_class: str  # our class, New* spelling; for NewModel every weight outside the base model is left behind
     heads: dict[str, str] = field(default_factory=dict)  # their head module -> ours (outside the base model)
+
+
+@dataclass(frozen=True)
+class Names:
+    """How a layout names the weights of its base model, as data for `renamed`."""
+
+    prefixes: tuple[str, ...]  # the base model inside a head checkpoint
+    roots: tuple[str, ...]  # the base model's own modules, in a base checkpoint
+    layer: str  # a layer's module: a regex with groups (layer index, part)
+    embeddings: dict[str, str]  # their module outside the layers -> ours
+    layer_parts: dict[str, str]  # their part of a layer -> ours; parts sharing one of ours are stacked in this order
+    skip: tuple[str, ...] = ()  # index buffers some checkpoints store
 
 
 ARCHITECTURES = {
@@ -69,6 +80,10 @@ ARCHITECTURES = {
     ),
 }
 DEFAULT_ARCHITECTURE = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel"}
+NAMES = Names(BASE_PREFIXES, BASE_ROOTS, r"encoder\.layer\.(\d+)\.(.+)", EMBEDDINGS, LAYER | {
+    "attention.self.query": "attention.qkv_proj", "attention.self.key": "attention.qkv_proj",
+    "attention.self.value": "attention.qkv_proj",
+}, skip=BUFFERS)  # fmt: skip
 
 # config.json keys that keep their name and meaning
 SHARED_KEYS = (
@@ -143,38 +158,45 @@ def pick_architecture(raw: dict[str, Any], architectures: dict[str, Architecture
 # ------------------------------------------------------------------------------------ weights
 def state_dict_from_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Their parameter names -> ours; q/k/v packed; XLM-R's position table shifted to start at position 0."""
-    arch = _architecture(raw)
-    full = _with_defaults(raw)
+    offset = position_offset(_with_defaults(raw))
+
+    def adjust(module: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[offset:] if module == "embeddings.position_embeddings" else tensor
+
+    return renamed(weights, _architecture(raw), NAMES, adjust)
+
+
+def renamed(weights: dict[str, torch.Tensor], arch: Architecture, names: Names,
+            adjust: Callable[[str, torch.Tensor], torch.Tensor] = lambda module, tensor: tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Their weights under our names (`adjust(their module, tensor)` first): the base model's through `names`, the
+    heads' through `arch`; ConversionError for a weight with no place."""
     base_prefix = "" if arch.new_class == "NewModel" else "new."
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    stacks: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights.items():
-        inner = strip_base_prefix(name, BASE_PREFIXES, BASE_ROOTS)
+        inner = strip_base_prefix(name, names.prefixes, names.roots)
         if inner is None:  # a head weight
             if arch.new_class != "NewModel":
                 out[rename_head(name, arch.heads)] = tensor
             continue
-        if inner.startswith(BUFFERS):
+        if inner.startswith(names.skip):
             continue
         module, kind = split_parameter(inner, name)
-        layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
+        tensor = adjust(module, tensor)
+        layer = re.fullmatch(names.layer, module)
         if layer is None:
-            if module not in EMBEDDINGS:
+            if module not in names.embeddings:
                 raise unknown_weight(name)
-            if module == "embeddings.position_embeddings":
-                tensor = tensor[position_offset(full):]
-            out[f"{base_prefix}{EMBEDDINGS[module]}.{kind}"] = tensor
+            out[f"{base_prefix}{names.embeddings[module]}.{kind}"] = tensor
             continue
         i, part = layer.groups()
-        target = f"{base_prefix}encoder.layer.{i}."
-        if part in QKV:
-            qkv.setdefault(f"{target}attention.qkv_proj.{kind}", {})[part] = tensor
-        elif part in LAYER:
-            out[f"{target}{LAYER[part]}.{kind}"] = tensor
-        else:
+        if part not in names.layer_parts:
             raise unknown_weight(name)
-    for name, parts in qkv.items():
-        out[name] = torch.cat([parts[p] for p in QKV])
+        stacks.setdefault(f"{base_prefix}encoder.layer.{i}.{names.layer_parts[part]}.{kind}", {})[part] = tensor
+    order = list(names.layer_parts)
+    for name, parts in stacks.items():
+        stacked = [parts[p] for p in sorted(parts, key=order.index)]
+        out[name] = stacked[0] if len(stacked) == 1 else torch.cat(stacked)
     return out
 
 

@@ -17,7 +17,6 @@ architectures we have no head for (question answering, multiple choice).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from transformers.activations import ACT2FN
 
 from ..configuration import NewConfig
 from .bert import (
-    ELSEWHERE, LABEL_KEYS, Architecture, pick_architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight,
+    ELSEWHERE, LABEL_KEYS, Architecture, Names, pick_architecture, renamed,
 )
 from .files import ConversionError
 
@@ -47,7 +46,7 @@ LAYER = {
     "mlp_norm": "mlp_ln",
     "mlp.Wo": "mlp.down_proj",
 }
-GLU = "mlp.Wi"  # [activated; gate] rows -> up_gate_proj [gate (our "up"); activated]
+NAMES = Names(BASE_PREFIXES, BASE_ROOTS, r"layers\.(\d+)\.(.+)", EMBEDDINGS, LAYER | {"mlp.Wi": "mlp.up_gate_proj"})
 
 ARCHITECTURES = {
     "ModernBertModel": Architecture("NewModel"),
@@ -118,30 +117,13 @@ def _architecture(raw: dict[str, Any]) -> Architecture:
 
 # ------------------------------------------------------------------------------------ weights
 def state_dict_from_modernbert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Their parameter names -> ours; Wi's halves swapped into up_gate_proj."""
-    arch = _architecture(raw)
-    base_prefix = "" if arch.new_class == "NewModel" else "new."
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in weights.items():
-        inner = strip_base_prefix(name, BASE_PREFIXES, BASE_ROOTS)
-        if inner is None:  # a head weight
-            if arch.new_class != "NewModel":
-                out[rename_head(name, arch.heads)] = tensor
-            continue
-        module, kind = split_parameter(inner, name)
-        layer = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
-        if layer is None:
-            if module not in EMBEDDINGS:
-                raise unknown_weight(name)
-            out[f"{base_prefix}{EMBEDDINGS[module]}.{kind}"] = tensor
-            continue
-        i, part = layer.groups()
-        target = f"{base_prefix}encoder.layer.{i}."
-        if part == GLU:
-            activated, gate = tensor.chunk(2)
-            out[f"{target}mlp.up_gate_proj.{kind}"] = torch.cat([gate, activated])
-        elif part in LAYER:
-            out[f"{target}{LAYER[part]}.{kind}"] = tensor
-        else:
-            raise unknown_weight(name)
-    return out
+    """Their parameter names -> ours; Wi's halves swapped into up_gate_proj: its rows are [activated; gate], ours
+    [gate (our "up"); activated]."""
+
+    def adjust(module: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not module.endswith(".mlp.Wi"):
+            return tensor
+        activated, gate = tensor.chunk(2)
+        return torch.cat([gate, activated])
+
+    return renamed(weights, _architecture(raw), NAMES, adjust)

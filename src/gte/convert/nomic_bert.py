@@ -17,7 +17,6 @@ up/gate projection, RMSNorm, a feed-forward other than a GLU, mixture-of-experts
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from transformers.activations import ACT2FN
 
 from ..configuration import NewConfig
 from .bert import (
-    ELSEWHERE, LABEL_KEYS, Architecture, pick_architecture, rename_head, split_parameter, strip_base_prefix, unknown_weight,
+    ELSEWHERE, LABEL_KEYS, Architecture, Names, pick_architecture, renamed,
 )
 from .files import ConversionError
 
@@ -49,7 +48,9 @@ LAYER = {
     "norm1": "attn_ln",
     "norm2": "mlp_ln",
 }
-GLU = ("mlp.fc11", "mlp.fc12")  # up, gate -> mlp.up_gate_proj, in this order
+# up (fc11), then gate (fc12): stacked into mlp.up_gate_proj in this order
+NAMES = Names(BASE_PREFIXES, BASE_ROOTS, r"encoder\.layers\.(\d+)\.(.+)", EMBEDDINGS,
+              LAYER | {"mlp.fc11": "mlp.up_gate_proj", "mlp.fc12": "mlp.up_gate_proj"})  # fmt: skip
 
 ARCHITECTURES = {
     "NomicBertModel": Architecture("NewModel"),
@@ -176,31 +177,4 @@ def _architecture(raw: dict[str, Any]) -> Architecture:
 # ------------------------------------------------------------------------------------ weights
 def state_dict_from_nomic_bert(weights: dict[str, torch.Tensor], raw: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Their parameter names -> ours; fc11 (up) and fc12 (gate) stacked into up_gate_proj."""
-    arch = _architecture(raw)
-    base_prefix = "" if arch.new_class == "NewModel" else "new."
-    out: dict[str, torch.Tensor] = {}
-    glu: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in weights.items():
-        inner = strip_base_prefix(name, BASE_PREFIXES, BASE_ROOTS)
-        if inner is None:  # a head weight
-            if arch.new_class != "NewModel":
-                out[rename_head(name, arch.heads)] = tensor
-            continue
-        module, kind = split_parameter(inner, name)
-        layer = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", module)
-        if layer is None:
-            if module not in EMBEDDINGS:
-                raise unknown_weight(name)
-            out[f"{base_prefix}{EMBEDDINGS[module]}.{kind}"] = tensor
-            continue
-        i, part = layer.groups()
-        target = f"{base_prefix}encoder.layer.{i}."
-        if part in GLU:
-            glu.setdefault(f"{target}mlp.up_gate_proj.{kind}", {})[part] = tensor
-        elif part in LAYER:
-            out[f"{target}{LAYER[part]}.{kind}"] = tensor
-        else:
-            raise unknown_weight(name)
-    for name, parts in glu.items():
-        out[name] = torch.cat([parts[p] for p in GLU])
-    return out
+    return renamed(weights, _architecture(raw), NAMES)

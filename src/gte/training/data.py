@@ -94,7 +94,7 @@ def read_rows(location: str | os.PathLike) -> Rows:
             raise InputError(f"{location}, row {bad + 1}: column {name!r} is empty or not text; every row needs an "
                              "anchor, a positive and each negative column filled")  # fmt: skip
     if not columns[0]:
-        raise InputError(f"{location}: no rows to train on")
+        raise InputError(f"{location}: no rows to train on; give it (anchor, positive) rows")
     return Rows(names, columns)
 
 
@@ -115,7 +115,7 @@ def read_table(path: Path) -> pa.Table:
     if suffix not in FORMATS:
         raise InputError(f"{path}: training data must be {', '.join(FORMATS)}, not {suffix or '(no extension)'!r}")
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file; check the --data path")
     try:
         if suffix == ".parquet":
             return pyarrow.parquet.read_table(path)

@@ -80,7 +80,7 @@ def make_loss(name: str, scale: float, similarity: str, directions: tuple[str, .
     ranking = RankingLoss(scale, similarity, tuple(directions))
     if name != "matryoshka":
         if dims:
-            raise ValueError("Matryoshka dimensions are for loss 'matryoshka'")
+            raise ValueError("Matryoshka dimensions are for loss 'matryoshka': pass --loss matryoshka, or drop the dimensions")
         return ranking
     if not dims:
         raise ValueError(f"loss 'matryoshka' needs its dimensions (e.g. {dimension},{dimension // 2},{dimension // 4})")

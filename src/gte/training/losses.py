@@ -49,7 +49,7 @@ class RankingLoss:
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
-            raise ValueError(f"the scale must be positive, got {self.scale}")
+            raise ValueError(f"the scale must be positive (20 is usual), got {self.scale}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity {self.similarity!r}: use one of {', '.join(SIMILARITIES)}")
         unknown = set(self.directions) - set(DIRECTIONS)
@@ -107,7 +107,7 @@ class Matryoshka:
 
     def check(self, dimension: int) -> None:
         if max(self.dims) > dimension:
-            raise ValueError(f"Matryoshka dimension {max(self.dims)} exceeds the model's {dimension}")
+            raise ValueError(f"Matryoshka dimension {max(self.dims)} exceeds the model's {dimension}: use dimensions up to {dimension}")
 
     def __call__(self, anchors: Tensor, documents: Sequence[Tensor], gather: Gather = local) -> Tensor:
         return sum(

@@ -72,7 +72,8 @@ def read_pairs(location: str | Path) -> Pairs:
     pairs = Pairs(table.column(query).to_pylist(), table.column(document).to_pylist(), [float(x) for x in labels.to_pylist()])
     bad = next((i for i, (q, d) in enumerate(zip(pairs.queries, pairs.documents)) if not _text(q) or not _text(d)), None)
     if bad is not None:
-        raise InputError(f"{location}, row {bad + 1}: the query or the document is empty or not text")
+        raise InputError(f"{location}, row {bad + 1}: the query or the document is empty or not text; fill it or drop "
+                         "the row")  # fmt: skip
     return pairs
 
 

@@ -156,7 +156,8 @@ class Run:
             raise ValueError(f"{data} has {self.task.units} {self.task.unit}, fewer than one batch of {options.batch_size}: "
                              "lower --batch-size")  # fmt: skip
         if options.batch_size % world.size:
-            raise ValueError(f"--batch-size {options.batch_size} must split evenly over the {world.size} processes")
+            raise ValueError(f"--batch-size {options.batch_size} must split evenly over the {world.size} processes: make it a "
+                             f"multiple of {world.size}")  # fmt: skip
         self.total = options.steps or options.epochs * self.per_epoch
         self.settings = options.settings(str(data), world, self.task.max_length)
         self.parameters = self.task.parameters()
