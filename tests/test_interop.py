@@ -91,6 +91,23 @@ print(type(AutoModel.from_pretrained({str(tiny_model_dir)!r})).__name__, type(gt
     assert done.stdout.splitlines() == ["[]", "NewModel type"], done.stderr
 
 
+def test_embedding_and_reranking_import_no_transformers_model_classes(tiny_model_dir, reranker_model_dir):
+    """The engine builds the models the Embedder and Reranker run from plain torch modules: transformers'
+    PreTrainedModel machinery (torch._dynamo, torch.distributed.tensor, its activations) is never imported, and
+    the Auto classes still find gte's classes afterwards."""
+    code = f"""import sys, gte
+gte.Embedder({str(tiny_model_dir)!r}).encode(["the quick fox"])
+gte.Reranker({str(reranker_model_dir)!r}).score("fox", ["the quick fox"])
+heavy = ["gte.modeling", "transformers.modeling_utils", "transformers.activations", "torch._dynamo",
+         "torch.distributed.tensor", "torch.fx.experimental.symbolic_shapes"]
+print([name for name in heavy if name in sys.modules])
+from transformers import AutoModel
+print(type(AutoModel.from_pretrained({str(tiny_model_dir)!r})).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines() == ["[]", "NewModel"], done.stderr
+
+
 def test_hub_id_from_the_cache(hub_cache_env, tiny_model_dir):
     expected = gte.Embedder(tiny_model_dir).encode(TEXTS)
     by_id = gte.Embedder(OFFICIAL_ID)

@@ -304,7 +304,7 @@ def test_varlen_pads_head_sizes_its_kernel_cannot_take(monkeypatch, head_dim):
 @pytest.mark.skipif(gte.attention.xformers.kernel() is not None, reason="xformers is installed")
 def test_memory_efficient_attention_without_xformers_warns_once_and_runs(caplog, backends_used):
     case_dir = golden_case("p01")["dir"]
-    transformers.utils.logging.warning_once.cache_clear()
+    gte.attention._no_xformers.cache_clear()
     with caplog.at_level("WARNING", logger="gte"):
         models = [AutoModel.from_pretrained(case_dir, use_memory_efficient_attention=True) for _ in range(2)]
         batch = random_batch(models[0].config, [6, 2])

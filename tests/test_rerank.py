@@ -107,7 +107,7 @@ def test_only_sequence_classification_checkpoints(tiny_model_dir, sparse_model_d
 
 def test_attributes(reranker, reranker_model_dir, backends_used):
     assert reranker.model_name == str(reranker_model_dir)
-    assert isinstance(reranker.model, gte.NewForSequenceClassification)
+    assert isinstance(reranker.model, gte.engine.EncoderWithHead) and reranker.model.architecture == "NewForSequenceClassification"
     assert reranker.max_length == 128 and reranker.dtype == torch.float32
     reranker.score(QUERY, DOCS)
     assert set(backends_used) == {reranker.backend}  # the backend it reports is the one that runs

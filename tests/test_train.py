@@ -32,7 +32,8 @@ from gte.training import checkpoint, data, forward, losses
 from gte.training.distributed import World
 from gte.training.embedding import make_loss, tokenize
 from gte.training.reranking import RerankTask, read_pairs
-from gte.training.trainer import Options, checkpointing
+from gte.engine import checkpointing
+from gte.training.trainer import Options
 
 GTE = [sys.executable, "-m", "gte_cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

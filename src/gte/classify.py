@@ -14,7 +14,7 @@ from gte_defaults import ACTIVATIONS
 
 from . import hub, int8
 from .embed import backend_name, check_max_length, check_side, default_batch_tokens, run_packed, sided, tokenize_texts
-from .modeling import NewForSequenceClassification
+from .engine import EngineModule
 
 Input = str | tuple[str, str] | list[str]  # a text, or a pair encoded together
 
@@ -36,7 +36,7 @@ class Classifier:
 
     def __init__(
         self,
-        model: str | os.PathLike | NewForSequenceClassification,
+        model: str | os.PathLike | EngineModule,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -50,7 +50,7 @@ class Classifier:
         trainable: bool = False,
     ):
         loaded = hub.load(
-            model, self._model_class, device=device, dtype=dtype, tokenizer=tokenizer,
+            model, self._architecture, device=device, dtype=dtype, tokenizer=tokenizer,
             attn_implementation=attn_implementation, revision=revision, trainable=trainable,
         )  # fmt: skip
         self.model, self.tokenizer, self.model_name, self.path = loaded.model, loaded.tokenizer, loaded.name, loaded.path
@@ -68,11 +68,11 @@ class Classifier:
         self.int8_fidelity = int8.quantize_measured(self.model, self._probe, self.model_name) if loaded.int8 else None
 
     @staticmethod
-    def _model_class(name: str, num_labels: int) -> type[NewForSequenceClassification]:
+    def _architecture(name: str, num_labels: int) -> str:
         if name != "NewForSequenceClassification":
             raise ValueError(f"the checkpoint is a {name}, not a sequence classifier (NewForSequenceClassification): "
                              "use gte.Embedder")  # fmt: skip
-        return NewForSequenceClassification
+        return name
 
     def _probe(self) -> torch.Tensor:
         """The pooled vectors of int8's probe pairs, [n, hidden]."""

@@ -17,16 +17,23 @@ the official model's.
 Importing this module registers model_type "new" with transformers' AutoConfig; the first NewConfig built
 imports `gte.modeling`, which registers the model classes with AutoModel & co. An Auto class looks a model up
 by its config, so the classes are there when one is needed, and `import gte` does not import them (their
-import pulls in transformers' PreTrainedModel and torch._dynamo: seconds; the activations, which the
-validation reads, torch.distributed).
+import pulls in transformers' PreTrainedModel, torch._dynamo and torch.distributed: over a second). gte's
+own reading of checkpoints (`convert.new_config`: the engine's loading, what Embedder, Reranker and Classifier
+run, `gte info`; the tokenizer's loading) builds its configs inside `engine_only()` and never imports them; to hand such a config to an
+Auto class, `import gte.modeling` first.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+
+from . import activations
 
 LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 POSITION_EMBEDDING_TYPES = ("rope", "absolute")
@@ -34,6 +41,19 @@ ROPE_SCALING_TYPES = ("ntk",)
 NORM_POSITIONS = ("post", "pre")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 CLASSIFIER_POOLINGS = ("cls", "mean")
+
+_REGISTER_MODELS: ContextVar[bool] = ContextVar("register_models", default=True)
+
+
+@contextmanager
+def engine_only() -> Iterator[None]:
+    """NewConfigs built inside do not import `gte.modeling`: gte's own reading of checkpoints (`convert.new_config`,
+    which the engine's loading uses, and `hub.load_tokenizer`) needs no transformers model class."""
+    token = _REGISTER_MODELS.set(False)
+    try:
+        yield
+    finally:
+        _REGISTER_MODELS.reset(token)
 
 
 class NewConfig(PretrainedConfig):
@@ -124,7 +144,8 @@ class NewConfig(PretrainedConfig):
         self.decoder_bias = decoder_bias
         self.token_head = token_head
         self.validate_new()
-        importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
+        if _REGISTER_MODELS.get():
+            importlib.import_module(".modeling", __package__)  # registers the model classes (once per process)
 
     @property
     def head_dim(self) -> int:
@@ -137,15 +158,13 @@ class NewConfig(PretrainedConfig):
 
     def validate_new(self) -> None:
         """Raise a ValueError naming the key for values the architecture cannot take."""
-        from transformers.activations import ACT2FN  # 0.6 s (torch.distributed), which `import gte` should not cost
-
         if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}); fix one of the two keys in config.json"
             )
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(sorted(ACT2FN))}")
+        if not activations.known(self.hidden_act):
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}: expected one of {', '.join(activations.names())}")
         for key in ("gated_mlp", "attention_bias", "mlp_bias", "first_attn_norm", "norm_bias", "head_bias",
                     "pooler_norm", "decoder_bias", "token_head"):
             if not isinstance(getattr(self, key), bool):
@@ -154,8 +173,8 @@ class NewConfig(PretrainedConfig):
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
-        if self.head_act is not None and (not isinstance(self.head_act, str) or self.head_act not in ACT2FN):
-            raise ValueError(f"unknown head_act {self.head_act!r}: expected null or one of {', '.join(sorted(ACT2FN))}")
+        if self.head_act is not None and not activations.known(self.head_act):
+            raise ValueError(f"unknown head_act {self.head_act!r}: expected null or one of {', '.join(activations.names())}")
         self._validate_local_attention()
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, dict):

@@ -1,7 +1,7 @@
 """`Embedder`: texts -> embeddings (dense, and sparse token weights where the checkpoint has the head).
 
 One inference path, shared with `Reranker` and the server: tokenize, sort by length, cut batches by a
-token budget, run them unpadded through `NewModel.run` and read each sequence's result from the
+token budget, run them unpadded through the engine's packed `run` and read each sequence's result from the
 packed hidden [T, H] without ever padding it.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from tokenizers import normalizers
+from torch import nn
 from torch.nn import functional as F
 
 from gte_defaults import CPU_BATCH_TOKENS, DEFAULT_MODEL, GPU_BATCH_TOKENS
@@ -28,7 +29,7 @@ from . import attention, chunking, hub, int8, st_files
 from .batching import budget_groups
 from .chunking import Chunk
 from .configuration import NewConfig
-from .modeling import NewForTokenClassification, NewModel, NewPreTrainedModel
+from .engine import Encoder, EngineModule
 from .padding import Packing
 from .pooling import Head, Pooling
 from .quantize import check_precision, quantize_embeddings
@@ -157,7 +158,7 @@ def progress_enabled(show: bool | None, batches: int) -> bool:
 
 
 def run_packed(
-    model: NewModel,
+    model: Encoder,
     token_ids: Sequence[Sequence[int]],
     budget: int,
     *,
@@ -200,11 +201,12 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="seq", dynamic_ncols=True)
 
 
-def base_model(model: NewPreTrainedModel) -> NewModel:
-    return model if isinstance(model, NewModel) else model.new
+def base_model(model: nn.Module) -> Encoder:
+    """The encoder of a model with a head (its `new`), or the model itself (gte.engine's modules, or transformers')."""
+    return getattr(model, "new", model)
 
 
-def backend_name(model: NewModel) -> str:
+def backend_name(model: Encoder) -> str:
     """The attention backend a packed run of this model uses."""
     return attention.select(model.config._attn_implementation, model.device, model.dtype, False, False).name
 
@@ -238,8 +240,9 @@ class Embedder:
         gte.Embedder("Alibaba-NLP/gte-base-en-v1.5")            # [n, 768], 8192 tokens
         emb.encode_query("how do cats purr?")                   # with the checkpoint's query prompt, if any
 
-    `model`: a checkpoint directory, a hub id, or a loaded gte model (then pass `tokenizer` too,
-    unless you only call `encode_tokens`; a device or dtype converts it in place). Device: CUDA when present;
+    `model`: a checkpoint directory, a hub id, or a loaded gte model (gte.NewModel, or the `model` of another
+    Embedder: then pass `tokenizer` too, unless you only call `encode_tokens`; a device or dtype converts it in
+    place). A checkpoint loads into the engine (`gte.engine.Encoder`, the `model` attribute). Device: CUDA when present;
     dtype: float16 on GPU, float32 on CPU; batch_tokens: 4096 on CPU, 16384 on GPU. dtype "int8" (CPU only):
     the encoder layers' projections in int8, the rest float32, and `int8_fidelity` says how close it stays to
     float32 (measured as it loads; an Int8Warning under cosine 0.999).
@@ -255,7 +258,7 @@ class Embedder:
 
     def __init__(
         self,
-        model: str | os.PathLike | NewPreTrainedModel = DEFAULT_MODEL,
+        model: str | os.PathLike | EngineModule = DEFAULT_MODEL,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -276,7 +279,7 @@ class Embedder:
             raise ValueError("trainable=True loads a checkpoint in float32 or bfloat16 weights: pass a directory or hub id, "
                              "not a model object, and no int8 dtype")  # fmt: skip
         loaded = hub.load(
-            model, _embedding_class, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
+            model, _embedding_architecture, device=device, dtype=dtype, tokenizer=tokenizer, attn_implementation=attn_implementation,
             revision=revision, trainable=trainable,
         )  # fmt: skip
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
@@ -300,7 +303,7 @@ class Embedder:
         self.truncation_side = check_side(truncation_side)
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.normalize, self.show_progress = normalize, show_progress
-        self.has_sparse = isinstance(self.model, NewForTokenClassification) and config.num_labels == 1
+        self.has_sparse = self.model.architecture == "NewForTokenClassification" and config.num_labels == 1
         self.backend = backend_name(self.encoder)
         self._token_text: dict[int, str] = {}
         self._sided: dict[str, Any] = {}
@@ -653,10 +656,10 @@ def check_max_length(config: NewConfig, max_length: int) -> int:
     return max_length
 
 
-def _embedding_class(name: str, num_labels: int) -> type[NewPreTrainedModel]:
+def _embedding_architecture(name: str, num_labels: int) -> str:
     if name == "NewForSequenceClassification":
         raise ValueError("this checkpoint is a sequence classifier (NewForSequenceClassification): load it with "
                          "gte.Reranker (one label, query-document scores) or gte.Classifier")  # fmt: skip
     if name == "NewForTokenClassification" and num_labels == 1:
-        return NewForTokenClassification  # the token-weight head of gte-multilingual-base: dense + sparse
-    return NewModel
+        return name  # the token-weight head of gte-multilingual-base: dense + sparse
+    return "NewModel"

@@ -18,7 +18,7 @@ import torch
 from gte_defaults import DEFAULT_MODEL
 
 from . import convert, threads
-from .configuration import NewConfig
+from .configuration import NewConfig, engine_only
 from .int8 import INT8
 from .models import embedded_path
 from .prepack import prepack
@@ -261,7 +261,8 @@ def load_tokenizer(path: Path):
     if not any(next(path.glob(pattern), None) for pattern in VOCABULARY_FILES):
         raise _no_tokenizer(path, "no tokenizer files")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        with engine_only():  # AutoTokenizer reads the config: no need for the transformers model classes
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as error:
         raise _no_tokenizer(path, f"transformers: {' '.join(str(error).split())}") from error
     specials = len(tokenizer.all_special_ids)
@@ -281,7 +282,7 @@ def _no_tokenizer(path: Path, reason: str) -> ModelNotFoundError:
 # ------------------------------------------------------------------------------ loading
 @dataclass
 class Loaded:
-    model: torch.nn.Module  # a gte NewPreTrainedModel, in eval mode
+    model: torch.nn.Module  # gte.engine's Encoder / EncoderWithHead (or a model passed in), in eval mode
     tokenizer: Any
     name: str
     path: Path | None  # the checkpoint directory; None for a model object passed in
@@ -290,7 +291,7 @@ class Loaded:
 
 def load(
     model: str | os.PathLike | torch.nn.Module,
-    choose_class: Callable[[str, int], type],
+    choose_architecture: Callable[[str, int], str],
     *,
     device: str | torch.device | None,
     dtype: str | torch.dtype | None,
@@ -299,11 +300,14 @@ def load(
     revision: str | None = None,
     trainable: bool = False,
 ) -> Loaded:
-    """Load a checkpoint (directory, or hub id at `revision`) as the class `choose_class(architecture,
-    num_labels)` returns (it raises for checkpoints the caller cannot use), or take a loaded model as it is
-    (moved or converted in place when a device or dtype is given). dtype "int8": float32 on the CPU, unpacked,
-    with `Loaded.int8` set for the caller to quantize. `trainable`: plain nn.Linear projections (packed ones have no
-    backward), in train mode. torch gets its default thread count here, unless the user chose one (gte.threads)."""
+    """Load a checkpoint (directory, or hub id at `revision`) into the engine as the architecture
+    `choose_architecture(architecture, num_labels)` returns (one of gte.engine.ARCHITECTURES; it raises for
+    checkpoints the caller cannot use), or take a loaded model as it is (moved or converted in place when a device or
+    dtype is given). dtype "int8": float32 on the CPU, unpacked, with `Loaded.int8` set for the caller to quantize.
+    `trainable`: plain nn.Linear projections (packed ones have no backward), in train mode. torch gets its default
+    thread count here, unless the user chose one (gte.threads)."""
+    from . import engine
+
     threads.configure()
     int8 = dtype == INT8
     if int8:
@@ -312,19 +316,17 @@ def load(
         if revision is not None:
             raise ValueError(f"revision {revision!r} pins a hub commit of a model to load; this model is loaded "
                              "already: drop the revision")  # fmt: skip
-        choose_class(type(model).__name__, model.config.num_labels)
+        choose_architecture(getattr(model, "architecture", type(model).__name__), model.config.num_labels)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, model.device))
         return Loaded(model.eval(), tokenizer, model.config._name_or_path or type(model).__name__, None, int8)
     target = resolve_device(device)
     path = resolve(model, revision)
-    cls = choose_class(*architecture(path))
-    kwargs = {"dtype": resolve_dtype(dtype, target)}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    with quiet_transformers():
-        loaded, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
-    _check_complete(path, info["missing_keys"])
+    chosen = choose_architecture(*architecture(path))
+    try:
+        loaded = engine.load(path, chosen, dtype=resolve_dtype(dtype, target), attn_implementation=attn_implementation)
+    except engine.MissingWeights as error:
+        raise _incomplete(path, error.names) from None
     loaded = loaded.to(target).train(trainable)
     if not (int8 or trainable):
         prepack(loaded)  # ours alone to change: a model object passed in is used as it is
@@ -357,10 +359,8 @@ def _no_progress_bar(factory: Callable, args: tuple, kwargs: dict) -> Any:
     return factory(*args, **{**kwargs, "disable": True})
 
 
-def _check_complete(path: Path, missing: list[str] | set[str]) -> None:
-    """Parameters the weights file lacks would be random numbers: refuse them."""
-    if missing:
-        names = sorted(missing)
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-        raise CheckpointError(f"{path}: the weights lack {', '.join(names[:3])}{more}, which would be random numbers: "
-                              "download the checkpoint again, or pass a complete one")  # fmt: skip
+def _incomplete(path: Path, missing: list[str]) -> CheckpointError:
+    """Parameters the weights file lacks would be random numbers: refused."""
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return CheckpointError(f"{path}: the weights lack {', '.join(missing[:3])}{more}, which would be random numbers: "
+                           "download the checkpoint again, or pass a complete one")  # fmt: skip

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
-from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
+from torch.utils.checkpoint import checkpoint
 
+from .activations import activation
 from .attention import Backend
 from .attention.eager import attention_with_probs
 from .configuration import NewConfig
@@ -138,7 +139,7 @@ class NewGatedMLP(nn.Module):
         self.intermediate_size = config.intermediate_size
         self.up_gate_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,17 +155,25 @@ class NewMLP(nn.Module):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
 
-class NewLayer(GradientCheckpointingLayer):
+class NewLayer(nn.Module):
     """Post-norm: h = attn_ln(h + attn(h)); h = mlp_ln(h + mlp(h)).
     Pre-norm (`norm_position: "pre"`): h = h + attn(attn_ln(h)); h = h + mlp(mlp_ln(h)).
     Layer 0 has no attention norm with `first_attn_norm: false`; attention is local in the layers that
-    `layer_types` marks "sliding_attention"."""
+    `layer_types` marks "sliding_attention".
+
+    Gradient checkpointing (training): with `gradient_checkpointing` set, a layer's activations are recomputed in
+    the backward pass instead of kept. transformers' `gradient_checkpointing_enable()` sets it, and its own
+    checkpoint function as `_gradient_checkpointing_func`, on every module that has the attribute;
+    `gte.engine.checkpointing` sets it on the engine's layers."""
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func: Callable[..., tuple] = partial(checkpoint, use_reentrant=False)
 
     def __init__(self, config: NewConfig, index: int):
         super().__init__()
@@ -191,6 +200,11 @@ class NewLayer(GradientCheckpointingLayer):
         if subset is not None:
             x = x[subset]
         return by_chunks(self.feed_forward, x, attn), probs
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(partial(super().__call__, **kwargs), x, *args)
+        return super().__call__(x, *args, **kwargs)
 
     def feed_forward(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """The per-token rest of the layer: [N, H] residual and attention output -> [N, H]."""

@@ -1,14 +1,12 @@
 """`NewModel` and its heads: transformers PreTrainedModels with the official parameter names.
 
-The padded `forward(input_ids, attention_mask, ...)` that transformers users call validates the
-batch, removes padding (unless unpad_inputs is off) and runs the one packed computation,
-`NewModel.run`, on hidden [T, H].
+NewModel's modules and computation are gte.engine's `PackedEncoder` (the packed `run` on hidden [T, H], and the
+padded `forward(input_ids, attention_mask, ...)` that validates the batch, removes padding unless unpad_inputs is
+off, and runs `run`), which the engine's `Encoder` shares without transformers' model classes; the heads here add
+their outputs and losses.
 """
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,24 +20,20 @@ from transformers import (
     AutoModelForTokenClassification,
     PreTrainedModel,
 )
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
     MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import logging
 
-from . import attention, threads
+from . import attention
+from .activations import activation
 from .configuration import NewConfig
-from .layers import NewEmbeddings, NewEncoder, by_chunks, layer_norm, make_norm
-from .padding import Packing, pad, unpad_index
-from .tracing import is_exporting
-
-logger = logging.get_logger(__name__)
+from .engine import NewPooler, PackedEncoder, return_dict_of
+from .layers import layer_norm
+from .padding import pad, unpad_index
 
 
 class NewPreTrainedModel(PreTrainedModel):
@@ -52,18 +46,15 @@ class NewPreTrainedModel(PreTrainedModel):
     # A pooler in the checkpoint (BERT's, say) that the loaded class does not build is not worth a warning.
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
 
+    @property
+    def architecture(self) -> str:
+        return type(self).__name__
+
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
     ) -> str:
         """Our backends, not transformers': the choice is checked here and resolved per call."""
-        if attn_implementation in (None, attention.AUTO) and self.config.use_memory_efficient_attention:
-            if attention.xformers.kernel() is not None:
-                return "xformers"
-            logger.warning_once(
-                "use_memory_efficient_attention=True but xformers is not installed: using the best memory-efficient "
-                "attention available instead (`pip install 'gte-engine[xformers]'` to get xformers)."
-            )
-        return attention.canonical_name(attn_implementation)
+        return attention.requested(attn_implementation, self.config.use_memory_efficient_attention)
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -85,75 +76,10 @@ class NewPreTrainedModel(PreTrainedModel):
         return loaded
 
 
-@dataclass
-class Batch:
-    """A validated padded batch, packed: what `NewModel.run` needs plus the way back to [B, L]."""
-
-    input_ids: torch.Tensor | None  # [T]
-    inputs_embeds: torch.Tensor | None  # [T, H]
-    token_type_ids: torch.Tensor | None  # [T]
-    positions: torch.Tensor  # [T]
-    lengths: torch.Tensor  # [B] valid tokens per row
-    packing: Packing
-    index: torch.Tensor | None  # [T] flat positions in [B * L] when unpadded; None when padded
-    shape: tuple[int, int]  # (B, L)
-
-    def to_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, ...] -> [B, L, ...] (zeros at padding when unpadded)."""
-        if self.index is None:
-            return x.view(*self.shape, *x.shape[1:])
-        return pad(x, self.index, *self.shape)
-
-    def first_tokens(self) -> torch.Tensor:  # [B] packed index of each row's first valid token
-        if self.index is None:  # padded: each row's start in the [B * L] stream, past any left padding
-            starts = torch.arange(self.shape[0], device=self.lengths.device) * self.shape[1]
-            return starts + self.packing.key_mask.int().argmax(1)
-        return self.packing.first_token_index()
-
-    def subset(self, selection: torch.Tensor) -> torch.Tensor:
-        """A [B, L] bool mask or flat [B * L] indices -> packed indices of those tokens."""
-        flat = selection.reshape(-1).nonzero().squeeze(1) if selection.dtype == torch.bool else selection.reshape(-1)
-        if self.index is None:
-            return flat
-        inverse = torch.full((self.shape[0] * self.shape[1],), -1, dtype=torch.long, device=flat.device)
-        inverse[self.index] = torch.arange(self.index.shape[0], device=flat.device)
-        picked = inverse[flat]
-        if (picked < 0).any():
-            raise ValueError("subset_indices selects padding positions; select only positions where attention_mask is 1")
-        return picked
-
-
-class NewPooler(nn.Module):
-    """Each sequence's first token (`classifier_pooling` "cls") or the mean of its tokens ("mean") -> dense ->
-    tanh (or `head_act`) [-> norm, with `pooler_norm`: ModernBERT's head]."""
-
-    def __init__(self, config: NewConfig):
-        super().__init__()
-        self.mean = config.classifier_pooling == "mean"
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_bias)
-        self.activation = nn.Tanh() if config.head_act is None else ACT2FN[config.head_act]
-        self.norm = make_norm(config) if config.pooler_norm else None
-
-    def picks(self, packing: Packing) -> torch.Tensor | None:
-        """The packed tokens the pooler reads ([B] first tokens), None when it reads them all."""
-        return None if self.mean else packing.first_token_index()
-
-    def forward(self, picked: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """picked: the tokens `picks` names ([B, H] first tokens, or all [T, H]) -> [B, H]."""
-        return self.transform(packing.sequence_means(picked) if self.mean else picked)
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, H] -> [N, H]: dense -> activation [-> norm]."""
-        x = self.activation(self.dense(x))
-        return x if self.norm is None else self.norm(x)
-
-
-class NewModel(NewPreTrainedModel):
+class NewModel(PackedEncoder, NewPreTrainedModel):
     def __init__(self, config: NewConfig, add_pooling_layer: bool = False):
         super().__init__(config)
-        self.embeddings = NewEmbeddings(config)
-        self.encoder = NewEncoder(config)
-        self.pooler = NewPooler(config) if add_pooling_layer else None
+        self.build(config, add_pooling_layer)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -161,195 +87,6 @@ class NewModel(NewPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
-
-    # ------------------------------------------------------------------ the packed computation
-    def run(
-        self,
-        input_ids: torch.Tensor | None,  # [T]
-        packing: Packing,
-        *,
-        positions: torch.Tensor | None = None,  # [T]; default: 0.. within each sequence
-        token_type_ids: torch.Tensor | None = None,  # [T]
-        inputs_embeds: torch.Tensor | None = None,  # [T, H]
-        lengths: torch.Tensor | None = None,  # [B] valid tokens (for the logn scale); default packing.seqlens
-        subset: torch.Tensor | None = None,  # [S] tokens whose last-layer output is wanted
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Packed tokens in, hidden [T, H] (or [S, H]) out, plus every layer's output and attention probs."""
-        positions = packing.positions if positions is None else positions
-        x, rope, local_rope = self.embeddings(input_ids, inputs_embeds, token_type_ids, positions)
-        windowed = self.config.layer_types is not None and "sliding_attention" in self.config.layer_types
-        backend = attention.select(
-            self.config._attn_implementation, x.device, x.dtype, packing.key_mask is not None, output_attentions, windowed
-        )
-        logn = self._logn_scale(packing.seqlens if lengths is None else lengths, packing, x.dtype)
-        hidden_states, attentions = [x], []
-        last = len(self.encoder.layer) - 1
-        with threads.sized_to(x.shape[0] * self.config.hidden_size * self.config.intermediate_size, x.device):
-            for i, layer in enumerate(self.encoder.layer):
-                x, probs = layer(
-                    x,
-                    packing,
-                    backend,
-                    rope if layer.window is None else local_rope,
-                    logn,
-                    subset=subset if i == last else None,
-                    output_attentions=output_attentions,
-                )
-                hidden_states.append(x)
-                attentions.append(probs)
-        if hasattr(self.encoder, "final_norm"):  # pre-norm layers: the last hidden state is the final norm's output
-            x = hidden_states[-1] = by_chunks(self.encoder.final_norm, x)
-        return x, hidden_states if output_hidden_states else [], attentions if output_attentions else []
-
-    def _logn_scale(self, lengths: torch.Tensor, packing: Packing, dtype: torch.dtype) -> torch.Tensor | None:
-        """[T] query scale log(n) / log(max_position_embeddings), n = the row's valid tokens."""
-        if not self.config.logn_attention_scale:
-            return None
-        scale = lengths.float().log() / math.log(self.config.max_position_embeddings)
-        if self.config.logn_attention_clip1:
-            scale = scale.clamp(min=1)
-        return packing.per_token(scale.to(dtype))
-
-    # ------------------------------------------------------------------ the padded interface
-    def prepare(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-        length: torch.Tensor | list[int] | None,
-        unpad: bool,
-    ) -> Batch:
-        """Validate a padded [B, L] batch and pack it (dropping padding when `unpad`)."""
-        config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        source = input_ids if input_ids is not None else inputs_embeds
-        expected_dims = 2 if input_ids is not None else 3
-        if source.dim() != expected_dims:
-            name = "input_ids" if input_ids is not None else "inputs_embeds"
-            raise ValueError(f"{name} must have {expected_dims} dimensions (batch, seq{', hidden' * (expected_dims == 3)}), got shape {tuple(source.shape)}")
-        batch, seqlen = source.shape[:2]
-        if batch == 0 or seqlen == 0:
-            raise ValueError(f"empty batch (shape {tuple(source.shape)}): pass at least one sequence of at least one token")
-        device = source.device
-        if attention_mask is None:
-            if length is not None:
-                length = torch.as_tensor(length, device=device)
-                attention_mask = torch.arange(seqlen, device=device) < length[:, None]
-            else:
-                attention_mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
-        if tuple(attention_mask.shape) != (batch, seqlen):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have (batch, seq) = {(batch, seqlen)}; "
-                "pass one mask value per token"
-            )
-        mask = attention_mask.bool()
-        lengths = mask.sum(1)
-        _check_rows(lengths)
-        if input_ids is not None:
-            _check_range("input_ids", input_ids, config.vocab_size, "vocab_size")
-        if token_type_ids is not None:
-            if tuple(token_type_ids.shape) != (batch, seqlen):
-                raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected {(batch, seqlen)}")
-            if config.type_vocab_size > 0:
-                _check_range("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
-            else:
-                token_type_ids = None
-        if position_ids is None:
-            position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # 0.. over each row's valid tokens
-        else:
-            position_ids = position_ids.expand(batch, seqlen)
-        if config.position_embedding_type == "absolute":
-            _check_range("position ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
-
-        if unpad:
-            index = unpad_index(mask)
-            packing = Packing.from_seqlens(lengths)
-        else:
-            index, packing = None, Packing.padded(mask)
-
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            flat = t.reshape(batch * seqlen, *t.shape[2:])
-            return flat if index is None else flat[index]
-
-        return Batch(take(input_ids), take(inputs_embeds), take(token_type_ids), take(position_ids), lengths, packing, index, (batch, seqlen))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        length: torch.Tensor | list[int] | None = None,
-        subset_indices: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        unpad_inputs: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """Padded batch [B, L] in; last_hidden_state [B, L, H] out (zeros at padding when unpadded).
-
-        `subset_indices` ([B, L] bool or flat [B * L] indices) keeps only those tokens' final outputs:
-        last_hidden_state is then [S, H] and there is no pooler output.
-        """
-        unpad = self.config.unpad_inputs if unpad_inputs is None else unpad_inputs
-        output_attentions = output_attentions or False
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        batch = self.prepare(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, length, unpad)
-        subset = None if subset_indices is None else batch.subset(subset_indices)
-        hidden, states, probs = self.run(
-            batch.input_ids,
-            batch.packing,
-            positions=batch.positions,
-            token_type_ids=batch.token_type_ids,
-            inputs_embeds=batch.inputs_embeds,
-            lengths=batch.lengths,
-            subset=subset,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        pooled = None
-        if self.pooler is not None and subset is None:
-            pooled = self.pooler(hidden if self.pooler.mean else hidden[batch.first_tokens()], batch.packing)
-        if subset is None:
-            hidden = batch.to_padded(hidden)
-        states = [batch.to_padded(s) if s.shape[0] == batch.positions.shape[0] else s for s in states]
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden,
-            pooler_output=pooled,
-            hidden_states=tuple(states) if output_hidden_states else None,
-            attentions=tuple(probs) if output_attentions else None,
-        )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
-
-
-# The value checks read the data, which a graph being exported (torch.export, ONNX) cannot: they are skipped there.
-def _check_rows(lengths: torch.Tensor) -> None:
-    if is_exporting():
-        return
-    empty = (lengths == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"rows {empty} of attention_mask have no valid token; every sequence needs at least one")
-
-
-def _check_range(name: str, values: torch.Tensor, limit: int, key: str) -> None:
-    if is_exporting():
-        return
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= limit:
-        raise ValueError(f"{name} must lie in [0, {limit}) ({key} = {limit}), got values from {low} to {high}")
-
-
-def _return_dict(config: NewConfig, return_dict: bool | None) -> bool:
-    return config.return_dict if return_dict is None else return_dict
 
 
 def _unpad_flag(model: nn.Module, unpad_inputs: bool | None) -> bool:
@@ -372,7 +109,7 @@ class NewLMPredictionHead(nn.Module):
     def __init__(self, config: NewConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_bias)
-        self.transform_act_fn = ACT2FN[config.head_act or config.hidden_act]
+        self.transform_act_fn = activation(config.head_act or config.hidden_act)
         self.norm = layer_norm(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
 
@@ -437,7 +174,7 @@ class NewForMaskedLM(NewPreTrainedModel):
         if labels is not None:
             loss = CrossEntropyLoss()(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1).to(logits.device))
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+        return output if return_dict_of(self.config, return_dict) else output.to_tuple()
 
 
 def _classifier_dropout(config: NewConfig) -> nn.Dropout:
@@ -501,7 +238,7 @@ class NewForSequenceClassification(NewPreTrainedModel):
         output = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+        return output if return_dict_of(self.config, return_dict) else output.to_tuple()
 
 
 class NewForMultipleChoice(NewPreTrainedModel):
@@ -551,7 +288,7 @@ class NewForMultipleChoice(NewPreTrainedModel):
         output = MultipleChoiceModelOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+        return output if return_dict_of(self.config, return_dict) else output.to_tuple()
 
 
 class NewForTokenClassification(NewPreTrainedModel):
@@ -598,7 +335,7 @@ class NewForTokenClassification(NewPreTrainedModel):
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+        return output if return_dict_of(self.config, return_dict) else output.to_tuple()
 
 
 class NewForQuestionAnswering(NewPreTrainedModel):
@@ -652,7 +389,7 @@ class NewForQuestionAnswering(NewPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
+        return output if return_dict_of(self.config, return_dict) else output.to_tuple()
 
 
 # model_type "new" for transformers' Auto classes (NewConfig imports this module as it is first built)
@@ -665,3 +402,4 @@ for _auto, _cls in (
     (AutoModelForQuestionAnswering, NewForQuestionAnswering),
 ):
     _auto.register(NewConfig, _cls, exist_ok=True)
+

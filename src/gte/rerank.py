@@ -10,7 +10,6 @@ import torch
 
 from .classify import Classifier
 from .embed import check_texts
-from .modeling import NewForSequenceClassification
 
 
 class Reranker(Classifier):
@@ -23,13 +22,13 @@ class Reranker(Classifier):
     """
 
     @staticmethod
-    def _model_class(name: str, num_labels: int) -> type[NewForSequenceClassification]:
+    def _architecture(name: str, num_labels: int) -> str:
         if name != "NewForSequenceClassification":
             raise ValueError(f"the checkpoint is a {name}, not a reranker (NewForSequenceClassification): use gte.Embedder")
         if num_labels != 1:
             raise ValueError(f"a reranker has one output (num_labels=1); this checkpoint has {num_labels}: use "
                              "gte.Classifier")  # fmt: skip
-        return NewForSequenceClassification
+        return name
 
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], *, truncate: bool = True, truncation_side: str | None = None

@@ -10,6 +10,7 @@ Adding a backend = one module with `attend` and `available`, plus one line in `B
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -56,6 +57,24 @@ def canonical_name(name: str | None) -> str:
             f"unknown attn_implementation {name!r}: choose one of {', '.join([AUTO, *BACKENDS])} (or leave it unset)"
         )
     return name
+
+
+def requested(name: str | None, memory_efficient: bool) -> str:
+    """The backend a model asks for: `name` (checked), or, unset, xformers for a config with
+    `use_memory_efficient_attention` (the original's switch) where xformers is installed."""
+    if name in (None, AUTO) and memory_efficient:
+        if xformers.kernel() is not None:
+            return "xformers"
+        _no_xformers()
+    return canonical_name(name)
+
+
+@functools.cache
+def _no_xformers() -> None:
+    logger.warning(
+        "use_memory_efficient_attention=True but xformers is not installed: using the best memory-efficient attention "
+        "available instead (`pip install 'gte-engine[xformers]'` to get xformers)."
+    )
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:

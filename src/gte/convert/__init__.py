@@ -6,9 +6,9 @@ Each layout is declared as data in its own module:
     nomic_bert   nomic-bert (model_type "nomic_bert": nomic-embed-text) -> `new` without biases
     modernbert   ModernBERT (model_type "modernbert") -> `new` with pre-norm layers and local attention
 
-`NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`; `architecture` and
-`new_config` read a config.json of any layout without touching the weights, `new_shapes` the names and
-shapes its weights take in our layout. `write_back` goes the other way for a fine-tuned model: every
+`NewPreTrainedModel.from_pretrained` loads every checkpoint through `load`, the engine (`gte.engine.load`)
+through `read`; `architecture` and `new_config` read a config.json of any layout without touching the
+weights, `new_shapes` the names and shapes its weights take in our layout. `write_back` goes the other way for a fine-tuned model: every
 conversion only moves stored values (renames, concatenations, slices), so it runs once on the stored
 elements' numbers and the result says where each of our values came from.
 """
@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from ..configuration import NewConfig
+from ..configuration import NewConfig, engine_only
 from . import bert, modernbert, native_gte, nomic_bert
 from .files import ConversionError, read_config, read_weights
 from .native_gte import config_from_native, native_config, native_state_dict, state_dict_from_native
 
 __all__ = [
-    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config", "new_shapes", "write_back",
+    "ConversionError", "Layout", "LAYOUTS", "architecture", "load", "new_config", "new_shapes", "read", "write_back",
     "config_from_native", "native_config", "native_state_dict", "state_dict_from_native",
 ]  # fmt: skip
 
@@ -66,11 +66,11 @@ def architecture(raw: dict[str, Any]) -> str:
 
 
 def new_config(raw: dict[str, Any]) -> NewConfig:
-    """Our NewConfig for a config.json (any layout we read)."""
+    """Our NewConfig for a config.json (any layout we read), built for gte's own use: it does not import the
+    transformers model classes (`configuration.engine_only`)."""
     model_type = _model_type(raw)
-    if model_type == "new":
-        return NewConfig.from_dict(raw)
-    return LAYOUTS[model_type].config(raw)
+    with engine_only():
+        return NewConfig.from_dict(raw) if model_type == "new" else LAYOUTS[model_type].config(raw)
 
 
 def new_shapes(raw: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -92,6 +92,17 @@ def load(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.
     layout = LAYOUTS[raw["model_type"]]
     config = layout.config(raw)  # refuses before any weight is read
     return config, layout.state_dict(read_weights(path, kwargs), raw)
+
+
+def read(path: str) -> tuple[NewConfig, dict[str, torch.Tensor]]:
+    """(config, state dict in the official layout) for a checkpoint directory in any layout we read."""
+    raw = read_config(path, {})
+    if raw is None:
+        raise ConversionError(f"{path} has no config.json: pass a checkpoint directory (config.json and model.safetensors)")
+    model_type = _model_type(raw)
+    config = new_config(raw)  # refuses before any weight is read
+    weights = read_weights(path, {})
+    return config, weights if model_type == "new" else LAYOUTS[model_type].state_dict(weights, raw)
 
 
 def write_back(path: str, ours: dict[str, torch.Tensor], base_prefix: str = "new") -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from transformers import CONFIG_MAPPING
-from transformers.activations import ACT2FN
 
+from .. import activations
 from ..configuration import NewConfig
 from .files import ConversionError
 
@@ -105,7 +105,7 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prenorm": (bool, "pre-norm layers"),
     "pre_norm": (bool, "pre-norm layers"),
     "normalize_before": (bool, "pre-norm layers"),
-    "hidden_act": (lambda v: not isinstance(v, str) or v not in ACT2FN, "an activation transformers does not know"),
+    "hidden_act": (lambda v: not activations.known(v), "an activation transformers does not know"),
 }
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 from transformers import CONFIG_MAPPING
-from transformers.activations import ACT2FN
 
+from .. import activations
 from ..configuration import NewConfig
 from .bert import (
     ELSEWHERE, LABEL_KEYS, Architecture, Names, pick_architecture, renamed,
@@ -90,7 +90,7 @@ def config_from_modernbert(raw: dict[str, Any]) -> NewConfig:
     if config.mlp_bias:
         bad.append("mlp_bias=True (a bias on the feed-forward's input projection Wi)")
     for key in ("hidden_activation", "classifier_activation"):
-        if getattr(config, key) not in ACT2FN:
+        if not activations.known(getattr(config, key)):
             bad.append(f"{key}={getattr(config, key)!r} (an activation transformers does not know)")
     if bad:
         raise ConversionError(

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from transformers import CONFIG_MAPPING
-from transformers.activations import ACT2FN
 
+from .. import activations
 from ..configuration import NewConfig
 from .bert import (
     ELSEWHERE, LABEL_KEYS, Architecture, Names, pick_architecture, renamed,
@@ -110,7 +110,7 @@ def config_from_nomic_bert(raw: dict[str, Any]) -> NewConfig:
     run exactly."""
     arch = _architecture(raw)
     kwargs, bad = _remote_settings(raw) if _is_remote(raw) else _native_settings(raw)
-    if not isinstance(kwargs["hidden_act"], str) or kwargs["hidden_act"] not in ACT2FN:
+    if not activations.known(kwargs["hidden_act"]):
         bad.append(f"hidden_act={kwargs['hidden_act']!r} (an activation transformers does not know)")
     if bad:
         raise ConversionError(

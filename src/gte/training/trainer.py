@@ -28,7 +28,7 @@ import torch
 
 from gte_defaults import DEFAULT_MODEL, TRAIN_BATCH_SIZE, TRAIN_LR, TRAIN_SCALE, TRAIN_WARMUP
 
-from .. import hub
+from .. import engine, hub
 from ..embed import progress_enabled
 from . import checkpoint
 from .data import epoch_order
@@ -149,7 +149,7 @@ class Run:
         torch.manual_seed(options.seed)
         self.task = task(found or self.source, data, options, device)
         if options.gradient_checkpointing:
-            checkpointing(self.task.model)
+            engine.checkpointing(self.task.model)
         self.autocast = _autocast(options.dtype, self.task.model.device)
         self.per_epoch = self.task.units // options.batch_size
         if self.per_epoch == 0:
@@ -249,12 +249,6 @@ def _optimizer(parameters: list[torch.nn.Parameter], options: Options, warmup: i
     groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=options.lr)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
-
-
-def checkpointing(model: Any) -> None:
-    """Activations recomputed in the backward pass (transformers renamed the switch in 5.x; both names work)."""
-    enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
-    enable()
 
 
 def _warmup_steps(warmup: float, total: int) -> int:
