@@ -335,20 +335,23 @@ def nomic_bert_config(tokenizer: Tokenizer, architecture: str = "NomicBertModel"
     import transformers
 
     return transformers.NomicBertConfig(**TINY_SHAPE, vocab_size=round_up(tokenizer.get_vocab_size()),
-                                        max_position_embeddings=64, num_labels=1, architectures=[architecture],
-                                        **overrides)  # fmt: skip
+                                        num_labels=1, architectures=[architecture],
+                                        **({"max_position_embeddings": 64} | overrides))  # fmt: skip
 
 
 def remote_nomic_config(config) -> dict:
-    """`config` (a transformers NomicBertConfig) as the hub checkpoints spell it for nomic's remote code."""
+    """`config` (a transformers NomicBertConfig) as the hub checkpoints spell it for nomic's remote code (dynamic
+    rope_parameters: rotary_scaling_factor past max_trained_positions)."""
+    rope = config.rope_parameters
     return {
         "model_type": "nomic_bert", "architectures": config.architectures, "auto_map": NOMIC_AUTO_MAP,
         "activation_function": "swiglu", "n_embd": config.hidden_size, "n_head": config.num_attention_heads,
         "n_layer": config.num_hidden_layers, "n_inner": config.intermediate_size, "n_positions": 8192,
         "max_trained_positions": config.max_position_embeddings, "vocab_size": config.vocab_size,
         "pad_vocab_size_multiple": 64, "layer_norm_epsilon": config.layer_norm_eps, "type_vocab_size": 2,
-        "rotary_emb_base": config.rope_parameters["rope_theta"], "rotary_emb_fraction": 1.0,
-        "rotary_emb_interleaved": False, "rotary_emb_scale_base": None, "rotary_scaling_factor": None,
+        "rotary_emb_base": rope["rope_theta"], "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
+        "rotary_scaling_factor": rope["factor"] if rope["rope_type"] == "dynamic" else None,
         "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False, "prenorm": False, "parallel_block": False,
         "parallel_block_tied_norm": False, "causal": False, "use_rms_norm": False, "fused_bias_fc": True,
         "fused_dropout_add_ln": True, "use_flash_attn": True, "dense_seq_output": True, "embd_pdrop": 0.0,

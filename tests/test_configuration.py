@@ -10,6 +10,7 @@ from transformers import AutoConfig
 
 from fixtures import AUTO_MAP
 from gte import NewConfig
+from gte.rope import RotaryEmbedding
 
 # config.json as the official hub repos store it (gte-base-en-v1.5 and gte-multilingual-reranker-base shapes).
 OFFICIAL_BASE_EN = {
@@ -104,7 +105,13 @@ def test_defaults():
     [
         ({"layer_norm_type": "batch_norm"}, "layer_norm_type"),
         ({"position_embedding_type": "alibi"}, "position_embedding_type"),
-        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling"),
+        ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling"),
+        ({"rope_scaling": {"type": "dynamic"}}, r"rope_scaling\['factor'\]"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 0.5}}, r"rope_scaling\['factor'\]"),
+        ({"rope_scaling": {"type": "dynamic", "factor": True}}, r"rope_scaling\['factor'\]"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 0}}, "original_max"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2, "original_max_position_embeddings": 2.5}}, "original_max"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0, "mixed_b": 0.5}}, "mixed_b"),
         ({"rope_scaling": {"type": "ntk"}}, r"rope_scaling\['factor'\]"),
         ({"rope_scaling": {"type": "ntk", "factor": 0.5}}, r"rope_scaling\['factor'\]"),
         ({"rope_scaling": "ntk"}, "rope_scaling"),
@@ -175,6 +182,17 @@ def test_save_load_round_trip_keeps_every_key(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.rope_scaling == config.rope_scaling
     assert loaded.id2label == {0: "neg", 1: "neutral", 2: "pos"}
+
+
+@pytest.mark.parametrize("trained", [{}, {"original_max_position_embeddings": 512}])
+def test_dynamic_ntk_rope_scaling(trained, tmp_path):
+    """{"type": "dynamic", "factor", "original_max_position_embeddings" (default: max_position_embeddings)}: a
+    valid config that saves and loads as it is."""
+    scaling = {"type": "dynamic", "factor": 2} | trained
+    config = NewConfig(max_position_embeddings=64, rope_scaling=scaling)
+    assert RotaryEmbedding(config).dynamic == (2.0, trained.get("original_max_position_embeddings", 64))
+    config.save_pretrained(tmp_path)
+    assert NewConfig.from_pretrained(tmp_path).rope_scaling == scaling
 
 
 def test_head_dim():

@@ -128,6 +128,7 @@ def test_native_config_defaults_fill_missing_keys():
 UNSUPPORTED = {
     "logn": ({"logn_attention_scale": True}, "logn_attention_scale"),
     "mixed_b": ({"rope_scaling": {"type": "ntk", "factor": 4.0, "mixed_b": 0.5}}, "mixed_b"),
+    "dynamic ntk": ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling of type 'dynamic'"),
     "rms_norm": ({"layer_norm_type": "rms_norm"}, "rms_norm"),
     "absolute": ({"position_embedding_type": "absolute"}, "absolute"),
     "qa": ({"architectures": ["NewForQuestionAnswering"]}, "NewForQuestionAnswering"),

@@ -149,6 +149,20 @@ def test_other_families(family, tmp_path):
     assert report.outputs[0] == "last_hidden_state"
 
 
+def test_nomic_bert_dynamic_ntk(tmp_path):
+    """Rotary scaling (dynamic NTK past 16 trained positions) exports as it runs: each row of the padded graph gets
+    the frequencies of its own length, as each packed sequence does in PyTorch."""
+    rope = {"rope_type": "dynamic", "rope_theta": 1000.0, "factor": 2.0}
+    path = fixtures.build_nomic_bert_model(tmp_path / "nomic", max_position_embeddings=16, rope_parameters=rope)
+    report = export_to(path, tmp_path / "out")
+    model = gte.NewModel.from_pretrained(path).eval()
+    batch = random_batch(model.config, [40, 8, 20, 17])
+    with torch.no_grad():
+        ours = model(**batch, unpad_inputs=True).last_hidden_state
+    got = run_onnx(report.model_file, {k: batch[k] for k in report.inputs})
+    assert max_diff_at_valid(got["last_hidden_state"], ours, batch["attention_mask"]) <= TOLERANCE
+
+
 def test_sparse_head_token_weights(sparse_model_dir, tmp_path):
     report = export_to(sparse_model_dir, tmp_path)
     assert report.outputs == ["last_hidden_state", "token_weights", "sentence_embedding"]

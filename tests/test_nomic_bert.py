@@ -1,7 +1,8 @@
 """nomic-bert checkpoints on our engine (gte.convert.nomic_bert): the numbers of transformers' own NomicBert
-classes on every backend, padded and unpadded, past the model's positions; the hub's config spelling (nomic's
-remote code) read as transformers' is; sentence-transformers' vectors with nomic's prompts; write_back into the
-hub's names; a clear refusal for every variant we cannot run exactly."""
+classes on every backend, padded and unpadded, past the model's positions; rotary scaling (dynamic NTK) giving each
+sequence of a batch what transformers gives it alone; the hub's config spelling (nomic's remote code) read as
+transformers' is; sentence-transformers' vectors with nomic's prompts; write_back into the hub's names; a clear
+refusal for every variant we cannot run exactly."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gte import NewForSequenceClassification, NewModel
 from gte.convert import ConversionError, write_back
 from gte.convert.files import read_weights
 from gte.convert.nomic_bert import ARCHITECTURES, config_from_nomic_bert
+from gte.rope import RotaryEmbedding
 from model_helpers import collected_warnings, random_batch
 
 ATOL = 1e-5
@@ -108,6 +110,69 @@ def test_transformers_keeps_its_own_nomic_bert_classes(nomic):
     assert type(transformers.AutoModel.from_pretrained(nomic())) is transformers.NomicBertModel
 
 
+# ------------------------------------------------------------------------------ rotary scaling: dynamic NTK
+TRAINED = 16  # the checkpoint's trained length: longer sequences get a RoPE base of their own
+DYNAMIC = {"max_position_embeddings": TRAINED, "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1000.0,
+                                                                   "factor": 2.0}}  # fmt: skip
+NTK_LENGTHS = [8, 20, 40, 20, 16, 17, 1]  # short, scaled, at and just past the trained length
+
+
+def alone_in_transformers(path, batch: dict, row: int, length: int) -> torch.Tensor:
+    """[length, H]: the row's tokens run alone (positions 0..length-1) in a fresh transformers NomicBertModel, whose
+    dynamic NTK keeps frequencies from earlier calls."""
+    theirs = transformers.NomicBertModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        return theirs(**{k: v[row : row + 1, :length] for k, v in batch.items()}).last_hidden_state[0]
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamic_ntk_gives_each_sequence_its_own_length(nomic, backend, unpad):
+    """Every sequence of a batch of several lengths, packed or padded, equals that sequence run alone in
+    transformers."""
+    path = nomic(**DYNAMIC)
+    ours = NewModel.from_pretrained(path, attn_implementation=backend).eval()
+    assert ours.config.rope_scaling == {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": TRAINED}
+    batch = random_batch(ours.config, NTK_LENGTHS)
+    with torch.no_grad():
+        hidden = ours(**batch, unpad_inputs=unpad).last_hidden_state
+    for row, length in enumerate(NTK_LENGTHS):
+        expected = alone_in_transformers(path, batch, row, length)
+        torch.testing.assert_close(hidden[row, :length], expected, rtol=0, atol=ATOL, msg=f"length {length}")
+
+
+def test_dynamic_ntk_leaves_sequences_up_to_the_trained_length_alone(nomic, monkeypatch):
+    """Sequences of at most the trained length get the unscaled model's numbers, bit for bit, in a batch with a
+    longer one; a batch of only such sequences reads the plain table and computes nothing per token."""
+    overrides = (DYNAMIC, {"max_position_embeddings": TRAINED})  # the same weights, unscaled
+    dynamic, plain = (NewModel.from_pretrained(nomic(**o)).eval() for o in overrides)
+    batch = random_batch(plain.config, [8, TRAINED, 40])
+    scaled, unscaled = outputs(dynamic, batch).split([8, TRAINED, 40]), outputs(plain, batch).split([8, TRAINED, 40])
+    for got, expected in zip(scaled[:2], unscaled[:2]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert (scaled[2] - unscaled[2]).abs().max() > 0.1  # the long one is scaled
+    monkeypatch.setattr(RotaryEmbedding, "_rescale", lambda *args: pytest.fail("per-token work for short sequences"))
+    short = random_batch(plain.config, [8, TRAINED, 3])
+    torch.testing.assert_close(outputs(dynamic, short), outputs(plain, short), rtol=0, atol=0)
+
+
+def test_dynamic_ntk_in_every_spelling(nomic):
+    """The hub's rotary_scaling_factor past max_trained_positions, transformers' rope_parameters and its legacy
+    rope_scaling: the same config and numbers."""
+    native, remote = (NewModel.from_pretrained(nomic(remote=r, **DYNAMIC)).eval() for r in (False, True))
+    assert remote.config.rope_scaling == native.config.rope_scaling
+    batch = random_batch(native.config, NTK_LENGTHS)
+    torch.testing.assert_close(outputs(remote, batch), outputs(native, batch), rtol=0, atol=0)
+    spellings = configs(nomic(**DYNAMIC))
+    legacy = {k: v for k, v in spellings["native"].items() if k != "rope_parameters"}
+    legacy["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
+    legacy["rope_theta"] = 1000.0
+    assert config_from_nomic_bert(legacy).rope_scaling == native.config.rope_scaling
+    assert config_from_nomic_bert(spellings["hub"] | {"rotary_scaling_factor": 0}).rope_scaling is None  # falsy: off
+    assert config_from_nomic_bert(spellings["hub"] | {"max_trained_positions": 2048}).rope_scaling == {
+        "type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 2048}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ Embedder, sentence-transformers
 def test_embedder_equals_sentence_transformers_with_nomic_prompts(nomic, tmp_path):
     path = fixtures.build_sentence_transformer(tmp_path, nomic(), pooling="mean", normalize=True,
@@ -166,15 +231,18 @@ REFUSED = {  # name: (spelling, overrides, what the error names)
     "partial rotary": ("hub", {"rotary_emb_fraction": 0.5}, "rotary_emb_fraction=0.5"),
     "interleaved": ("hub", {"rotary_emb_interleaved": True}, "rotary_emb_interleaved=True"),
     "xpos": ("hub", {"rotary_emb_scale_base": 512}, "rotary_emb_scale_base=512"),
-    "dynamic ntk": ("hub", {"rotary_scaling_factor": 2}, "rotary_scaling_factor=2 \\(dynamic NTK"),
+    "scaling below 1": ("hub", {"rotary_scaling_factor": 0.5}, "rotary_scaling_factor=0.5 \\(dynamic NTK"),
     "fc1 bias": ("hub", {"mlp_fc1_bias": True}, "mlp_fc1_bias=True"),
     "rms norm": ("hub", {"use_rms_norm": True}, "use_rms_norm=True"),
     "plain mlp": ("hub", {"activation_function": "gelu"}, "activation_function='gelu'"),
     "moe": ("hub", {"moe_every_n_layers": 2, "num_experts": 8}, "mixture-of-experts"),
     "remote classifier": ("hub", {"architectures": ["NomicBertForSequenceClassification"]}, "a head of nomic's remote code"),
     "architecture": ("hub", {"architectures": ["NomicBertForTokenClassification"]}, "NomicBertForTokenClassification"),
-    "rope scaling": ("native", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1000.0, "factor": 2.0}},
-                     "rotary scaling"),
+    "linear rope": ("native", {"rope_parameters": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 2.0}},
+                    "rotary scaling other than dynamic NTK"),
+    "trained length": ("native", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1000.0, "factor": 2.0,
+                                                      "original_max_position_embeddings": 32}},
+                       "original_max_position_embeddings=32, which transformers"),
     "head_dim": ("native", {"head_dim": 16}, "head_dim=16"),
     "activation": ("native", {"hidden_act": "swiglu"}, "hidden_act='swiglu'"),
 }  # fmt: skip

@@ -37,7 +37,8 @@ from . import activations
 
 LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 POSITION_EMBEDDING_TYPES = ("rope", "absolute")
-ROPE_SCALING_TYPES = ("ntk",)
+ROPE_SCALING_TYPES = ("ntk", "dynamic")
+DYNAMIC_KEYS = ("type", "factor", "original_max_position_embeddings")
 NORM_POSITIONS = ("post", "pre")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 CLASSIFIER_POOLINGS = ("cls", "mean")
@@ -176,18 +177,34 @@ class NewConfig(PretrainedConfig):
         if self.head_act is not None and not activations.known(self.head_act):
             raise ValueError(f"unknown head_act {self.head_act!r}: expected null or one of {', '.join(activations.names())}")
         self._validate_local_attention()
-        if self.rope_scaling is not None:
-            if not isinstance(self.rope_scaling, dict):
-                raise ValueError(f"rope_scaling must be a dict like {{'type': 'ntk', 'factor': 2.0}} or null, got {self.rope_scaling!r}")
-            _check_choice("rope_scaling['type']", self.rope_scaling.get("type"), ROPE_SCALING_TYPES)
-            factor = self.rope_scaling.get("factor")
-            if not isinstance(factor, (int, float)) or factor < 1:
-                raise ValueError(f"rope_scaling['factor'] must be a number >= 1, got {factor!r}")
+        self._validate_rope_scaling()
         if self.attention_probs_dropout_prob:
             raise ValueError(
                 f"attention_probs_dropout_prob must be 0.0 (memory-efficient attention kernels take no dropout), "
                 f"got {self.attention_probs_dropout_prob}"
             )
+
+    def _validate_rope_scaling(self) -> None:
+        """Fixed NTK {"type": "ntk", "factor": F[, "mixed_b": B]} or dynamic NTK {"type": "dynamic", "factor": F[,
+        "original_max_position_embeddings": N]} (gte.rope: each sequence scaled for its own length past N)."""
+        scaling = self.rope_scaling
+        if scaling is None:
+            return
+        if not isinstance(scaling, dict):
+            raise ValueError(f"rope_scaling must be a dict like {{'type': 'ntk', 'factor': 2.0}} or null, got {scaling!r}")
+        _check_choice("rope_scaling['type']", scaling.get("type"), ROPE_SCALING_TYPES)
+        factor = scaling.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+            raise ValueError(f"rope_scaling['factor'] must be a number >= 1, got {factor!r}")
+        if scaling["type"] != "dynamic":
+            return
+        unknown = sorted(set(scaling) - set(DYNAMIC_KEYS))
+        if unknown:  # mixed_b, say: a key dynamic NTK would silently ignore
+            raise ValueError(f"rope_scaling of type 'dynamic' takes only {', '.join(DYNAMIC_KEYS)}; got {unknown}")
+        trained = scaling.get("original_max_position_embeddings", self.max_position_embeddings)
+        if isinstance(trained, bool) or not isinstance(trained, int) or trained < 1:
+            raise ValueError(f"rope_scaling['original_max_position_embeddings'] (the trained length past which dynamic "
+                             f"NTK scales a sequence) must be a whole number >= 1, got {trained!r}")  # fmt: skip
 
     def _validate_local_attention(self) -> None:
         if self.layer_types is None:

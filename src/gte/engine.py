@@ -120,7 +120,7 @@ class PackedEncoder:
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Packed tokens in, hidden [T, H] (or [S, H]) out, plus every layer's output and attention probs."""
         positions = packing.positions if positions is None else positions
-        x, rope, local_rope = self.embeddings(input_ids, inputs_embeds, token_type_ids, positions)
+        x, rope, local_rope = self.embeddings(input_ids, inputs_embeds, token_type_ids, positions, packing)
         windowed = self.config.layer_types is not None and "sliding_attention" in self.config.layer_types
         backend = attention.select(
             self.config._attn_implementation, x.device, x.dtype, packing.key_mask is not None, output_attentions, windowed

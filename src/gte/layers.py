@@ -70,6 +70,7 @@ class NewEmbeddings(nn.Module):
         inputs_embeds: torch.Tensor | None,  # [T, H]
         token_type_ids: torch.Tensor | None,  # [T]
         positions: torch.Tensor,  # [T]
+        packing: Packing,  # the sequences the tokens form: dynamic NTK scaling reads their lengths
     ) -> tuple[torch.Tensor, Rope | None, Rope | None]:
         """hidden [T, H], the rotary cos/sin of global layers and of local attention layers (None: absolute)."""
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -81,9 +82,9 @@ class NewEmbeddings(nn.Module):
         if self.position_embedding_type == "absolute":
             x = x + self.position_embeddings(positions)
         elif positions.numel():
-            rope = local_rope = self.rotary_emb(positions, x.dtype)
+            rope = local_rope = self.rotary_emb(positions, x.dtype, packing)
             if hasattr(self, "local_rotary_emb"):
-                local_rope = self.local_rotary_emb(positions, x.dtype)
+                local_rope = self.local_rotary_emb(positions, x.dtype, packing)
         return self.dropout(self.LayerNorm(x)), rope, local_rope
 
 

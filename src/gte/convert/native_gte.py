@@ -60,6 +60,8 @@ def native_config(config: NewConfig) -> dict[str, Any]:
         "layer_norm_type='rms_norm'": config.layer_norm_type == "rms_norm",
         "position_embedding_type='absolute'": config.position_embedding_type == "absolute",
         "rope_scaling mixed_b": bool(config.rope_scaling and config.rope_scaling.get("mixed_b") is not None),
+        # transformers' dynamic NTK follows the batch's padded length, ours each sequence's own
+        "rope_scaling of type 'dynamic'": bool(config.rope_scaling and config.rope_scaling["type"] == "dynamic"),
         "gated_mlp=False (BERT's feed-forward)": not config.gated_mlp,
         "attention_bias=False (projections without biases)": not config.attention_bias,
         "mlp_bias=False (a feed-forward without biases)": not config.mlp_bias,

@@ -8,11 +8,16 @@ read by nomic's remote code: n_embd, rotary_emb_base, qkv_proj_bias, ...) and tr
 NomicBertConfig (hidden_size, rope_parameters). The weights carry the same names in both: transformers saves
 the hub's names.
 
+Rotary scaling (nomic's `rotary_scaling_factor` past `max_trained_positions`, 2048 on the hub; transformers'
+`rope_parameters` of rope_type "dynamic" past `max_position_embeddings`) is dynamic NTK, our rope_scaling
+{"type": "dynamic", "factor", "original_max_position_embeddings"}: each sequence gets the frequencies for its own
+length, which is what their code gives it run alone (in their batches the base follows the padded length, and
+earlier calls; gte.rope).
+
 A variant that we cannot run exactly is refused with a ConversionError naming its setting: pre-norm or
 parallel layers, causal attention, rotary embeddings over part of each head, interleaved rotary pairs, XPos,
-rotary scaling (nomic's `rotary_scaling_factor` and transformers' dynamic `rope_parameters` change the
-frequencies with each batch's padded length, which an unpadded engine does not have), biases on the GLU's
-up/gate projection, RMSNorm, a feed-forward other than a GLU, mixture-of-experts layers (nomic-embed-text-v2-moe).
+rotary scaling other than dynamic NTK by a factor >= 1, biases on the GLU's up/gate projection, RMSNorm, a
+feed-forward other than a GLU, mixture-of-experts layers (nomic-embed-text-v2-moe).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ ARCHITECTURES = {
 REMOTE_ARCHITECTURES = ("NomicBertModel", "NomicBertForPreTraining")  # those whose remote code we know to be ours
 
 # Ours for every converted checkpoint; attention dropout is dropped as for BERT (our kernels take none).
-FIXED = {"position_embedding_type": "rope", "rope_scaling": None, "gated_mlp": True, "pack_qkv": True,
+FIXED = {"position_embedding_type": "rope", "gated_mlp": True, "pack_qkv": True,
          "unpad_inputs": True, "attention_probs_dropout_prob": 0.0}  # fmt: skip
 
 # --- transformers' NomicBertConfig
@@ -77,8 +82,8 @@ REMOTE_DEFAULTS = {
     "pad_vocab_size_multiple": 1, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.1,
     "initializer_range": 0.02, "type_vocab_size": 2, "rotary_emb_fraction": 0.0, "rotary_emb_base": 1000,
     "rotary_emb_interleaved": False, "rotary_emb_scale_base": None, "rotary_scaling_factor": None,
-    "qkv_proj_bias": True, "mlp_fc1_bias": True, "mlp_fc2_bias": True, "prenorm": False, "parallel_block": False,
-    "causal": False, "use_rms_norm": False, "pad_token_id": None,
+    "max_trained_positions": 2048, "qkv_proj_bias": True, "mlp_fc1_bias": True, "mlp_fc2_bias": True,
+    "prenorm": False, "parallel_block": False, "causal": False, "use_rms_norm": False, "pad_token_id": None,
 }  # fmt: skip
 GLU_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "glu": "sigmoid"}  # nomic's name -> the gate's activation
 # key -> (is the value one we cannot run?, what it means)
@@ -89,8 +94,9 @@ REMOTE_UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rotary_emb_fraction": (lambda v: v != 1, "rotary embeddings over part of each head (or none)"),
     "rotary_emb_interleaved": (bool, "interleaved rotary pairs"),
     "rotary_emb_scale_base": (lambda v: v is not None, "XPos rotary scaling"),
-    "rotary_scaling_factor": (lambda v: v is not None, "dynamic NTK scaling (frequencies that follow each batch's "
-                              "padded length)"),
+    # nomic's code scales when the factor is truthy (dynamic NTK); we take factors >= 1, as transformers asks
+    "rotary_scaling_factor": (lambda v: bool(v) and not _is_factor(v),
+                              "dynamic NTK scaling by other than a number >= 1"),
     "mlp_fc1_bias": (bool, "biases on the feed-forward's up and gate projections"),
     "use_rms_norm": (bool, "RMSNorm"),
     "activation_function": (lambda v: v not in GLU_ACTIVATIONS, "a feed-forward other than a GLU"),
@@ -115,7 +121,7 @@ def config_from_nomic_bert(raw: dict[str, Any]) -> NewConfig:
     if bad:
         raise ConversionError(
             f"this nomic_bert checkpoint has {'; '.join(bad)}: gte runs nomic-bert exactly only with post-norm "
-            f"layers, unscaled rotate-half RoPE over whole heads and a GLU feed-forward; {ELSEWHERE}"
+            f"layers, rotate-half RoPE over whole heads (unscaled or dynamic NTK) and a GLU feed-forward; {ELSEWHERE}"
         )
     labels = {key: raw[key] for key in LABEL_KEYS if key in raw}
     return NewConfig(**kwargs, **labels, **FIXED, architectures=[arch.new_class])
@@ -133,12 +139,33 @@ def _native_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     kwargs = {key: getattr(config, key) for key in NATIVE_KEYS}
     rope = config.rope_parameters
     kwargs |= {"rope_theta": rope["rope_theta"], "attention_bias": False, "mlp_bias": False}
-    bad = []
-    if rope.get("rope_type", "default") != "default":
-        bad.append(f"rope_parameters={rope!r} (rotary scaling)")
+    kwargs["rope_scaling"], bad = _native_scaling(rope, config.max_position_embeddings)
     if config.head_dim * config.num_attention_heads != config.hidden_size:
         bad.append(f"head_dim={config.head_dim} (heads of another size than hidden_size / num_attention_heads)")
     return kwargs, bad
+
+
+def _native_scaling(rope: dict[str, Any], max_positions: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """Our rope_scaling for transformers' rope_parameters, and what we cannot run. Its dynamic NTK scales past
+    max_position_embeddings, whatever original_max_position_embeddings says: a key that disagrees is refused."""
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return None, []
+    factor, trained = rope.get("factor"), rope.get("original_max_position_embeddings", max_positions)
+    if kind != "dynamic" or not _is_factor(factor):
+        return None, [f"rope_parameters={rope!r} (rotary scaling other than dynamic NTK by a factor >= 1)"]
+    if trained != max_positions:
+        return None, [f"rope_parameters={rope!r} (original_max_position_embeddings={trained}, which transformers' "
+                      f"dynamic NTK ignores for max_position_embeddings={max_positions}; make them equal)"]  # fmt: skip
+    return _dynamic(factor, max_positions), []
+
+
+def _dynamic(factor: float, trained: int) -> dict[str, Any]:
+    return {"type": "dynamic", "factor": factor, "original_max_position_embeddings": trained}
+
+
+def _is_factor(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1
 
 
 def _remote_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -149,7 +176,7 @@ def _remote_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if _architecture(raw).new_class != "NewModel" and raw["architectures"][0] not in REMOTE_ARCHITECTURES:
         bad.append(f"architectures={raw['architectures']!r} (a head of nomic's remote code; gte runs transformers' "
                    "NomicBertForSequenceClassification)")  # fmt: skip
-    multiple = full["pad_vocab_size_multiple"]
+    multiple, factor = full["pad_vocab_size_multiple"], full["rotary_scaling_factor"]
     kwargs = {
         "vocab_size": -(-full["vocab_size"] // multiple) * multiple,  # the remote code pads the table to a multiple
         "hidden_size": full["n_embd"],
@@ -164,6 +191,7 @@ def _remote_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         "layer_norm_eps": full["layer_norm_epsilon"],
         "pad_token_id": full["pad_token_id"],
         "rope_theta": full["rotary_emb_base"],
+        "rope_scaling": _dynamic(factor, full["max_trained_positions"]) if factor else None,
         "attention_bias": full["qkv_proj_bias"],  # Wqkv and out_proj alike
         "mlp_bias": full["mlp_fc2_bias"],
     }
