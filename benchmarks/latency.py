@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 from bench import machine  # noqa: E402
+from runtimes import openvino_session, ort_session  # noqa: E402
 
 from gte.embed import PoolingNotice  # noqa: E402
 from gte.int8 import Int8Warning  # noqa: E402
@@ -48,28 +49,6 @@ Call = Callable[[], object]
 
 
 # ------------------------------------------------------------------------------------ runtimes
-def ort_session(model_file: Path, threads: int) -> Callable[[dict], dict]:
-    """ONNX Runtime on the CPU: feeds -> {output name: array}."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return lambda feeds: dict(zip(names, session.run(None, feeds)))
-
-
-def openvino_session(model_file: Path, threads: int, precision: str) -> Callable[[dict], dict]:
-    """OpenVINO's CPU plugin at `precision` ("f32" or "bf16"), the latency hint, one stream: feeds -> outputs (the
-    request's buffers, which its next call overwrites: copy what you keep)."""
-    import openvino
-
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda feeds: {o.get_any_name(): v for o, v in request.infer(feeds).items()}  # the request's own buffers
-
-
 def export(model: suite.NewModel, out: Path) -> gte.export.ExportReport:
     """`model` saved as a checkpoint under `out`, exported to ONNX with its int8 copy."""
     model.save_pretrained(out / "checkpoint")

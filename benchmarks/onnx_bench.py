@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 from bench import FULL, TINY, machine  # noqa: E402
-from latency import export, openvino_session, ort_session  # noqa: E402
+from latency import export  # noqa: E402
+from runtimes import openvino_session, ort_session  # noqa: E402
 
 
 BATCH_SIZE = 32
@@ -43,7 +44,7 @@ QUERY_TOKENS = 24
 
 
 def runtime_contender(session: Callable[[dict], dict], name: str) -> suite.Contender:
-    """A runtime's `session` (latency.ort_session, latency.openvino_session) on padded, length-sorted batches;
+    """A runtime's `session` (runtimes.ort_session, runtimes.openvino_session) on padded, length-sorted batches;
     first-token hidden states [B, H]."""
 
     def embed(docs: suite.Docs) -> torch.Tensor:

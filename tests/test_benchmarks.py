@@ -296,6 +296,29 @@ def test_latency_tiny_produces_its_table():
         assert float(rows[name][-1]) >= FP32_MIN_COSINE, name
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="gte.export_onnx needs onnxruntime")
+def test_contention_tiny_produces_its_table():
+    """benchmarks/contention.py --tiny end to end: every contender (OpenVINO's where it is installed) quiet and beside
+    a busy process, each in its own process; the slowdown is busy / quiet and the runtimes give our vectors. In its own
+    process, as latency.py's test (the export's ONNX Runtime session outlives the call)."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "contention.py"), "--tiny"], capture_output=True, text=True,
+                          timeout=600, env=os.environ | {"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    contenders = {"ours fp32", "ONNX Runtime fp32"}
+    if importlib.util.find_spec("openvino") is not None:
+        contenders |= {"OpenVINO fp32"}
+    else:
+        assert "OpenVINO: not installed" in done.stdout
+    assert "fair share beside the busy processes" in done.stdout and "Load average" in done.stdout
+    rows = table_rows(done.stdout, "16 texts")
+    assert set(rows) == contenders
+    for name, (quiet, busy, slowdown, *_) in rows.items():
+        assert float(quiet) > 0 and float(busy) > 0
+        assert float(slowdown.rstrip("x")) == pytest.approx(float(busy) / float(quiet), rel=0.02), name
+    for name in contenders - {"ours fp32"}:
+        assert float(rows[name][-1]) >= FP32_MIN_COSINE, name
+
+
 def test_benchmarks_load_gte_before_torch():
     """Each benchmark imports gte before torch, so torch's OpenMP runtime starts with gte's wait policy: the one its
     users get (`import gte` sets it only if torch has not loaded yet)."""
