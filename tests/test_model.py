@@ -301,6 +301,36 @@ def test_varlen_pads_head_sizes_its_kernel_cannot_take(monkeypatch, head_dim):
     torch.testing.assert_close(varlen.attend(q, k, v, packing), eager.attend(q, k, v, packing), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["varlen", "flash"])
+@pytest.mark.parametrize("window", [0, 2, 50])
+def test_gpu_kernels_get_local_attention_as_their_window_size(monkeypatch, backend, window):
+    """The GPU kernels (CUDA only: stand-ins with their documented contract run here) take local attention as
+    window_size=(left, right), a query at i seeing keys i - left .. i + right of its sequence; given gte's window,
+    they give eager's numbers."""
+    from gte.attention import eager, flash, varlen
+    from gte.padding import Packing
+
+    def kernel_contract(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        left, right = window_size
+        out = torch.empty_like(v)
+        for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            i = torch.arange(end - start)[:, None]
+            j = torch.arange(end - start)[None, :]
+            seen = ((j >= i - left) | (left < 0)) & ((j <= i + right) | (right < 0))
+            scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * (scale or q.shape[-1] ** -0.5)
+            probs = scores.masked_fill(~seen, float("-inf")).softmax(-1)
+            out[start:end] = torch.einsum("hqk,khd->qhd", probs, v[start:end])
+        return out
+
+    module = {"varlen": varlen, "flash": flash}[backend]
+    monkeypatch.setattr(module, "kernel", lambda: kernel_contract)
+    torch.manual_seed(0)
+    packing = Packing.from_seqlens(torch.tensor([7, 1, 12]))
+    q, k, v = (torch.randn(20, 2, 8) for _ in range(3))
+    expected = eager.attend(q, k, v, packing, window)
+    torch.testing.assert_close(module.attend(q, k, v, packing, window), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.skipif(gte.attention.xformers.kernel() is not None, reason="xformers is installed")
 def test_memory_efficient_attention_without_xformers_warns_once_and_runs(caplog, backends_used):
     case_dir = golden_case("p01")["dir"]
