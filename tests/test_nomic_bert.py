@@ -156,6 +156,18 @@ def test_dynamic_ntk_leaves_sequences_up_to_the_trained_length_alone(nomic, monk
     torch.testing.assert_close(outputs(dynamic, short), outputs(plain, short), rtol=0, atol=0)
 
 
+def test_rotary_scaling_given_to_from_pretrained(nomic):
+    """nomic's own way to switch it on, `from_pretrained(..., rotary_scaling_factor=2)`, overrides config.json;
+    from_pretrained's own keywords (dtype) stay its own."""
+    plain = nomic(remote=True, max_position_embeddings=TRAINED)
+    given = NewModel.from_pretrained(plain, rotary_scaling_factor=2.0).eval()
+    assert NewModel.from_pretrained(nomic(), dtype=torch.bfloat16).dtype == torch.bfloat16  # config.json has "dtype"
+    stored = NewModel.from_pretrained(nomic(remote=True, **DYNAMIC)).eval()
+    assert given.config.rope_scaling == stored.config.rope_scaling
+    batch = random_batch(stored.config, NTK_LENGTHS)
+    torch.testing.assert_close(outputs(given, batch), outputs(stored, batch), rtol=0, atol=0)
+
+
 def test_dynamic_ntk_in_every_spelling(nomic):
     """The hub's rotary_scaling_factor past max_trained_positions, transformers' rope_parameters and its legacy
     rope_scaling: the same config and numbers."""

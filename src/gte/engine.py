@@ -92,7 +92,6 @@ class Batch:
         return picked
 
 
-
 class PackedEncoder:
     """embeddings -> layers [-> final norm] [, pooler]: NewModel's and `Encoder`'s modules and computation (a mixin
     for an nn.Module with a `config`): `run` on packed tokens, and the padded `forward` that transformers users
@@ -313,7 +312,8 @@ class EngineModule(nn.Module):
 
 
 class Encoder(PackedEncoder, EngineModule):
-    """NewModel's modules, without transformers' padded interface: `run` on packed tokens."""
+    """NewModel's modules and computation (the packed `run`, the padded `forward`), without transformers'
+    PreTrainedModel."""
 
     architecture = "NewModel"
 
@@ -348,7 +348,7 @@ def load(
     """The checkpoint at `path` (a directory; any layout `gte.convert` reads) as `architecture` (one of
     ARCHITECTURES), on the CPU in `dtype`, in eval mode. The base model of any head checkpoint loads as NewModel;
     weights the built modules do not hold (a pooler, another head) are left out; weights they need and the
-    checkpoint lacks raise a ValueError naming them."""
+    checkpoint lacks raise MissingWeights naming them."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"the engine builds {', '.join(ARCHITECTURES)}, not {architecture!r}")
     config, weights = convert.read(str(path))
@@ -357,7 +357,7 @@ def load(
     with _NoInit():
         model = Encoder(config) if architecture == "NewModel" else EncoderWithHead(config, architecture)
     state = _named_for(model, weights, dtype)
-    missing = sorted(name for name, p in model.state_dict().items() if name not in state)
+    missing = sorted(name for name in model.state_dict() if name not in state)
     if missing:
         raise MissingWeights(missing)
     model.load_state_dict(state, strict=False, assign=True)
@@ -394,7 +394,7 @@ def _named_for(model: nn.Module, weights: dict[str, torch.Tensor], dtype: torch.
     prefix = f"{model.base_model_prefix}." if isinstance(model, Encoder) else ""
     state = {}
     for name, tensor in weights.items():
-        name = name.removeprefix(prefix) if prefix and name.startswith(prefix) else name
+        name = name.removeprefix(prefix)
         if name in wanted:
             state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     return state

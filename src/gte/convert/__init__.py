@@ -55,6 +55,9 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 MODEL_TYPES = ("new", *LAYOUTS)
+# from_pretrained's own keywords, which config.json files may also carry (transformers writes "dtype"): never overrides
+LOADING_KEYS = frozenset({"model_type", "dtype", "torch_dtype", "attn_implementation", "device_map", "quantization_config",
+                          "output_loading_info", "trust_remote_code", "use_safetensors", "revision"})  # fmt: skip
 
 
 def architecture(raw: dict[str, Any]) -> str:
@@ -85,10 +88,13 @@ def new_shapes(raw: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[
 
 def load(path: str, kwargs: dict[str, Any]) -> tuple[NewConfig, dict[str, torch.Tensor]] | None:
     """(config, state dict in the official layout) for a checkpoint in a foreign layout; None for `new` ones
-    (and for anything without a config.json: transformers' own loading reports those)."""
+    (and for anything without a config.json: transformers' own loading reports those). Keywords of
+    `from_pretrained` that name keys of the checkpoint's config.json override them before the conversion (taken
+    out of `kwargs`), as transformers does for its own configs: nomic's `rotary_scaling_factor=2`, say."""
     raw = read_config(path, kwargs)
     if raw is None or _model_type(raw) == "new":
         return None
+    raw |= {key: kwargs.pop(key) for key in list(kwargs) if key in raw and key not in LOADING_KEYS}
     layout = LAYOUTS[raw["model_type"]]
     config = layout.config(raw)  # refuses before any weight is read
     return config, layout.state_dict(read_weights(path, kwargs), raw)
