@@ -9,7 +9,11 @@ import torch
 
 import gte
 import gte.attention
-from model_helpers import GOLDEN, REPO, golden_diffs, golden_manifest, import_file, load_golden_model, run_golden, zero_padding
+from gte import engine
+from gte.prepack import prepack
+from model_helpers import (
+    GOLDEN, REPO, golden_diffs, golden_manifest, golden_tensors, import_file, load_golden_model, run_golden, zero_padding,
+)  # fmt: skip
 
 CASES = golden_manifest()["cases"]
 ATOL = golden_manifest()["tolerance"]["atol"]
@@ -45,6 +49,31 @@ def test_golden_case(case, backend, unpad, backends_used):
     if unpad:  # padding never enters the encoder, and comes back as exact zeros
         for key, value in got.items():
             assert torch.equal(zero_padding(case, key, value), value), key
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "linear"])
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpad", "padded"])
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_golden_case_through_the_engine(case, unpad, packed):
+    """What Embedder, Reranker and Classifier run: gte.engine.load's modules, built straight from the checkpoint
+    (the base model of the heads it does not build), with their projections packed as those load them or not, give
+    the golden encoder outputs, and the sequence and token classifiers' pooled outputs and logits."""
+    architecture = case["class"] if case["class"] in engine.ARCHITECTURES else "NewModel"
+    model = engine.load(case["dir"], architecture, dtype=torch.float32)
+    if packed:
+        prepack(model)
+    inputs = {k: v.flatten(0, -2) for k, v in golden_tensors(case, "inputs").items()}  # multiple choice: [B * C, L]
+    with torch.no_grad():
+        out = getattr(model, "new", model)(**inputs, **case["call_kwargs"], unpad_inputs=unpad)
+        got = {"last_hidden_state": out.last_hidden_state, "hidden_states": torch.stack(out.hidden_states)}
+        if architecture == "NewForSequenceClassification":
+            got |= {"pooler_output": out.pooler_output, "logits": model.classifier(out.pooler_output)}
+        elif architecture == "NewForTokenClassification":
+            head = getattr(model, "head", None)
+            got["logits"] = model.classifier(out.last_hidden_state if head is None else head.transform(out.last_hidden_state))
+    compared = {key: spec for key, spec in case["outputs"].items() if key in got}
+    diffs = golden_diffs(case | {"outputs": compared}, {key: got[key].double() for key in compared})
+    assert max(diffs.values()) <= ATOL, diffs
 
 
 @pytest.mark.skipif(not SHARED_GOLDEN.is_dir(), reason="no ../shared/golden beside the project")
