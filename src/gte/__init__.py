@@ -3,8 +3,8 @@
 `import gte` registers model_type "new" with the transformers Auto classes: the config at once, the model
 classes with the first NewConfig (`gte.configuration`), since no Auto class looks a model up before it has
 the config. Everything else loads on first use (`gte.Embedder`, `gte.export_onnx`, `gte.hub`, ...): the model
-classes pull in transformers' PreTrainedModel and with it torch._dynamo, the export torch.onnx, the corpus
-jobs pyarrow, seconds that an import should not cost. Registering needs torch and transformers all the same,
+classes pull in transformers' PreTrainedModel and with it torch._dynamo (the Embedder never does: it runs
+`gte.engine`), the export torch.onnx, the corpus jobs pyarrow, seconds that an import should not cost. Registering needs torch and transformers all the same,
 so the `gte` command starts in the module gte_cli, beside this package, and imports it only for the command
 it runs.
 """

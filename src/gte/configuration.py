@@ -19,8 +19,8 @@ imports `gte.modeling`, which registers the model classes with AutoModel & co. A
 by its config, so the classes are there when one is needed, and `import gte` does not import them (their
 import pulls in transformers' PreTrainedModel, torch._dynamo and torch.distributed: over a second). gte's
 own reading of checkpoints (`convert.new_config`: the engine's loading, what Embedder, Reranker and Classifier
-run, `gte info`; the tokenizer's loading) builds its configs inside `engine_only()` and never imports them; to hand such a config to an
-Auto class, `import gte.modeling` first.
+run, and `gte info`; the tokenizer's loading) builds its configs inside `engine_only()` and never imports them;
+to hand such a config to an Auto class, `import gte.modeling` first.
 """
 
 from __future__ import annotations

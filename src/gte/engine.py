@@ -2,10 +2,10 @@
 
 `Encoder` holds NewModel's modules and computation (the packed `run`, and the padded `forward` that transformers
 users call) and `EncoderWithHead` the modules of NewForSequenceClassification and NewForTokenClassification, under
-the official parameter names; `load` builds them straight from a checkpoint
-(any layout `gte.convert` reads). They are what `Embedder`, `Reranker` and `Classifier` run, and what `gte train`
-trains. transformers' PreTrainedModel classes (`gte.modeling`) are built from the same modules and share
-`PackedEncoder.run`; they serve transformers' Auto classes and sentence-transformers. The engine does not go
+the official parameter names; `load` builds them straight from a checkpoint (any layout `gte.convert` reads).
+They are what `Embedder`, `Reranker` and `Classifier` run, and what `gte train` trains. transformers'
+PreTrainedModel classes (`gte.modeling`) are built from the same modules and share `PackedEncoder`; they serve
+transformers' Auto classes and sentence-transformers. The engine does not go
 through them because their import alone costs over a second (transformers.modeling_utils pulls in torch._dynamo and
 torch.distributed.tensor), more than a one-text `gte embed` spends on everything else after `import torch`.
 """
