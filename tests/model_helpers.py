@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerFast
 
 import gte
 from gte import NewConfig
-from gte.convert import native_config, native_state_dict
+from gte.convert import native_config, native_state_dict, read_weights, write_back
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -178,6 +178,16 @@ def native_copy(model_dir: Path, out: Path) -> Path:
     conversion itself is checked against the golden fixtures in test_convert)."""
     shutil.copytree(model_dir, out)
     return save_native(NewConfig.from_pretrained(model_dir), load_file(model_dir / "model.safetensors"), out)
+
+
+def assert_writes_back_unchanged(path: Path, model: torch.nn.Module) -> None:
+    """A loaded, unchanged model's parameters written back into the checkpoint's own names and layout
+    (gte.convert.write_back) are the stored tensors, exactly."""
+    stored = read_weights(str(path), {})
+    written = write_back(str(path), model.state_dict())
+    assert written.keys() == stored.keys()
+    for name, tensor in stored.items():
+        torch.testing.assert_close(written[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def small_config(**overrides) -> NewConfig:

@@ -350,7 +350,8 @@ def load(
     weights the built modules do not hold (a pooler, another head) are left out; weights they need and the
     checkpoint lacks raise MissingWeights naming them."""
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"the engine builds {', '.join(ARCHITECTURES)}, not {architecture!r}")
+        raise ValueError(f"the engine builds {', '.join(ARCHITECTURES)}, not {architecture!r}: load other heads with "
+                         "transformers' Auto classes (gte.modeling)")  # fmt: skip
     config, weights = convert.read(str(path))
     config.name_or_path = str(path)
     config._attn_implementation = attention.requested(attn_implementation, config.use_memory_efficient_attention)
